@@ -1,0 +1,63 @@
+"""Time ``load_config`` on large generated configs (run by hand: ``python bench/bench_config.py``).
+
+Generates, in a temporary folder, N chats x 200 members spread over 20
+files (members as block lists, a few ``@group`` references, settings and
+defaults), then loads each folder once and prints wall and CPU seconds and
+the peak RSS of the process.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reconciler.config import load_config  # noqa: E402
+
+FILES = 20
+USERS = 50_000
+
+
+def generate(folder: Path, chats: int, members: int) -> None:
+    """Write ``chats`` chats of ``members`` members each into ``FILES`` files under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    groups = ["version: 1", "defaults:", "  settings:", "    searchable: false", "groups:"]
+    for g in range(20):
+        groups.append(f"  team-{g:02d}:")
+        groups.extend(f"    - u{(g * 10 + i):06d}" for i in range(10))
+    (folder / "00-groups.yaml").write_text("\n".join(groups) + "\n", encoding="utf-8")
+    per_file = -(-chats // FILES)
+    for f in range(FILES):
+        lines = ["version: 1", "chats:"]
+        for c in range(f * per_file, min(chats, (f + 1) * per_file)):
+            lines += [f"  chat-{c:06d}:", f"    name: 群聊 {c}", f"    owner: u{c % USERS:06d}", "    members:"]
+            lines.append(f'      - "@team-{c % 20:02d}"')
+            lines.extend(f"      - u{(c * 37 + i) % USERS:06d}" for i in range(members - 11))
+            lines += ["    settings:", "      muted: false", "      mention_all: owner"]
+        (folder / f"chats-{f:02d}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="2000,10000", help="comma-separated chat counts")
+    parser.add_argument("--members", type=int, default=200)
+    args = parser.parse_args()
+    print(f"{'chats':>7} {'members':>8} {'files':>6} {'wall s':>8} {'cpu s':>8} {'peak RSS MiB':>13}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for chats in (int(n) for n in args.sizes.split(",")):
+            folder = Path(tmp) / str(chats)
+            generate(folder, chats, args.members)
+            wall, cpu = time.perf_counter(), time.process_time()
+            config = load_config([folder])
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            assert len(config.chats) == chats
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+            print(f"{chats:>7} {args.members:>8} {FILES + 1:>6} {wall:>8.2f} {cpu:>8.2f} {peak:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()

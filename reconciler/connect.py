@@ -1,0 +1,73 @@
+"""Where the API is: real DingTalk (credentials from the environment) or the embedded sandbox."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Mapping, Optional
+
+from .dingtalk import DingTalkClient
+from .rules import DEFAULT_QPS
+
+ENV_APP_KEY = "DINGTALK_APP_KEY"
+ENV_APP_SECRET = "DINGTALK_APP_SECRET"
+ENV_API_BASE = "DINGTALK_API_BASE"
+DEFAULT_API_BASE = "https://oapi.dingtalk.com"
+#: The sandbox keeps its chats (and its own state file) here, in the working directory.
+SANDBOX_DIR = Path(".dtchat-sandbox")
+SANDBOX_DATA = "emulator.json"
+
+
+class SetupError(Exception):
+    """Cannot talk to DingTalk: missing credentials, bad API base, sandbox data unusable."""
+
+
+def credentials(env: Mapping[str, str]) -> tuple[str, str]:
+    key, secret = env.get(ENV_APP_KEY, "").strip(), env.get(ENV_APP_SECRET, "").strip()
+    missing = [name for name, value in ((ENV_APP_KEY, key), (ENV_APP_SECRET, secret)) if not value]
+    if missing:
+        raise SetupError(
+            f"{' and '.join(missing)} not set: export the app's credentials, or use --sandbox to try dtchat locally"
+        )
+    return key, secret
+
+
+@contextlib.contextmanager
+def sandbox_server(folder: Path = SANDBOX_DIR) -> Iterator[str]:
+    """Run the emulator in-process on a free loopback port; its chats persist under ``folder``."""
+    from .emulator import EmulatorServer
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        server = EmulatorServer(host="127.0.0.1", port=0, data_path=folder / SANDBOX_DATA)
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"sandbox: {exc}") from None
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def connect(
+    *,
+    sandbox: bool = False,
+    api_base: Optional[str] = None,
+    max_qps: float = DEFAULT_QPS,
+    pool_size: int = 32,
+    env: Optional[Mapping[str, str]] = None,
+) -> Iterator[DingTalkClient]:
+    """A client for the real API or the sandbox, closed (and the sandbox stopped) on exit."""
+    env = os.environ if env is None else env
+    with contextlib.ExitStack() as stack:
+        if sandbox:
+            base = stack.enter_context(sandbox_server())
+            key, secret = "sandbox-app", "sandbox-secret"
+        else:
+            key, secret = credentials(env)
+            base = (api_base or env.get(ENV_API_BASE) or DEFAULT_API_BASE).rstrip("/")
+            if not base.startswith(("http://", "https://")):
+                raise SetupError(f"--api-base {base!r}: must start with http:// or https://")
+        client = stack.enter_context(DingTalkClient(key, secret, api_base=base, max_qps=max_qps, pool_size=pool_size))
+        yield client

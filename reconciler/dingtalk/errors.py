@@ -1,0 +1,148 @@
+"""Typed DingTalk errors and the one table that maps an errcode to its class.
+
+Callers decide what to do by exception class (report a missing chat per chat,
+stop on auth failures, tell the user to ``import`` after an ambiguous create),
+so every errcode the API documents is classified here and nowhere else.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+from .redact import redact
+
+GETTOKEN = "/gettoken"
+
+
+class DingTalkError(Exception):
+    """A DingTalk call failed; ``str()`` is one line and never holds a secret."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        errmsg: str,
+        errcode: Optional[int] = None,
+        *,
+        sub_code: Any = None,
+        sub_msg: Optional[str] = None,
+        detail: str = "",
+    ) -> None:
+        self.endpoint = endpoint
+        self.errcode = errcode
+        self.errmsg = redact(str(errmsg))
+        self.sub_code = sub_code
+        self.sub_msg = redact(str(sub_msg)) if sub_msg is not None else None
+        code = f"errcode {errcode}: " if errcode is not None else ""
+        text = f"{endpoint} failed: {code}{self.errmsg}" + (f" ({detail})" if detail else "")
+        super().__init__(redact(" ".join(text.split())))
+
+
+class AuthError(DingTalkError):
+    """Credentials, token, permission or IP whitelist problem: retrying will not help."""
+
+
+class NotFoundError(DingTalkError):
+    """The chat does not exist (any more) or is not visible to this app."""
+
+
+class ThrottledError(DingTalkError):
+    """Rate limited or busy, and the retry budget is used up."""
+
+
+class QuotaExhaustedError(DingTalkError):
+    """The organisation's monthly API quota is used up; never retried."""
+
+
+class InvalidUserError(DingTalkError):
+    """A user id in the request is unknown or invalid."""
+
+    def __init__(self, *args: Any, userids: Sequence[str] = (), **kwargs: Any) -> None:
+        self.userids = tuple(userids)
+        super().__init__(*args, **kwargs)
+
+
+class InvalidParameterError(DingTalkError):
+    """The server rejected a parameter (name length, owner not a member, ...)."""
+
+
+class TransportError(DingTalkError):
+    """No usable answer: connection error, timeout, HTTP 5xx or a garbled body."""
+
+
+class AmbiguousCreateError(TransportError):
+    """``/chat/create`` may or may not have created the chat."""
+
+
+#: The errcode -> class table. Codes mapped to ThrottledError are the transient
+#: ones the client retries with backoff.
+ERRCODE_CLASSES: Mapping[int, type[DingTalkError]] = {
+    -1: ThrottledError,  # system busy
+    45009: ThrottledError,  # API call limit exceeded
+    90002: ThrottledError,  # platform-wide limit for this API
+    90018: ThrottledError,  # this app's per-API frequency limit
+    90019: ThrottledError,  # third-party app per-org limit
+    90020: QuotaExhaustedError,
+    88: AuthError,
+    33001: AuthError,
+    40001: AuthError,
+    40014: AuthError,
+    40089: AuthError,
+    42001: AuthError,
+    60011: AuthError,
+    60020: AuthError,
+    34001: NotFoundError,
+    34013: NotFoundError,
+    40016: NotFoundError,
+    40003: InvalidUserError,
+    40031: InvalidUserError,
+    40032: InvalidUserError,
+    60111: InvalidUserError,
+    60121: InvalidUserError,
+    40035: InvalidParameterError,
+}
+
+#: Token invalid or expired: fetch a new token and retry the call once.
+TOKEN_ERRCODES = frozenset({40001, 40014, 42001, 33001})
+
+#: Plain-language explanations for errcodes whose errmsg is not enough.
+_HINTS: Mapping[int, str] = {
+    60011: "the app has no permission for this API",
+    60020: "the caller's IP address is not in the app's IP whitelist",
+    90020: "the organisation's monthly DingTalk API quota is used up; calls fail until it renews",
+}
+
+
+def is_retryable(errcode: int) -> bool:
+    """True for busy / rate-limit errcodes that a later attempt may get past."""
+    return ERRCODE_CLASSES.get(errcode) is ThrottledError
+
+
+def is_token_error(errcode: int) -> bool:
+    """True when the access token was rejected and a fresh one may work."""
+    return errcode in TOKEN_ERRCODES
+
+
+def error_from_payload(
+    endpoint: str, payload: Mapping[str, Any], userids: Sequence[str] = (), *, token_refreshed: bool = False
+) -> DingTalkError:
+    """Build the typed error for a non-zero errcode answer."""
+    errcode = payload["errcode"]
+    errmsg = str(payload.get("errmsg") or "")
+    sub_code, sub_msg = payload.get("sub_code"), payload.get("sub_msg")
+    cls = ERRCODE_CLASSES.get(errcode, DingTalkError)
+    if endpoint == GETTOKEN and cls not in (ThrottledError, QuotaExhaustedError):
+        cls = AuthError  # any definite refusal to issue a token is a credentials problem
+    details = []
+    if errcode in _HINTS:
+        details.append(_HINTS[errcode])
+    if sub_msg:
+        details.append(f"sub_code {sub_code}: {sub_msg}" if sub_code is not None else str(sub_msg))
+    if cls is AuthError and endpoint == GETTOKEN and errcode not in _HINTS:
+        details.append("check the app key and app secret")
+    elif token_refreshed and errcode in TOKEN_ERRCODES:
+        details.append("the access token was rejected again after a refresh")
+    if cls is InvalidUserError and userids:
+        details.append("user ids in the request: " + ", ".join(userids))
+    kwargs: dict[str, Any] = {"sub_code": sub_code, "sub_msg": sub_msg, "detail": "; ".join(details)}
+    if cls is InvalidUserError:
+        kwargs["userids"] = userids
+    return cls(endpoint, errmsg, errcode, **kwargs)

@@ -1,0 +1,155 @@
+"""Fault injection for the emulator: the failures a real DingTalk client must survive.
+
+``Faults`` is the knob board tests turn (plain attributes, mutable at any time);
+``FaultInjector`` keeps the bookkeeping behind it (request counters, rate
+windows) so the knobs stay simple values.
+
+Choices where the brief leaves room:
+
+* The "every Nth" faults (``ip_ban_every``, ``http500_every``, ``busy_every``)
+  share one counter of eligible requests, restarted whenever any of those four
+  knobs changes, so "every 3rd" means the 3rd, 6th, ... request *after the
+  knob was set*. When several hit the same request, IP ban wins over HTTP 500,
+  which wins over "busy".
+* ``monthly_quota`` meters every API call that passes the token and rate
+  checks (failed validations cost quota too, as metering does); ``/gettoken``
+  is never metered, so an exhausted quota shows up as 90020 on the call itself.
+* ``drop_after_create`` only drops *successful* creates (the point is a chat
+  that exists although the client never heard so).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional
+
+#: The endpoint no fault counter, rate limit or quota ever applies to.
+TOKEN_ENDPOINT = "/gettoken"
+
+IP_BAN = "ip_ban"
+HTTP500 = "http500"
+BUSY = "busy"
+
+
+@dataclass
+class Faults:
+    """What to break, all off by default. See the module docstring for the fine print."""
+
+    latency_ms: float = 0
+    qps_limit: float = 0
+    busy_every: int = 0
+    http500_every: int = 0
+    ip_ban_every: int = 0
+    ban_wait: int = 1
+    ip_ban_html: bool = False
+    fault_endpoints: "frozenset[str] | set[str]" = field(default_factory=frozenset)
+    token_uses: int = 0
+    fail_chatids: dict[str, int] = field(default_factory=dict)
+    drop_after_create: int = 0
+    monthly_quota: int = -1
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Set the named fields (the admin route's ``POST faults``); unknown names or bad types raise ValueError."""
+        known = {f.name: f for f in fields(self)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown fault field(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        converted = {name: _convert(name, value, getattr(self, name)) for name, value in values.items()}
+        for name, value in converted.items():
+            setattr(self, name, value)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready view (sets become sorted lists)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["fault_endpoints"] = sorted(self.fault_endpoints)
+        out["fail_chatids"] = dict(self.fail_chatids)
+        return out
+
+
+def _convert(name: str, value: Any, current: Any) -> Any:
+    """Coerce a JSON value to the type of the field it sets, refusing anything ambiguous."""
+    if name == "fault_endpoints":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("fault_endpoints must be a list of endpoint paths")
+        return frozenset(value)
+    if name == "fail_chatids":
+        if not isinstance(value, dict) or not all(type(v) is int for v in value.values()):
+            raise ValueError("fail_chatids must map chatid -> errcode (int)")
+        return dict(value)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false")
+        return value
+    wanted = (int, float) if name in _FLOAT_FIELDS else int
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        raise ValueError(f"{name} must be {'a number' if name in _FLOAT_FIELDS else 'an integer'}")
+    return value
+
+
+_FLOAT_FIELDS = frozenset({"latency_ms", "qps_limit"})
+
+
+class FaultInjector:
+    """Counters and windows behind ``Faults``; one lock, so concurrent requests count exactly."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._eligible = 0
+        self._every_key: Optional[tuple] = None
+        self._windows: dict[str, deque[float]] = {}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._eligible = 0
+            self._every_key = None
+            self._windows.clear()
+
+    def gateway_fault(self, faults: Faults, endpoint: str) -> Optional[str]:
+        """Which "every Nth" fault (IP_BAN, HTTP500, BUSY) hits this request, if any."""
+        if endpoint == TOKEN_ENDPOINT or (faults.fault_endpoints and endpoint not in faults.fault_endpoints):
+            return None
+        key = (faults.ip_ban_every, faults.http500_every, faults.busy_every, frozenset(faults.fault_endpoints))
+        with self._lock:
+            if key != self._every_key:
+                self._every_key, self._eligible = key, 0
+            self._eligible += 1
+            n = self._eligible
+        for kind, every in ((IP_BAN, key[0]), (HTTP500, key[1]), (BUSY, key[2])):
+            if every > 0 and n % every == 0:
+                return kind
+        return None
+
+    def over_rate(self, faults: Faults, endpoint: str) -> bool:
+        """True when ``endpoint`` already accepted ``qps_limit`` requests in the last second."""
+        limit = faults.qps_limit
+        if limit <= 0 or endpoint == TOKEN_ENDPOINT:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.setdefault(endpoint, deque())
+            while window and window[0] <= now - 1.0:
+                window.popleft()
+            if len(window) >= limit:
+                return True
+            window.append(now)
+            return False
+
+    def take_quota(self, faults: Faults) -> bool:
+        """Spend one metered call; False when the monthly quota is used up."""
+        with self._lock:
+            if faults.monthly_quota < 0:
+                return True
+            if faults.monthly_quota == 0:
+                return False
+            faults.monthly_quota -= 1
+            return True
+
+    def take_drop(self, faults: Faults) -> bool:
+        """True (and one fewer left) when this successful create must lose its response."""
+        with self._lock:
+            if faults.drop_after_create <= 0:
+                return False
+            faults.drop_after_create -= 1
+            return True

@@ -1,0 +1,430 @@
+"""The emulator's HTTP face: DingTalk's endpoints, the fault layer and the admin routes.
+
+A request goes through, in order: latency, the "every Nth" gateway faults,
+the HTTP method check, the token, the per-endpoint rate limit, the monthly
+quota, ``fail_chatids``, and finally the store. Choices where
+dingtalk-api.md is silent:
+
+* An unknown path answers HTTP 404 ``{"errcode": 404, ...}`` (logged as a call).
+* The wrong HTTP method answers 43001 "需要GET请求" / 43002 "需要POST请求"
+  (DingTalk's global return codes for exactly that).
+* A POST body that is not a UTF-8 JSON object answers 40035 "invalid json".
+* ``/gettoken`` with a missing, empty or wrong appkey/appsecret answers 40089.
+* A dropped create (``Faults.drop_after_create``) is logged with HTTP status 0.
+* ``Call.params`` never holds ``access_token``, and ``appsecret`` is logged as
+  ``"<redacted>"``: the call log is printed by tests and served by ``GET calls``.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterable, Mapping, Optional
+from urllib.parse import parse_qs, urlsplit
+
+from ..rules import TOKEN_TTL_SECONDS
+from .faults import BUSY, HTTP500, IP_BAN, TOKEN_ENDPOINT, FaultInjector, Faults
+from .store import ApiError, ChatStore, TokenBook
+
+ADMIN_PREFIX = "/__emulator__/"
+#: How often the accept loop looks for stop(): the bound on how long stop() takes.
+_POLL_SECONDS = 0.02
+
+_Payload = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API request as the emulator saw it."""
+
+    seq: int
+    method: str
+    endpoint: str
+    #: Query parameters, without ``access_token``.
+    params: dict
+    #: The parsed JSON body, or None (GET, or not JSON).
+    body: Optional[dict]
+    status: int
+    errcode: Optional[int]
+    elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    #: The store call that answers it; None for /gettoken, which the server answers itself.
+    handler: Optional[Callable[[ChatStore, _Payload], dict]]
+
+
+_ROUTES: Mapping[str, _Route] = {
+    TOKEN_ENDPOINT: _Route("GET", None),
+    "/chat/create": _Route("POST", ChatStore.create),
+    "/chat/update": _Route("POST", ChatStore.update),
+    "/chat/get": _Route("GET", ChatStore.get),
+    "/chat/send": _Route("POST", ChatStore.send),
+    "/chat/getReadList": _Route("GET", ChatStore.read_list),
+}
+
+_HTML_500 = b"<html><head><title>500 Internal Server Error</title></head><body><h1>500 Internal Server Error</h1></body></html>"
+_HTML_BAN = "<html><head><title>访问被拒绝</title></head><body><h1>Access denied</h1><p>wait {wait} seconds</p></body></html>"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json;charset=utf-8"
+    errcode: Optional[int] = None
+    #: Close the connection without answering at all.
+    drop: bool = False
+
+
+def _json(obj: Any, status: int = 200) -> _Reply:
+    errcode = obj.get("errcode") if isinstance(obj, dict) else None
+    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _Reply(status, body, errcode=errcode)
+
+
+def _api_error(errcode: int, errmsg: str) -> _Reply:
+    return _json({"errcode": errcode, "errmsg": errmsg})
+
+
+def _parse_json(raw: bytes) -> Any:
+    """The decoded body, or None when it is not JSON (the caller decides what that means)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+class EmulatorServer:
+    """A DingTalk chat API on 127.0.0.1, faithful to dingtalk-api.md, with faults on demand."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, users: Optional[Iterable[str]] = None,
+                 data_path: Optional[str] = None, app_key: Optional[str] = None,
+                 app_secret: Optional[str] = None, token_ttl: float = TOKEN_TTL_SECONDS) -> None:
+        self.faults = Faults()
+        self._address = (host, port)
+        self._app_key = app_key
+        self._app_secret = app_secret
+        self._store = ChatStore(users=users, data_path=data_path)
+        self._tokens = TokenBook(token_ttl)
+        self._injector = FaultInjector()
+        self._log_lock = threading.Lock()
+        self._calls: list[Call] = []
+        self._counters: dict[str, int] = {}
+        self._arrivals = 0
+        self._httpd: Optional[_HTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def _bind(self) -> "_HTTPServer":
+        if self._httpd is None:
+            self._httpd = _HTTPServer(self._address, _Handler, self)
+        return self._httpd
+
+    def start(self) -> "EmulatorServer":
+        """Bind and serve in a daemon thread."""
+        httpd = self._bind()
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(_POLL_SECONDS,),
+                                        name="dtchat-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Bind and serve in this thread until Ctrl-C."""
+        httpd = self._bind()
+        try:
+            httpd.serve_forever(_POLL_SECONDS)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            httpd.close_all()
+            if self._httpd is httpd:
+                self._httpd = None
+
+    def stop(self) -> None:
+        """Stop serving (from any thread), drop open keep-alive connections and close the socket."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()  # also fine before the accept loop starts: it then exits at once
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        httpd.close_all()
+
+    def __enter__(self) -> "EmulatorServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (only once bound)."""
+        if self._httpd is None:
+            raise RuntimeError("the emulator is not running; call start() first")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # ---- inspection and control -----------------------------------------
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every API request so far, in arrival order (they are logged as they finish)."""
+        with self._log_lock:
+            return sorted(self._calls, key=lambda c: c.seq)
+
+    def calls_to(self, endpoint: str) -> list[Call]:
+        return [c for c in self.calls if c.endpoint == endpoint]
+
+    def counters(self) -> dict[str, int]:
+        with self._log_lock:
+            return dict(self._counters)
+
+    def reset(self) -> None:
+        """Forget chats, messages, tokens, calls, counters and faults."""
+        self._store.clear()
+        self._tokens.clear()
+        self._injector.reset()
+        self.faults = Faults()
+        with self._log_lock:
+            self._calls.clear()
+            self._counters.clear()
+            self._arrivals = 0
+
+    def seed_chat(self, name: str, owner: str, members: Iterable[str], chatid: Optional[str] = None,
+                  **api_settings: int) -> str:
+        """Insert a chat directly (no API rules, not logged); returns its chatid."""
+        return self._store.seed(name, owner, members, chatid, api_settings)
+
+    def chat(self, chatid: str) -> Optional[dict]:
+        """The stored ``chat_info`` (a copy), as ``/chat/get`` would return it."""
+        return self._store.chat(chatid)
+
+    def set_chat(self, chatid: str, /, **fields: Any) -> None:
+        """Change a stored chat as a person in DingTalk would (no rules, not logged)."""
+        self._store.set_chat(chatid, fields)
+
+    def expire_tokens(self) -> None:
+        """Every token issued so far answers 42001 from now on."""
+        self._tokens.expire_all()
+
+    # ---- request handling -------------------------------------------------
+
+    def handle_api(self, method: str, endpoint: str, query: dict[str, str], raw: bytes) -> _Reply:
+        """Answer one API request and log it."""
+        started = time.perf_counter()
+        with self._log_lock:
+            self._counters[endpoint] = self._counters.get(endpoint, 0) + 1
+            self._arrivals += 1
+            seq = self._arrivals
+        body = _parse_json(raw) if method == "POST" else None
+        reply = self._answer(method, endpoint, query, body)
+        params = {k: ("<redacted>" if k == "appsecret" else v) for k, v in query.items() if k != "access_token"}
+        with self._log_lock:
+            self._calls.append(Call(
+                seq=seq, method=method, endpoint=endpoint, params=params,
+                body=body if isinstance(body, dict) else None,
+                status=0 if reply.drop else reply.status, errcode=reply.errcode,
+                elapsed_ms=(time.perf_counter() - started) * 1000.0,
+            ))
+        return reply
+
+    def _answer(self, method: str, endpoint: str, query: dict[str, str], body: Any) -> _Reply:
+        route = _ROUTES.get(endpoint)
+        if route is None:
+            return _json({"errcode": 404, "errmsg": f"no such endpoint: {endpoint}"}, status=404)
+        faults = self.faults
+        if faults.latency_ms > 0:
+            time.sleep(faults.latency_ms / 1000.0)
+        fault = self._injector.gateway_fault(faults, endpoint)
+        if fault is not None:
+            return _fault_reply(fault, faults)
+        try:
+            if method != route.method:
+                raise ApiError(43001, "需要GET请求") if route.method == "GET" else ApiError(43002, "需要POST请求")
+            if route.handler is None:
+                return _json({"errcode": 0, "errmsg": "ok", **self._issue_token(query)})
+            self._tokens.check(query.get("access_token"), faults.token_uses)
+            if self._injector.over_rate(faults, endpoint):
+                raise ApiError(90018, "接口调用超过限制: this app exceeded its per-API frequency limit")
+            if not self._injector.take_quota(faults):
+                raise ApiError(90020, "当月API调用量已用完: the org's monthly API quota is used up")
+            if route.method == "POST" and not isinstance(body, dict):
+                raise ApiError(40035, "invalid json")
+            payload = body if route.method == "POST" else query
+            failing = faults.fail_chatids.get(str(payload.get("chatid") or query.get("chatid") or ""))
+            if failing is not None:
+                raise ApiError(failing, "injected failure for this chatid")
+            result = route.handler(self._store, payload)
+        except ApiError as err:
+            return _api_error(err.errcode, err.errmsg)
+        if endpoint == "/chat/create" and self._injector.take_drop(faults):
+            return _Reply(0, b"", errcode=0, drop=True)
+        return _json({"errcode": 0, "errmsg": "ok", **result})
+
+    def _issue_token(self, query: Mapping[str, str]) -> dict[str, Any]:
+        key, secret = query.get("appkey", ""), query.get("appsecret", "")
+        if not key or not secret:
+            raise ApiError(40089, "invalid appkey or appsecret")
+        if self._app_key is not None and not hmac.compare_digest(key.encode(), self._app_key.encode()):
+            raise ApiError(40089, "invalid appkey or appsecret")
+        if self._app_secret is not None and not hmac.compare_digest(secret.encode(), self._app_secret.encode()):
+            raise ApiError(40089, "invalid appkey or appsecret")
+        return self._tokens.issue()
+
+    def handle_admin(self, method: str, name: str, raw: bytes) -> _Reply:
+        """The ``/__emulator__/`` routes: inspection and control for people and out-of-process benches."""
+        if (method, name) == ("GET", "calls"):
+            return _json({"calls": [asdict(c) for c in self.calls]})
+        if (method, name) == ("GET", "counters"):
+            return _json({"counters": self.counters()})
+        if (method, name) == ("GET", "chats"):
+            return _json({"chats": self._store.chats()})
+        if (method, name) == ("GET", "faults"):
+            return _json({"faults": self.faults.to_json()})
+        if (method, name) == ("POST", "reset"):
+            self.reset()
+            return _json({"ok": True})
+        if (method, name) == ("POST", "expire-tokens"):
+            self.expire_tokens()
+            return _json({"ok": True})
+        if (method, name) == ("POST", "faults"):
+            values = _parse_json(raw)
+            if not isinstance(values, dict):
+                return _json({"ok": False, "error": "expected a JSON object of fault fields"}, status=400)
+            try:
+                self.faults.update(values)
+            except ValueError as exc:
+                return _json({"ok": False, "error": str(exc)}, status=400)
+            return _json({"ok": True, "faults": self.faults.to_json()})
+        return _json({"ok": False, "error": f"no admin route {method} {ADMIN_PREFIX}{name}"}, status=404)
+
+
+def _fault_reply(kind: str, faults: Faults) -> _Reply:
+    if kind == IP_BAN:
+        if faults.ip_ban_html:
+            return _Reply(200, _HTML_BAN.format(wait=faults.ban_wait).encode("utf-8"), "text/html;charset=utf-8")
+        return _json({"status": 1111, "wait": faults.ban_wait, "punish": "deny",
+                      "message": "Too many requests from your IP; access denied for a while"})
+    if kind == HTTP500:
+        return _Reply(500, _HTML_500, "text/html;charset=utf-8")
+    assert kind == BUSY
+    return _api_error(-1, "系统繁忙")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """Threads per connection, a deep accept queue, and a record of open connections so stop() can end them."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type, emulator: EmulatorServer) -> None:
+        self.emulator = emulator
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed, timed out, stopped) is routine here, not a traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, ValueError, OSError)):
+            return
+        super().handle_error(request, client_address)
+
+    def close_all(self) -> None:
+        """Close the listening socket and end every open connection."""
+        self.server_close()
+        with self._open_lock:
+            open_now = list(self._open)
+        for sock in open_now:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Thin: read the request, hand it to the emulator, write the reply in one buffered send."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "dtchat-emulator"
+    sys_version = ""
+    disable_nagle_algorithm = True
+    wbufsize = -1
+    #: Idle keep-alive connections are closed after this many seconds.
+    timeout = 120
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: the call log is the record, and URLs carry the access token."""
+
+    def _dispatch(self, method: str) -> None:
+        raw = self._read_body()
+        if raw is None:
+            self._send(_json({"errcode": 40035, "errmsg": "bad Content-Length"}, status=400))
+            self.close_connection = True
+            return
+        parts = urlsplit(self.path)
+        emulator = self.server.emulator
+        if parts.path.startswith(ADMIN_PREFIX):
+            reply = emulator.handle_admin(method, parts.path[len(ADMIN_PREFIX):], raw)
+        else:
+            query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+            reply = emulator.handle_api(method, parts.path, query, raw)
+        if reply.drop:
+            self.close_connection = True
+            return
+        self._send(reply)
+
+    def _read_body(self) -> Optional[bytes]:
+        """The request body (Content-Length or chunked); None when the length is unusable."""
+        try:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                return self._read_chunked()
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return None
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _read_chunked(self) -> bytes:
+        chunks = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline().strip():  # trailers
+                    pass
+                return b"".join(chunks)
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+
+    def _send(self, reply: _Reply) -> None:
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)

@@ -1,0 +1,410 @@
+"""The emulator's state and the chat API's rules, with no HTTP in sight.
+
+``ChatStore`` validates each call completely before touching anything and
+then applies it under one lock, so a call is all or nothing and concurrent
+calls never see half a chat. ``TokenBook`` issues and checks access tokens.
+
+Where dingtalk-api.md is silent the emulator chooses, and says so here:
+
+* ``useridlist`` (create) and ``add_useridlist``/``del_useridlist`` (update)
+  that are not lists of non-empty strings, or hold too many ids, answer 40032;
+  the limit counts the ids as sent, before duplicates are dropped.
+* A missing chatid, or one that is not ``chat`` + lowercase hex, answers 34001;
+  a well-formed chatid the store does not know answers 34013.
+* In one update, deletions are applied before additions: an id in both lists
+  ends up a member (do not rely on it, the doc says the order is unspecified).
+  New members are appended to ``useridlist`` in the order given (join order).
+* ``icon``: a non-empty string is stored; ``""`` and ``null`` leave it as is
+  (the seed SDK sends ``"icon": ""`` on every update); another type is 40035.
+  ``add_extidlist``, ``del_extidlist`` and ``isBan`` are accepted and ignored.
+* ``/chat/send``: ``msgtype`` must be one of ``MSG_TYPES`` with its object
+  present; ``text`` needs a non-empty ``content`` and ``markdown`` needs
+  ``title`` and ``text``; otherwise 40035.
+* ``/chat/getReadList``: ``messageId``, ``cursor`` (>= 0) and ``size``
+  (1..READ_LIST_PAGE_MAX) are required; an unknown messageId or a bad value is
+  40035. Everyone who was a member when the message was sent has read it,
+  listed in sorted order so pages are deterministic.
+* Tokens: a missing or unknown ``access_token`` is 40014; an expired one
+  (past its ttl, ``expire_all``, or out of uses) is 42001.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+import yaml
+
+from ..rules import BATCH_SIZE, MEMBER_CAP, NAME_MAX, NAME_MIN, READ_LIST_PAGE_MAX, SETTING_FIELDS
+
+DATA_FORMAT = "dtchat-emulator"
+DATA_VERSION = 1
+
+CHATID_RE = re.compile(r"chat[0-9a-f]+")
+
+#: msgtype -> keys its object must carry.
+MSG_TYPES: Mapping[str, tuple[str, ...]] = {
+    "text": ("content",),
+    "markdown": ("title", "text"),
+    "link": (),
+    "oa": (),
+    "action_card": (),
+    "image": (),
+    "file": (),
+    "voice": (),
+}
+
+_INFO_KEYS = ("chatid", "name", "owner", "useridlist", "extidlist", "agentidlist", "icon", "conversationTag", "status")
+
+
+class ApiError(Exception):
+    """A DingTalk error answer: the server turns it into ``{"errcode", "errmsg"}``."""
+
+    def __init__(self, errcode: int, errmsg: str) -> None:
+        super().__init__(f"{errcode}: {errmsg}")
+        self.errcode = errcode
+        self.errmsg = errmsg
+
+
+def load_users(path: "str | os.PathLike[str]") -> frozenset[str]:
+    """Read an org directory (YAML or JSON): a list of user ids or ``{"users": [...]}``."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
+    if isinstance(data, dict) and set(data) == {"users"}:
+        data = data["users"]
+    if not isinstance(data, list):
+        raise ValueError(f'{path}: expected a list of user ids or {{"users": [...]}}')
+    bad = [u for u in data if not isinstance(u, str) or not u]
+    if bad:
+        raise ValueError(f"{path}: user ids must be non-empty strings (quote numeric ids): {bad[:5]!r}")
+    return frozenset(data)
+
+
+def check_chatid(value: Any) -> str:
+    """34001 unless ``value`` looks like a chatid at all."""
+    if not isinstance(value, str) or not CHATID_RE.fullmatch(value):
+        raise ApiError(34001, "invalid chatid")
+    return value
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_MIN <= len(name) <= NAME_MAX:
+        raise ApiError(40035, f"invalid name: must be {NAME_MIN}..{NAME_MAX} characters")
+    return name
+
+
+def _check_ids(body: Mapping[str, Any], key: str, min_len: int) -> list[str]:
+    """A user id list from ``body[key]`` (absent/null = empty), deduplicated in order."""
+    value = body.get(key)
+    value = [] if value is None else value
+    if not isinstance(value, list) or not all(isinstance(u, str) and u for u in value):
+        raise ApiError(40032, f"{key} must be a list of user ids")
+    if not min_len <= len(value) <= BATCH_SIZE:
+        raise ApiError(40032, f"{key} must hold {min_len}..{BATCH_SIZE} ids, got {len(value)}")
+    return list(dict.fromkeys(value))
+
+
+def _check_settings(body: Mapping[str, Any]) -> dict[str, int]:
+    """The setting fields present (not null) in ``body``; each must be the int 0 or 1."""
+    out = {}
+    for field in SETTING_FIELDS:
+        value = body.get(field)
+        if value is None:
+            continue
+        if type(value) is not int or value not in (0, 1):
+            raise ApiError(40035, f"invalid {field}: must be 0 or 1")
+        out[field] = value
+    return out
+
+
+def _int_param(params: Mapping[str, Any], key: str, low: int, high: Optional[int] = None) -> int:
+    raw = params.get(key)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ApiError(40035, f"invalid {key}") from None
+    if value < low or (high is not None and value > high):
+        raise ApiError(40035, f"invalid {key}: must be {low}..{high if high is not None else ''}")
+    return value
+
+
+def _copy_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    return {**info, "useridlist": list(info["useridlist"]), "extidlist": [], "agentidlist": []}
+
+
+def _new_info(chatid: str, name: str, owner: str, members: list[str], settings: Mapping[str, int]) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "chatid": chatid, "name": name, "owner": owner, "useridlist": members,
+        "extidlist": [], "agentidlist": [], "icon": "", "conversationTag": 2, "status": 1,
+    }
+    info.update({field: settings.get(field, 0) for field in SETTING_FIELDS})
+    return info
+
+
+class ChatStore:
+    """Chats and messages under one lock, optionally persisted to a JSON file after each change."""
+
+    def __init__(self, users: Optional[Iterable[str]] = None, data_path: "str | os.PathLike[str] | None" = None) -> None:
+        self._lock = threading.Lock()
+        self._users = None if users is None else frozenset(users)
+        self._path = None if data_path is None else Path(data_path)
+        self._chats: dict[str, dict[str, Any]] = {}
+        self._messages: dict[str, dict[str, Any]] = {}
+        if self._path is not None and self._path.exists():
+            self._load(self._path)
+
+    # ---- API calls -------------------------------------------------------
+
+    def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``/chat/create``: validate everything, then insert the chat."""
+        name = _check_name(body.get("name"))
+        members = _check_ids(body, "useridlist", 1)
+        owner = body.get("owner")
+        if not isinstance(owner, str) or owner not in members:
+            raise ApiError(40035, "owner must be in useridlist")
+        self._check_known(members)
+        settings = _check_settings(body)
+        with self._lock:
+            chatid = self._fresh_chatid()
+            self._chats[chatid] = _new_info(chatid, name, owner, members, settings)
+            self._persist()
+        return {"chatid": chatid, "openConversationId": "cid" + secrets.token_urlsafe(16), "conversationTag": 2}
+
+    def update(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``/chat/update``: validate the whole call against the chat as it is, then apply it at once."""
+        chatid = check_chatid(body.get("chatid"))
+        adds = _check_ids(body, "add_useridlist", 0)
+        dels = _check_ids(body, "del_useridlist", 0)
+        name = None if body.get("name") is None else _check_name(body["name"])
+        settings = _check_settings(body)
+        icon = body.get("icon")
+        if icon is not None and not isinstance(icon, str):
+            raise ApiError(40035, "invalid icon")
+        new_owner = body.get("owner")
+        if new_owner is not None and (not isinstance(new_owner, str) or not new_owner):
+            raise ApiError(40035, "invalid owner")
+        self._check_known(adds)
+        with self._lock:
+            info = self._chat_or_34013(chatid)
+            current = info["useridlist"]
+            present = set(current)
+            removed = set(dels)
+            if info["owner"] in removed:
+                raise ApiError(40035, "the owner cannot be removed")
+            if new_owner is not None and new_owner not in present:
+                raise ApiError(40035, "the new owner must already be a member")
+            if new_owner is not None and new_owner in removed:
+                raise ApiError(40035, "the new owner cannot be removed")
+            kept = [m for m in current if m not in removed]
+            kept_set = set(kept)
+            members = kept + [a for a in adds if a not in kept_set]
+            if len(members) > MEMBER_CAP:
+                raise ApiError(40035, f"a chat holds at most {MEMBER_CAP} members; this would make {len(members)}")
+            info["useridlist"] = members
+            info.update(settings)
+            if name is not None:
+                info["name"] = name
+            if new_owner is not None:
+                info["owner"] = new_owner
+            if icon:
+                info["icon"] = icon
+            self._persist()
+        return {}
+
+    def get(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``/chat/get``: the stored ``chat_info``."""
+        chatid = check_chatid(params.get("chatid"))
+        with self._lock:
+            return {"chat_info": _copy_info(self._chat_or_34013(chatid))}
+
+    def send(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``/chat/send``: store the message; everyone who is a member now will have read it."""
+        chatid = check_chatid(body.get("chatid"))
+        msgtype = body.get("msgtype")
+        if msgtype not in MSG_TYPES:
+            raise ApiError(40035, f"invalid msgtype; one of {', '.join(MSG_TYPES)}")
+        content = body.get(msgtype)
+        if not isinstance(content, dict) or not all(content.get(k) for k in MSG_TYPES[msgtype]):
+            raise ApiError(40035, f"{msgtype} message needs an object with {', '.join(MSG_TYPES[msgtype]) or 'its fields'}")
+        with self._lock:
+            readers = sorted(self._chat_or_34013(chatid)["useridlist"])
+            message_id = secrets.token_hex(16)
+            self._messages[message_id] = {"chatid": chatid, "msgtype": msgtype, msgtype: content, "readers": readers}
+            self._persist()
+        return {"messageId": message_id}
+
+    def read_list(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``/chat/getReadList``: one page of readers, ``next_cursor`` unless it is the last page."""
+        cursor = _int_param(params, "cursor", 0)
+        size = _int_param(params, "size", 1, READ_LIST_PAGE_MAX)
+        with self._lock:
+            message = self._messages.get(params.get("messageId") or "")
+            if message is None:
+                raise ApiError(40035, "invalid messageId")
+            readers = message["readers"]
+        out: dict[str, Any] = {"readUserIdList": readers[cursor : cursor + size]}
+        if cursor + size < len(readers):
+            out["next_cursor"] = cursor + size
+        return out
+
+    # ---- direct access for tests (no rules beyond sanity) ----------------
+
+    def seed(self, name: str, owner: str, members: Iterable[str], chatid: Optional[str] = None,
+             settings: Optional[Mapping[str, int]] = None) -> str:
+        """Insert a chat as-is; the owner is made a member if not listed."""
+        unknown = sorted(set(settings or {}) - set(SETTING_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown setting field(s): {', '.join(unknown)}")
+        ids = list(dict.fromkeys([owner, *members] if owner not in members else members))
+        with self._lock:
+            if chatid is None:
+                chatid = self._fresh_chatid()
+            elif not CHATID_RE.fullmatch(chatid) or chatid in self._chats:
+                raise ValueError(f"chatid {chatid!r} is malformed or already exists")
+            self._chats[chatid] = _new_info(chatid, name, owner, ids, settings or {})
+            self._persist()
+        return chatid
+
+    def chat(self, chatid: str) -> Optional[dict[str, Any]]:
+        """A copy of the stored ``chat_info``, or None."""
+        with self._lock:
+            info = self._chats.get(chatid)
+            return None if info is None else _copy_info(info)
+
+    def chats(self) -> dict[str, dict[str, Any]]:
+        """Copies of every stored chat, by chatid."""
+        with self._lock:
+            return {cid: _copy_info(info) for cid, info in self._chats.items()}
+
+    def set_chat(self, chatid: str, fields: Mapping[str, Any]) -> None:
+        """Overwrite stored fields as a person in DingTalk would: no rules applied."""
+        settable = (set(_INFO_KEYS) - {"chatid"}) | set(SETTING_FIELDS)
+        unknown = sorted(set(fields) - settable)
+        if unknown:
+            raise ValueError(f"cannot set field(s): {', '.join(unknown)}")
+        with self._lock:
+            info = self._chats.get(chatid)
+            if info is None:
+                raise KeyError(chatid)
+            info.update({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in fields.items()})
+            self._persist()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._chats.clear()
+            self._messages.clear()
+            self._persist()
+
+    # ---- internals ------------------------------------------------------
+
+    def _check_known(self, ids: Iterable[str]) -> None:
+        if self._users is None:
+            return
+        unknown = sorted(set(ids) - self._users)
+        if unknown:
+            raise ApiError(60121, f"user not found: {', '.join(unknown)}")
+
+    def _chat_or_34013(self, chatid: str) -> dict[str, Any]:
+        info = self._chats.get(chatid)
+        if info is None:
+            raise ApiError(34013, "chat not found")
+        return info
+
+    def _fresh_chatid(self) -> str:
+        while True:
+            chatid = "chat" + secrets.token_hex(16)
+            if chatid not in self._chats:
+                return chatid
+
+    def _persist(self) -> None:
+        """Rewrite the data file atomically (caller holds the lock): temp file, fsync, rename."""
+        if self._path is None:
+            return
+        data = {"format": DATA_FORMAT, "version": DATA_VERSION, "chats": self._chats, "messages": self._messages}
+        directory = self._path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self._path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: corrupt emulator data file ({exc}); fix or remove it") from None
+        if not isinstance(data, dict) or data.get("format") != DATA_FORMAT or data.get("version") != DATA_VERSION:
+            raise ValueError(f"{path}: not a {DATA_FORMAT} version {DATA_VERSION} data file; fix or remove it")
+        chats, messages = data.get("chats"), data.get("messages", {})
+        if not isinstance(chats, dict) or not all(_is_chat(cid, info) for cid, info in chats.items()):
+            raise ValueError(f"{path}: corrupt emulator data file (bad 'chats'); fix or remove it")
+        if not isinstance(messages, dict) or not all(_is_message(m) for m in messages.values()):
+            raise ValueError(f"{path}: corrupt emulator data file (bad 'messages'); fix or remove it")
+        self._chats, self._messages = chats, messages
+
+
+def _is_chat(chatid: Any, info: Any) -> bool:
+    return (
+        isinstance(info, dict)
+        and info.get("chatid") == chatid
+        and isinstance(info.get("name"), str)
+        and isinstance(info.get("owner"), str)
+        and isinstance(info.get("useridlist"), list)
+        and all(isinstance(u, str) for u in info["useridlist"])
+    )
+
+
+def _is_message(message: Any) -> bool:
+    return isinstance(message, dict) and isinstance(message.get("chatid"), str) and isinstance(message.get("readers"), list)
+
+
+class TokenBook:
+    """Access tokens: random, expiring after ``ttl`` seconds, optionally after N uses."""
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        #: token -> [expires_at (monotonic), uses]
+        self._tokens: dict[str, list[float]] = {}
+
+    def issue(self) -> dict[str, Any]:
+        """A fresh token and its announced lifetime (whole seconds, rounded up)."""
+        token = secrets.token_hex(16)
+        with self._lock:
+            self._tokens[token] = [time.monotonic() + self._ttl, 0]
+        return {"access_token": token, "expires_in": math.ceil(self._ttl)}
+
+    def check(self, token: Optional[str], max_uses: int) -> None:
+        """Raise 40014 (missing/unknown) or 42001 (expired); count one use otherwise."""
+        with self._lock:
+            entry = self._tokens.get(token or "")
+            if entry is None:
+                raise ApiError(40014, "invalid access_token")
+            if time.monotonic() >= entry[0] or (max_uses > 0 and entry[1] >= max_uses):
+                raise ApiError(42001, "access_token expired")
+            entry[1] += 1
+
+    def expire_all(self) -> None:
+        with self._lock:
+            for entry in self._tokens.values():
+                entry[0] = -math.inf
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tokens.clear()

@@ -1,0 +1,66 @@
+"""Reading live chats: one ``/chat/get`` per chatid, concurrently, sharing one client.
+
+Per-chat failures (dissolved chat, no permission) become :class:`ReadFailure`
+values for the planner; failures that would hit every chat (bad credentials,
+unreachable API, quota used up) stop the run with one error instead of a
+thousand identical ones.
+"""
+from __future__ import annotations
+
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Callable, Iterable, Optional
+
+from .dingtalk import AuthError, DingTalkClient, DingTalkError, NotFoundError, QuotaExhaustedError, TransportError
+from .model import LiveChat
+from .planner import LiveResult, ReadFailure
+
+
+def is_fatal(exc: DingTalkError) -> bool:
+    """True for errors no other chat would escape: credentials, reachability, quota."""
+    if isinstance(exc, (QuotaExhaustedError, TransportError)):
+        return True
+    return isinstance(exc, AuthError) and exc.endpoint == "/gettoken"
+
+
+def read_one(client: DingTalkClient, chatid: str) -> LiveResult:
+    try:
+        return LiveChat.from_api(client.get_chat(chatid), chatid)
+    except DingTalkError as exc:
+        if is_fatal(exc):
+            raise
+        if isinstance(exc, NotFoundError):
+            return ReadFailure(f"chat {chatid} not found in DingTalk (dissolved, or not this app's): {exc}", not_found=True)
+        return ReadFailure(f"cannot read chat {chatid}: {exc}")
+
+
+def read_live(
+    client: DingTalkClient,
+    chatids: Iterable[str],
+    *,
+    parallelism: int = 8,
+    on_done: Optional[Callable[[], None]] = None,
+) -> dict[str, LiveResult]:
+    """chatid -> LiveChat or ReadFailure, for each distinct chatid. Order-independent by construction."""
+    ids = sorted(set(chatids))
+    results: dict[str, LiveResult] = {}
+    if parallelism <= 1 or len(ids) <= 1:
+        for chatid in ids:
+            results[chatid] = read_one(client, chatid)
+            if on_done:
+                on_done()
+        return results
+    with ThreadPoolExecutor(max_workers=min(parallelism, len(ids)), thread_name_prefix="dtchat-read") as pool:
+        futures = {pool.submit(read_one, client, chatid): chatid for chatid in ids}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                exc = future.exception()
+                if exc is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise exc
+                results[futures[future]] = future.result()
+                if on_done:
+                    on_done()
+    return dict(sorted(results.items()))

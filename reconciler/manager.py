@@ -1,0 +1,66 @@
+"""The library entry points the CLI calls: each returns values; none prints or exits.
+
+Like octoDNS's Manager, this is where config, state, live reads, planner and
+applier meet, so the click commands stay thin.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Collection, Optional, Sequence
+
+from .config import Config
+from .dingtalk import DingTalkClient
+from .live import read_live
+from .model import LiveChat
+from .plan import Plan
+from .planner import make_plan, resolve
+from .state import StateFile
+
+
+class UsageError(Exception):
+    """Bad input from the command line (unknown --target, bad key, …)."""
+
+
+def check_targets(config: Config, state: StateFile, targets: Sequence[str]) -> Optional[frozenset[str]]:
+    """None for "all chats"; otherwise the targets, each of which must be a known key."""
+    if not targets:
+        return None
+    known = {c.key for c in config.chats} | set(state.bindings)
+    for key in targets:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise UsageError(f"--target {key}: no chat with that key in the configuration or the state{hint}")
+    return frozenset(targets)
+
+
+def compute_plan(
+    config: Config,
+    state: StateFile,
+    client: DingTalkClient,
+    *,
+    targets: Optional[Collection[str]] = None,
+    parallelism: int = 8,
+    on_read: Optional[Callable[[], None]] = None,
+) -> Plan:
+    """Read every targeted chat once (concurrently) and diff it against the YAML."""
+    resolution = resolve(config.chats, state.bindings)
+    chatids = [cid for key, cid in resolution.chatids.items() if targets is None or key in targets]
+    live = read_live(client, chatids, parallelism=parallelism, on_done=on_read)
+    return make_plan(config.chats, state.bindings, live, targets=targets)
+
+
+def planned_reads(config: Config, state: StateFile, targets: Optional[Collection[str]] = None) -> int:
+    """How many chats a plan will read (to size a progress bar)."""
+    resolution = resolve(config.chats, state.bindings)
+    return sum(1 for key in resolution.chatids if targets is None or key in targets)
+
+
+def import_chat(client: DingTalkClient, state: StateFile, key: str, chatid: str) -> LiveChat:
+    """Verify the chat exists (one ``get``), then bind ``key`` to it. Raises DingTalkError if not."""
+    live = LiveChat.from_api(client.get_chat(chatid), chatid)
+    other = next((k for k, b in state.bindings.items() if b.chatid == chatid and k != key), None)
+    if other:
+        raise UsageError(f"chatid {chatid} is already bound to `{other}`; run `dtchat forget {other}` first")
+    state.record(key, chatid)
+    return live

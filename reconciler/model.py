@@ -1,0 +1,80 @@
+"""The immutable values that flow between config, planner and applier.
+
+Settings use dtchat's YAML names and values (``muted: True``,
+``mention_all: "owner"``); :mod:`reconciler.rules` maps them to the API.
+A setting absent from ``settings`` is unmanaged: never sent, never compared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a value was written: ``file:line:column`` (1-based)."""
+
+    file: str
+    line: int = 0
+    column: int = 0
+
+    def __str__(self) -> str:
+        if not self.line:
+            return self.file
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+def _freeze(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(sorted(mapping.items())))
+
+
+@dataclass(frozen=True)
+class DesiredChat:
+    """A chat as the YAML wants it, groups expanded, owner included in ``members``."""
+
+    key: str
+    name: str
+    owner: str
+    #: Sorted, deduplicated, owner included.
+    members: tuple[str, ...]
+    members_policy: str = "exact"
+    #: Declared settings only (chat's own merged over ``defaults``).
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    #: A pinned chatid (``chatid:`` in YAML), or None.
+    chatid: Optional[str] = None
+    location: Optional[Location] = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(sorted(set(self.members) | {self.owner})))
+        object.__setattr__(self, "settings", _freeze(self.settings))
+
+
+@dataclass(frozen=True)
+class LiveChat:
+    """A chat as ``/chat/get`` reports it."""
+
+    chatid: str
+    name: str
+    owner: str
+    #: Sorted.
+    members: tuple[str, ...]
+    #: Every setting the API reported, in YAML names and values.
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(sorted(set(self.members))))
+        object.__setattr__(self, "settings", _freeze(self.settings))
+
+    @classmethod
+    def from_api(cls, chat_info: Mapping[str, Any], chatid: str = "") -> "LiveChat":
+        """Build from ``chat_info``, tolerating missing optional and extra keys."""
+        from .rules import settings_from_api
+
+        return cls(
+            chatid=str(chat_info.get("chatid") or chatid),
+            name=str(chat_info.get("name") or ""),
+            owner=str(chat_info.get("owner") or ""),
+            members=tuple(str(u) for u in (chat_info.get("useridlist") or ())),
+            settings=settings_from_api(chat_info),
+        )

@@ -1,0 +1,110 @@
+"""A Plan: a typed list of per-chat changes, what the planner returns and the applier executes."""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .model import LiveChat
+
+
+class Action(str, enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    NOOP = "noop"
+    #: The key left the YAML: dtchat stops managing it; the chat stays in DingTalk.
+    FORGET = "forget"
+    #: The chat cannot be planned (unreadable, conflicting chatids, …).
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    name: str
+    #: The live value, or None when unknown (create, or not reported by the API).
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True)
+class ChatChange:
+    """What one chat needs. Member tuples are sorted; ``add`` of a create lists every member."""
+
+    key: str
+    action: Action
+    chatid: Optional[str] = None
+    #: (old, new) when the name changes; (None, name) on create.
+    name: Optional[tuple[Optional[str], str]] = None
+    #: (old, new) when the owner changes; (None, owner) on create.
+    owner: Optional[tuple[Optional[str], str]] = None
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    settings: tuple[SettingChange, ...] = ()
+    #: Members the chat has now (0 for a create).
+    live_count: int = 0
+    #: additive chats: live members not in the YAML, kept by policy.
+    kept: tuple[str, ...] = ()
+    error: Optional[str] = None
+    #: Digest of the live state the change was computed from (saved plans).
+    fingerprint: Optional[str] = None
+
+    @property
+    def changed(self) -> bool:
+        return self.action in (Action.CREATE, Action.UPDATE, Action.FORGET)
+
+    @property
+    def new_name(self) -> Optional[str]:
+        return self.name[1] if self.name else None
+
+    @property
+    def new_owner(self) -> Optional[str]:
+        return self.owner[1] if self.owner else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[ChatChange, ...]
+
+    def of(self, *actions: Action) -> tuple[ChatChange, ...]:
+        return tuple(c for c in self.changes if c.action in actions)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.changed for c in self.changes)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(c.action is Action.ERROR for c in self.changes)
+
+    def counts(self) -> dict[str, int]:
+        out = {a.value: 0 for a in Action}
+        for c in self.changes:
+            out[c.action.value] += 1
+        out["members_added"] = sum(len(c.add) for c in self.changes)
+        out["members_removed"] = sum(len(c.remove) for c in self.changes)
+        return out
+
+    def summary(self) -> str:
+        n = self.counts()
+        line = (
+            f"Plan: {n['create']} to create, {n['update']} to update, {n['forget']} to forget; "
+            f"+{n['members_added']} / -{n['members_removed']} members."
+        )
+        if n["error"]:
+            line += f" {n['error']} chat{'s' if n['error'] != 1 else ''} could not be planned."
+        return line
+
+
+def live_fingerprint(live: LiveChat) -> str:
+    """A stable digest of everything dtchat compares, so a saved plan can tell if the chat moved."""
+    payload = {
+        "chatid": live.chatid,
+        "name": live.name,
+        "owner": live.owner,
+        "members": list(live.members),
+        "settings": dict(live.settings),
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return "sha256:" + hashlib.sha256(blob).hexdigest()[:32]

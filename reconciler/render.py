@@ -1,0 +1,159 @@
+"""Plan output: text for terminals, Markdown for PR comments, JSON for machines.
+
+Text uses click styles; click strips them when the output is not a terminal.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Optional
+
+import click
+
+from .plan import Action, ChatChange, Plan, SettingChange
+
+FORMATS = ("text", "markdown", "json")
+FORMAT_VERSION = 1
+
+_SYMBOL = {
+    Action.CREATE: ("+", "green"),
+    Action.UPDATE: ("~", "yellow"),
+    Action.NOOP: ("=", None),
+    Action.FORGET: ("-", "magenta"),
+    Action.ERROR: ("!", "red"),
+}
+_LABEL = {
+    Action.CREATE: "create",
+    Action.UPDATE: "update",
+    Action.NOOP: "no change",
+    Action.FORGET: "forget",
+    Action.ERROR: "error",
+}
+
+
+def show_value(value: Any) -> str:
+    """YAML spelling of a setting value (true/false, owner/everyone, ? when unknown)."""
+    if value is None:
+        return "?"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _setting_line(s: SettingChange) -> str:
+    if s.old is None:
+        return f"{s.name}: {show_value(s.new)}"
+    return f"{s.name}: {show_value(s.old)} → {show_value(s.new)}"
+
+
+def _chat_lines(c: ChatChange) -> list[str]:
+    lines: list[str] = []
+    if c.action is Action.ERROR:
+        return [c.error or "unknown error"]
+    if c.action is Action.FORGET:
+        return ["removed from the YAML: dtchat stops managing it; the chat stays in DingTalk"]
+    if c.name:
+        lines.append(f"name: {c.name[1]}" if c.name[0] is None else f"name: {c.name[0]} → {c.name[1]}")
+    if c.owner:
+        lines.append(f"owner: {c.owner[1]}" if c.owner[0] is None else f"owner: {c.owner[0]} → {c.owner[1]}")
+    lines.extend(_setting_line(s) for s in c.settings)
+    lines.extend(click.style(f"+ {m}", fg="green") for m in c.add)
+    lines.extend(click.style(f"- {m}", fg="red") for m in c.remove)
+    if c.kept:
+        lines.append(f"(additive: {len(c.kept)} member{'s' if len(c.kept) != 1 else ''} not in the YAML kept)")
+    return lines
+
+
+def render_text(plan: Plan, *, verbose: bool = False, warnings: tuple[str, ...] = ()) -> str:
+    """The plan as a terminal shows it; unchanged chats only with ``verbose``."""
+    out: list[str] = []
+    for c in plan.changes:
+        if c.action is Action.NOOP and not verbose:
+            continue
+        symbol, colour = _SYMBOL[c.action]
+        where = f" ({c.chatid})" if c.chatid else ""
+        out.append(click.style(f"{symbol} {_LABEL[c.action]} {c.key}{where}", fg=colour, bold=True))
+        out.extend(f"    {line}" for line in _chat_lines(c))
+    if out:
+        out.append("")
+    out.extend(click.style(f"Warning: {w}", fg="yellow") for w in warnings)
+    if not plan.has_changes and not plan.has_errors:
+        out.append("No changes. DingTalk matches the configuration.")
+    out.append(plan.summary())
+    return "\n".join(out)
+
+
+def _md(text: Any) -> str:
+    """Escape user-controlled text for a Markdown table cell or summary line."""
+    s = str(text)
+    for ch in "\\`*_[]<>|#":
+        s = s.replace(ch, "\\" + ch)
+    return s.replace("\r", " ").replace("\n", " ")
+
+
+def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
+    """A PR comment: summary table, then a collapsible section per changed chat."""
+    rows = [c for c in plan.changes if c.action is not Action.NOOP]
+    out = ["### dtchat plan", ""]
+    for w in warnings:
+        out.append(f"> **Warning:** {_md(w)}")
+        out.append("")
+    if rows:
+        out += ["| Chat | Action | + members | − members | Settings |", "|---|---|---:|---:|---|"]
+        for c in rows:
+            settings = ", ".join(_md(_setting_line(s)) for s in c.settings) or ""
+            out.append(f"| `{_md(c.key)}` | {_LABEL[c.action]} | {len(c.add)} | {len(c.remove)} | {settings} |")
+        out.append("")
+        for c in rows:
+            out.append(f"<details><summary>{_SYMBOL[c.action][0]} {_LABEL[c.action]} <code>{_md(c.key)}</code></summary>")
+            out.append("")
+            out.append("```diff")
+            out.extend(click.unstyle(line).replace("```", "'''") for line in _chat_lines(c))
+            out.append("```")
+            out.append("</details>")
+            out.append("")
+    else:
+        out += ["No changes.", ""]
+    out.append(f"**{_md(plan.summary())}**")
+    return "\n".join(out) + "\n"
+
+
+def change_to_json(c: ChatChange) -> dict[str, Any]:
+    def pair(p: Optional[tuple]) -> Optional[dict[str, Any]]:
+        return None if p is None else {"old": p[0], "new": p[1]}
+
+    return {
+        "key": c.key,
+        "action": c.action.value,
+        "chatid": c.chatid,
+        "name": pair(c.name),
+        "owner": pair(c.owner),
+        "add": list(c.add),
+        "remove": list(c.remove),
+        "kept": list(c.kept),
+        "settings": [{"name": s.name, "old": s.old, "new": s.new} for s in c.settings],
+        "live_count": c.live_count,
+        "fingerprint": c.fingerprint,
+        "error": c.error,
+    }
+
+
+def plan_to_json(plan: Plan, **extra: Any) -> dict[str, Any]:
+    """The documented, versioned plan object (see docs/formats.md)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "dtchat-plan",
+        **extra,
+        "summary": plan.counts(),
+        "changes": [change_to_json(c) for c in plan.changes],
+    }
+
+
+def render_json(plan: Plan, **extra: Any) -> str:
+    return json.dumps(plan_to_json(plan, **extra), ensure_ascii=False, indent=2) + "\n"
+
+
+RENDERERS: dict[str, Callable[..., str]] = {
+    "text": render_text,
+    "markdown": render_markdown,
+    "json": render_json,
+}

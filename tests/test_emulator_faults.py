@@ -1,0 +1,205 @@
+"""Injected faults: each one over real HTTP, as a DingTalk client would meet it."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from reconciler.emulator import EmulatorServer, Faults
+
+
+class Api:
+    """Raw ``requests`` against one emulator; returns whole responses so faults stay visible."""
+
+    def __init__(self, srv: EmulatorServer) -> None:
+        self.base = srv.url
+        self.http = requests.Session()
+        self.token = self.gettoken().json()["access_token"]
+
+    def gettoken(self) -> requests.Response:
+        return self.http.get(self.base + "/gettoken", params={"appkey": "k", "appsecret": "s"})
+
+    def get(self, endpoint: str, **params: Any) -> requests.Response:
+        return self.http.get(self.base + endpoint, params={"access_token": self.token, **params})
+
+    def post(self, endpoint: str, body: Any) -> requests.Response:
+        return self.http.post(self.base + endpoint, params={"access_token": self.token}, json=body)
+
+    def errcode(self, response: requests.Response) -> Any:
+        return response.json().get("errcode")
+
+    def stored_chats(self) -> dict[str, Any]:
+        return self.http.get(self.base + "/__emulator__/chats").json()["chats"]
+
+
+@pytest.fixture
+def srv():
+    with EmulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def api(srv):
+    client = Api(srv)
+    yield client
+    client.http.close()
+
+
+@pytest.fixture
+def cid(srv):
+    return srv.seed_chat("chat", "alice", ["alice", "bob"])
+
+
+def test_latency_delays_api_requests_but_not_admin_routes(srv, api, cid):
+    srv.faults.latency_ms = 120
+    started = time.perf_counter()
+    assert api.errcode(api.get("/chat/get", chatid=cid)) == 0
+    assert time.perf_counter() - started >= 0.12
+    assert srv.calls[-1].elapsed_ms >= 120
+    started = time.perf_counter()
+    api.http.get(srv.url + "/__emulator__/counters")
+    assert time.perf_counter() - started < 0.1
+
+
+def test_qps_limit_answers_90018_per_endpoint_and_spares_gettoken(srv, api, cid):
+    srv.faults.qps_limit = 3
+    codes = [api.errcode(api.get("/chat/get", chatid=cid)) for _ in range(5)]
+    assert codes == [0, 0, 0, 90018, 90018]
+    assert api.errcode(api.post("/chat/update", {"chatid": cid})) == 0  # its own window
+    assert all(api.errcode(api.gettoken()) == 0 for _ in range(5))
+    time.sleep(1.0)  # the window is one second wide; rejected calls did not extend it
+    assert api.errcode(api.get("/chat/get", chatid=cid)) == 0
+
+
+def test_busy_every_nth_answers_minus_one_and_does_nothing(srv, api, cid):
+    srv.faults.busy_every = 2
+    first = api.post("/chat/update", {"chatid": cid, "name": "first"})
+    second = api.post("/chat/update", {"chatid": cid, "name": "second"})
+    assert (api.errcode(first), api.errcode(second)) == (0, -1)
+    assert second.json()["errmsg"] == "系统繁忙"
+    assert srv.chat(cid)["name"] == "first"
+    assert api.errcode(api.gettoken()) == 0  # /gettoken never counts
+
+
+def test_changing_an_every_nth_knob_restarts_its_count(srv, api, cid):
+    for _ in range(3):
+        api.get("/chat/get", chatid=cid)
+    srv.faults.busy_every = 3
+    codes = [api.errcode(api.get("/chat/get", chatid=cid)) for _ in range(6)]
+    assert codes == [0, 0, -1, 0, 0, -1]
+
+
+def test_http500_every_nth_answers_html_and_does_nothing(srv, api):
+    srv.faults.http500_every = 1
+    response = api.post("/chat/create", {"name": "x", "owner": "a", "useridlist": ["a"]})
+    assert response.status_code == 500 and response.headers["Content-Type"].startswith("text/html")
+    assert "<html>" in response.text
+    assert srv.calls[-1].status == 500 and srv.calls[-1].errcode is None
+    srv.faults.http500_every = 0
+    assert api.errcode(api.post("/chat/create", {"name": "x", "owner": "a", "useridlist": ["a"]})) == 0
+    assert len(srv.calls_to("/chat/create")) == 2 and len(api.stored_chats()) == 1
+
+
+def test_ip_ban_answers_a_json_ban_without_errcode(srv, api, cid):
+    srv.faults.ip_ban_every = 1
+    srv.faults.ban_wait = 3
+    response = api.get("/chat/get", chatid=cid)
+    body = response.json()
+    assert response.status_code == 200 and "errcode" not in body
+    assert (body["status"], body["wait"], body["punish"]) == (1111, 3, "deny") and body["message"]
+
+
+def test_ip_ban_can_be_an_html_page(srv, api, cid):
+    srv.faults.ip_ban_every = 1
+    srv.faults.ip_ban_html = True
+    response = api.get("/chat/get", chatid=cid)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
+    with pytest.raises(ValueError):
+        response.json()
+
+
+def test_fault_endpoints_limits_which_endpoints_count_and_fail(srv, api, cid):
+    srv.faults.busy_every = 2
+    srv.faults.fault_endpoints = {"/chat/update"}
+    codes = []
+    for _ in range(2):
+        codes.append(("get", api.errcode(api.get("/chat/get", chatid=cid))))
+        codes.append(("update", api.errcode(api.post("/chat/update", {"chatid": cid}))))
+    assert codes == [("get", 0), ("update", 0), ("get", 0), ("update", -1)]
+
+
+def test_token_uses_expires_each_token_after_n_uses(srv, api, cid):
+    srv.faults.token_uses = 2
+    codes = [api.errcode(api.get("/chat/get", chatid=cid)) for _ in range(3)]
+    assert codes == [0, 0, 42001]
+    api.token = api.gettoken().json()["access_token"]
+    assert api.errcode(api.get("/chat/get", chatid=cid)) == 0
+
+
+def test_fail_chatids_fails_every_request_naming_the_chat(srv, api, cid):
+    other = srv.seed_chat("other", "alice", ["alice"])
+    srv.faults.fail_chatids = {cid: 60011}
+    assert api.errcode(api.get("/chat/get", chatid=cid)) == 60011
+    assert api.errcode(api.post("/chat/update", {"chatid": cid, "name": "nope"})) == 60011
+    assert api.errcode(api.post("/chat/send", {"chatid": cid, "msgtype": "text", "text": {"content": "x"}})) == 60011
+    assert api.errcode(api.get("/chat/get", chatid=other)) == 0
+    assert srv.chat(cid)["name"] == "chat"
+
+
+def test_drop_after_create_commits_the_chat_then_drops_the_connection(srv, api):
+    srv.faults.drop_after_create = 1
+    body = {"name": "lost reply", "owner": "alice", "useridlist": ["alice"]}
+    with pytest.raises(requests.ConnectionError):
+        api.post("/chat/create", body)
+    assert [c["name"] for c in api.stored_chats().values()] == ["lost reply"]
+    assert srv.calls[-1].status == 0 and srv.faults.drop_after_create == 0
+    assert api.errcode(api.post("/chat/create", body)) == 0  # a second chat, same name: create is not idempotent
+    assert len(api.stored_chats()) == 2
+
+
+def test_drop_after_create_spares_failed_creates(srv, api):
+    srv.faults.drop_after_create = 1
+    assert api.errcode(api.post("/chat/create", {"name": "", "owner": "a", "useridlist": ["a"]})) == 40035
+    assert srv.faults.drop_after_create == 1
+
+
+def test_monthly_quota_runs_out_with_90020(srv, api, cid):
+    srv.faults.monthly_quota = 2
+    codes = [api.errcode(api.get("/chat/get", chatid=cid)) for _ in range(3)]
+    assert codes == [0, 0, 90020]
+    assert api.errcode(api.gettoken()) == 0
+    assert api.errcode(api.post("/chat/update", {"chatid": cid})) == 90020
+    assert srv.faults.monthly_quota == 0
+
+
+def test_faults_can_be_set_over_the_admin_route(srv, api, cid):
+    reply = api.http.post(srv.url + "/__emulator__/faults", json={"fail_chatids": {cid: 34013}, "qps_limit": 0.5})
+    assert reply.status_code == 200
+    assert srv.faults.fail_chatids == {cid: 34013} and srv.faults.qps_limit == 0.5
+    assert api.errcode(api.get("/chat/get", chatid=cid)) == 34013
+
+
+@pytest.mark.parametrize("values", [
+    {"busy_every": 1.5}, {"busy_every": True}, {"ip_ban_html": 1}, {"latency_ms": "10"},
+    {"fault_endpoints": "/chat/get"}, {"fail_chatids": {"chat1": "60011"}}, {"bogus": 1},
+])
+def test_faults_update_refuses_bad_values(values):
+    faults = Faults()
+    with pytest.raises(ValueError):
+        faults.update(values)
+    assert faults == Faults()
+
+
+def test_calls_are_listed_in_arrival_order_even_when_they_finish_out_of_order(srv, api, cid):
+    srv.faults.latency_ms = 150
+    slow = threading.Thread(target=lambda: requests.get(srv.url + "/chat/get", params={"chatid": cid}).close())
+    slow.start()
+    time.sleep(0.05)
+    srv.faults.latency_ms = 0
+    api.get("/chat/get", chatid=cid, marker="fast")
+    slow.join()
+    gets = srv.calls_to("/chat/get")
+    assert [c.params.get("marker") for c in gets] == [None, "fast"] and gets[0].seq < gets[1].seq
