@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from .batching import CREATE, ApiCall, BatchingError, calls_for, describe_call
 from .dingtalk import AmbiguousCreateError, DingTalkClient, DingTalkError
+from .notify import message_for
 from .plan import Action, ChatChange, Plan
 from .state import StateFile
 
@@ -26,6 +27,8 @@ class ChatResult:
     calls: int = 0
     chatid: Optional[str] = None
     error: Optional[str] = None
+    #: A problem that did not fail the chat (e.g. the --notify message could not be sent).
+    warning: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ def apply_change(
     state: StateFile,
     *,
     on_call: Optional[Callable[[str, str], None]] = None,
+    notify: bool = False,
 ) -> ChatResult:
     """Converge one chat. Never raises for API errors: they become a failed ChatResult."""
     key = change.key
@@ -119,7 +123,13 @@ def apply_change(
             state.record(key, chatid, created=True)  # before any further call
     if chatid and (state.get(key) is None or state.get(key).chatid != chatid):
         state.record(key, chatid)  # a pinned chat: remember it
-    return ChatResult(key, change.action, ok=True, calls=done, chatid=chatid)
+    warning = None
+    if notify and calls and chatid:
+        try:
+            client.send_text(chatid, message_for(change))
+        except DingTalkError as exc:
+            warning = f"changes applied, but the --notify message was not sent: {exc}"
+    return ChatResult(key, change.action, ok=True, calls=done, chatid=chatid, warning=warning)
 
 
 def apply_plan(
@@ -129,11 +139,12 @@ def apply_plan(
     *,
     on_call: Optional[Callable[[str, str], None]] = None,
     on_result: Optional[Callable[[ChatResult], None]] = None,
+    notify: bool = False,
 ) -> ApplyResult:
     """Apply every change in plan order; the caller holds the state lock."""
     results = []
     for change in plan.changes:
-        result = apply_change(change, client, state, on_call=on_call)
+        result = apply_change(change, client, state, on_call=on_call, notify=notify)
         if not result.ok:
             log.warning("chat %s failed: %s", change.key, result.error)
         if on_result:

@@ -7,6 +7,7 @@ click's usual 2, so that ``--detailed-exitcode`` stays unambiguous in CI.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -19,21 +20,32 @@ from typing import Iterator, Optional
 import click
 
 from . import __version__
+from .adopt import desired_from_live
 from .applier import ChatResult, apply_plan
 from .batching import calls_for, describe_call
-from .config import ConfigError, load_config
+from .config import ConfigError, dump_config, load_config
 from .connect import SANDBOX_DIR, SetupError, connect
 from .dingtalk import DingTalkError, redact
+from .dingtalk.redact import RedactingFilter
+from .drift import drift_report
+from .live import read_live
 from .manager import UsageError, check_targets, compute_plan, import_chat, planned_reads
-from .render import FORMATS, render_json, render_markdown, render_text
+from .model import LiveChat
+from .notify import message_for
+from .plan import Action
+from .planfile import PlanFileError, plan_document, read_plan, staleness, to_verify
+from .planner import ReadFailure
+from .render import (FORMATS, render_drift_json, render_drift_markdown, render_drift_text, render_json,
+                     render_markdown, render_text)
 from .rules import DEFAULT_QPS
+from .safety import DEFAULT_MAX_REMOVAL_PCT, MIN_EXISTING_MEMBERS, Thresholds, removal_violations
 from .state import StateError, StateFile, default_path, locked
 
 #: Show a progress bar when at least this many chats are read and stderr is a terminal.
 PROGRESS_MIN = 20
 KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 #: Errors that end a command with one line and exit 1.
-EXPECTED = (ConfigError, StateError, SetupError, UsageError, DingTalkError, OSError, ValueError)
+EXPECTED = (ConfigError, StateError, SetupError, UsageError, PlanFileError, DingTalkError, OSError, ValueError)
 
 
 @dataclass
@@ -142,13 +154,26 @@ def cli(ctx: click.Context, sandbox: bool, api_base: Optional[str], verbose: boo
     """
     color = False if (no_color or os.environ.get("NO_COLOR")) else None
     ctx.obj = Options(sandbox=sandbox, api_base=api_base, verbose=verbose, color=color, max_qps=max_qps)
+    ctx.call_on_close(_log_to_stderr(verbose))
+
+
+def _log_to_stderr(verbose: bool):
+    """Route dtchat's logs to stderr (DEBUG with -v, else errors only); returns the undo."""
+    logger = logging.getLogger("reconciler")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    root = logging.getLogger("reconciler")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.ERROR)
-    root.propagate = False
+    handler.addFilter(RedactingFilter())
+    handler.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    old_level = logger.level
+    logger.addHandler(handler)
+    if verbose:
+        logger.setLevel(logging.DEBUG)
 
+    def undo() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+    return undo
 
 @cli.command()
 @paths_argument
@@ -159,35 +184,60 @@ def validate(opts: Options, paths: tuple[str, ...]) -> None:
     opts.echo(config.summary())
 
 
+removal_options = [
+    click.option("--max-removal-pct", type=click.FloatRange(0, 100), default=DEFAULT_MAX_REMOVAL_PCT, show_default=True,
+                 help=f"Refuse when a chat of {MIN_EXISTING_MEMBERS}+ members would lose more than this percentage."),
+    click.option("--max-removals", type=click.IntRange(min=0), default=None,
+                 help="Refuse when the run would remove more members than this in all."),
+]
+
+
+def with_options(options):
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
 @cli.command()
 @paths_argument
 @state_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
-@click.option("--out", "out_file", metavar="F", help="Also write the JSON plan to F (for `apply --plan`).")
+@click.option("--out", "out_file", metavar="F", help="Also save the plan as JSON to F (for `apply --plan F`).")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when there are no changes, 2 when there are.")
 @target_option
 @parallelism_option
+@with_options(removal_options)
 @click.pass_obj
-def plan(opts: Options, paths, state_file, fmt, out_file, detailed_exitcode, targets, parallelism) -> None:
+def plan(opts: Options, paths, state_file, fmt, out_file, detailed_exitcode, targets, parallelism,
+         max_removal_pct, max_removals) -> None:
     """Show what apply would change (read-only)."""
     config = load_config(paths)
-    state = StateFile(opts.state_path(state_file, paths[0]))
+    state_path = opts.state_path(state_file, paths[0])
+    state = StateFile(state_path)
     wanted = check_targets(config, state, targets)
     with opts.client(parallelism) as client:
-        with progress(planned_reads(config, state, wanted), "Reading chats") as tick:
-            the_plan = compute_plan(config, state, client, targets=wanted, parallelism=parallelism, on_read=tick)
+        the_plan = _read_and_plan(opts, config, state, client, wanted, parallelism)
+    warnings = removal_violations(the_plan, Thresholds(max_removal_pct, max_removals))
     if fmt == "json":
         opts.echo(render_json(the_plan).rstrip("\n"))
     elif fmt == "markdown":
-        opts.echo(render_markdown(the_plan).rstrip("\n"))
+        opts.echo(render_markdown(the_plan, warnings=warnings).rstrip("\n"))
     else:
-        opts.echo(render_text(the_plan, verbose=opts.verbose))
+        opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=warnings))
     if out_file:
-        _write_text(Path(out_file), render_json(the_plan))
+        document = plan_document(the_plan, config.files, str(state_path))
+        _write_text(Path(out_file), json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     if the_plan.has_errors:
         raise click.exceptions.Exit(1)
     if detailed_exitcode and the_plan.has_changes:
         raise click.exceptions.Exit(2)
+
+
+def _read_and_plan(opts: Options, config, state: StateFile, client, wanted, parallelism: int):
+    with progress(planned_reads(config, state, wanted), "Reading chats") as tick:
+        return compute_plan(config, state, client, targets=wanted, parallelism=parallelism, on_read=tick)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -200,26 +250,48 @@ def _write_text(path: Path, text: str) -> None:
 
 
 @cli.command()
-@paths_argument
+@click.argument("paths", nargs=-1, type=click.Path(exists=False))
+@click.option("--plan", "plan_file", metavar="F", help="Apply exactly this saved plan (from `plan --out F`).")
 @state_option
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation (CI).")
 @click.option("--dry-run", is_flag=True, help="Print every API call apply would make; change nothing.")
+@with_options(removal_options)
+@click.option("--force", is_flag=True, help="Apply even when the removal thresholds are exceeded.")
+@click.option("--notify", is_flag=True, help="Post a one-line summary into each changed chat.")
 @target_option
 @parallelism_option
 @click.pass_obj
-def apply(opts: Options, paths, state_file, auto_approve, dry_run, targets, parallelism) -> None:
-    """Converge DingTalk to the YAML."""
-    config = load_config(paths)
-    path = opts.state_path(state_file, paths[0])
+def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, max_removal_pct, max_removals,
+          force, notify, targets, parallelism) -> None:
+    """Converge DingTalk to the YAML (PATH...), or apply a saved plan (--plan F)."""
+    if bool(paths) == bool(plan_file):
+        raise UsageError("give either PATH... or --plan F, not both and not neither")
+    if plan_file and targets:
+        raise UsageError("--target cannot narrow a saved plan; make the plan with --target instead")
+    saved = read_plan(plan_file) if plan_file else None
+    config = None if saved else load_config(paths)
+    if saved:
+        path = Path(state_file or saved.state_file or opts.state_path(None, None))
+    else:
+        path = opts.state_path(state_file, paths[0])
     with contextlib.ExitStack() as stack:
         state = StateFile(path) if dry_run else stack.enter_context(locked(path))
-        wanted = check_targets(config, state, targets)
         client = stack.enter_context(opts.client(parallelism))
-        with progress(planned_reads(config, state, wanted), "Reading chats") as tick:
-            the_plan = compute_plan(config, state, client, targets=wanted, parallelism=parallelism, on_read=tick)
-        opts.echo(render_text(the_plan, verbose=opts.verbose))
+        if saved:
+            live = read_live(client, to_verify(saved), parallelism=parallelism)
+            stale = staleness(saved, live, state.bindings)
+            if stale:
+                raise UsageError(f"{plan_file}: refusing the saved plan, nothing was changed: " + "; ".join(stale))
+            the_plan = saved.plan
+        else:
+            the_plan = _read_and_plan(opts, config, state, client, check_targets(config, state, targets), parallelism)
+        violations = removal_violations(the_plan, Thresholds(max_removal_pct, max_removals))
+        opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=violations))
+        if violations and not force:
+            raise UsageError("refusing to apply, nothing was changed: " + "; ".join(violations)
+                             + " (pass --force if this is intended)")
         if dry_run:
-            _print_calls(opts, the_plan)
+            _print_calls(opts, the_plan, notify)
             raise click.exceptions.Exit(1 if the_plan.has_errors else 0)
         if not the_plan.has_changes:
             raise click.exceptions.Exit(1 if the_plan.has_errors else 0)
@@ -230,7 +302,8 @@ def apply(opts: Options, paths, state_file, auto_approve, dry_run, targets, para
                 opts.echo("Cancelled; nothing was changed.")
                 raise click.exceptions.Exit(1)
         on_call = (lambda key, line: opts.echo(f"  {key}: {line}", err=True)) if opts.verbose else None
-        result = apply_plan(the_plan, client, state, on_call=on_call, on_result=lambda r: _report(opts, r))
+        result = apply_plan(the_plan, client, state, on_call=on_call, notify=notify,
+                            on_result=lambda r: _report(opts, r))
     opts.echo(result.summary())
     if not result.ok:
         failed = ", ".join(r.key for r in result.failed)
@@ -238,25 +311,77 @@ def apply(opts: Options, paths, state_file, auto_approve, dry_run, targets, para
         raise click.exceptions.Exit(1)
 
 
-def _print_calls(opts: Options, the_plan) -> None:
+def _print_calls(opts: Options, the_plan, notify: bool) -> None:
     opts.echo("")
     opts.echo("Dry run: these API calls would be made (nothing was changed):")
     count = 0
     for change in the_plan.changes:
-        for call in calls_for(change):
+        calls = calls_for(change)
+        for call in calls:
             opts.echo(f"  {change.key}: {describe_call(call, change.key)}")
+        count += len(calls)
+        if notify and calls:
+            opts.echo(f"  {change.key}: POST /chat/send {json.dumps(message_for(change), ensure_ascii=False)}")
             count += 1
-        if change.action.value == "forget":
+        if change.action is Action.FORGET:
             opts.echo(f"  {change.key}: (state only) forget {change.chatid}")
     opts.echo(f"{count} API call{'s' if count != 1 else ''}.")
 
 
 def _report(opts: Options, r: ChatResult) -> None:
+    if r.warning:
+        opts.echo(click.style(f"! {r.key}: {r.warning}", fg="yellow"), err=True)
     if r.ok:
-        if r.calls or r.action.value == "forget":
+        if r.calls or r.action is Action.FORGET:
             opts.echo(click.style(f"✓ {r.key}: {r.action.value} done ({r.calls} call{'s' if r.calls != 1 else ''})", fg="green"))
     else:
         opts.echo(click.style(f"✗ {r.key}: {r.error}", fg="red"), err=True)
+
+
+@cli.command()
+@paths_argument
+@state_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+@target_option
+@parallelism_option
+@click.pass_obj
+def drift(opts: Options, paths, state_file, fmt, targets, parallelism) -> None:
+    """Audit live chats against the YAML (read-only). Exit 0 none, 2 drift, 1 error."""
+    config = load_config(paths)
+    state = StateFile(opts.state_path(state_file, paths[0]))
+    wanted = check_targets(config, state, targets)
+    with opts.client(parallelism) as client:
+        report = drift_report(_read_and_plan(opts, config, state, client, wanted, parallelism))
+    if fmt == "json":
+        opts.echo(render_drift_json(report).rstrip("\n"))
+    elif fmt == "markdown":
+        opts.echo(render_drift_markdown(report).rstrip("\n"))
+    else:
+        opts.echo(render_drift_text(report, verbose=opts.verbose))
+    if report.has_errors:
+        raise click.exceptions.Exit(1)
+    if report.has_drift:
+        raise click.exceptions.Exit(2)
+
+
+@cli.command()
+@click.argument("chatids", nargs=-1, required=True)
+@click.option("--out", "out_file", metavar="F", help="Write the YAML to F instead of stdout.")
+@parallelism_option
+@click.pass_obj
+def dump(opts: Options, chatids, out_file, parallelism) -> None:
+    """Write live chats as YAML that `plan` then shows as no change."""
+    with opts.client(parallelism) as client:
+        live = read_live(client, chatids, parallelism=parallelism)
+    failures = [f"{cid}: {r.message}" for cid, r in live.items() if isinstance(r, ReadFailure)]
+    if failures:
+        raise UsageError("cannot dump, nothing was written: " + "; ".join(failures))
+    text = dump_config(desired_from_live(r for r in live.values() if isinstance(r, LiveChat)))
+    if out_file:
+        _write_text(Path(out_file), text)
+        opts.echo(f"Wrote {len(live)} chat{'s' if len(live) != 1 else ''} to {out_file}", err=True)
+    else:
+        opts.echo(text.rstrip("\n"))
 
 
 @cli.command("import")

@@ -5,10 +5,11 @@ Text uses click styles; click strips them when the output is not a terminal.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import click
 
+from .drift import ChatDrift, DriftReport, Status
 from .plan import Action, ChatChange, Plan, SettingChange
 
 FORMATS = ("text", "markdown", "json")
@@ -152,8 +153,91 @@ def render_json(plan: Plan, **extra: Any) -> str:
     return json.dumps(plan_to_json(plan, **extra), ensure_ascii=False, indent=2) + "\n"
 
 
-RENDERERS: dict[str, Callable[..., str]] = {
-    "text": render_text,
-    "markdown": render_markdown,
-    "json": render_json,
-}
+# -- drift ----------------------------------------------------------------------------
+
+_DRIFT_SYMBOL = {Status.DRIFTED: ("~", "yellow"), Status.MISSING: ("+", "green"),
+                 Status.ERROR: ("!", "red"), Status.IN_SYNC: ("=", None)}
+
+
+def _drift_lines(d: ChatDrift) -> list[str]:
+    if d.status is Status.ERROR:
+        return [d.error or "unknown error"]
+    if d.status is Status.MISSING:
+        return ["no chat exists for this key yet (run apply)"]
+    lines = []
+    if d.name:
+        lines.append(f"name: expected {d.name[0]}, live {d.name[1]}")
+    if d.owner:
+        lines.append(f"owner: expected {d.owner[0]}, live {d.owner[1]}")
+    lines.extend(f"{s.name}: expected {show_value(s.expected)}, live {show_value(s.actual)}" for s in d.settings)
+    lines.extend(click.style(f"+ {m} (in the YAML, not in the chat)", fg="green") for m in d.missing)
+    lines.extend(click.style(f"- {m} (in the chat, not in the YAML)", fg="red") for m in d.unexpected)
+    return lines
+
+
+def render_drift_text(report: DriftReport, *, verbose: bool = False) -> str:
+    out: list[str] = []
+    for d in report.chats:
+        if d.status is Status.IN_SYNC and not verbose:
+            continue
+        symbol, colour = _DRIFT_SYMBOL[d.status]
+        where = f" ({d.chatid})" if d.chatid else ""
+        out.append(click.style(f"{symbol} {d.status.value.replace('_', ' ')} {d.key}{where}", fg=colour, bold=True))
+        out.extend(f"    {line}" for line in _drift_lines(d))
+    if out:
+        out.append("")
+    if not report.has_drift and not report.has_errors:
+        out.append("No drift. DingTalk matches the configuration.")
+    out.append(report.summary())
+    return "\n".join(out)
+
+
+def render_drift_markdown(report: DriftReport) -> str:
+    rows = [d for d in report.chats if d.status is not Status.IN_SYNC]
+    out = ["### dtchat drift", ""]
+    if rows:
+        out += ["| Chat | Status | Missing members | Unexpected members | Settings |", "|---|---|---:|---:|---|"]
+        for d in rows:
+            settings = ", ".join(_md(f"{s.name}: {show_value(s.actual)} (expected {show_value(s.expected)})")
+                                 for s in d.settings)
+            out.append(f"| `{_md(d.key)}` | {d.status.value} | {len(d.missing)} | {len(d.unexpected)} | {settings} |")
+        out.append("")
+        for d in rows:
+            out.append(f"<details><summary>{_DRIFT_SYMBOL[d.status][0]} {d.status.value} <code>{_md(d.key)}</code></summary>")
+            out += ["", "```diff"]
+            out.extend(click.unstyle(line).replace("```", "'''") for line in _drift_lines(d))
+            out += ["```", "</details>", ""]
+    else:
+        out += ["No drift.", ""]
+    out.append(f"**{_md(report.summary())}**")
+    return "\n".join(out) + "\n"
+
+
+def drift_to_json(report: DriftReport) -> dict[str, Any]:
+    """The documented, versioned drift object (see docs/formats.md)."""
+    def pair(p: Optional[tuple]) -> Optional[dict[str, Any]]:
+        return None if p is None else {"expected": p[0], "actual": p[1]}
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "dtchat-drift",
+        "summary": report.counts(),
+        "chats": [
+            {
+                "key": d.key,
+                "status": d.status.value,
+                "chatid": d.chatid,
+                "members_missing": list(d.missing),
+                "members_unexpected": list(d.unexpected),
+                "settings": [{"name": s.name, "expected": s.expected, "actual": s.actual} for s in d.settings],
+                "name": pair(d.name),
+                "owner": pair(d.owner),
+                "error": d.error,
+            }
+            for d in report.chats
+        ],
+    }
+
+
+def render_drift_json(report: DriftReport) -> str:
+    return json.dumps(drift_to_json(report), ensure_ascii=False, indent=2) + "\n"

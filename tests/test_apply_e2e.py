@@ -97,7 +97,7 @@ def test_churn_plus_200_minus_299_uses_the_minimum_calls(emulator, cfg):
     before = len(emulator.calls_to("/chat/update"))
     chats["big"]["members"] = users(1, "u") + users(200, "n")  # keep u0000, drop 299, add 200
     write_config(cfg, chats)
-    result = dtchat(emulator, "apply", str(cfg), "--auto-approve")
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--force")  # 99 % removal is intended
     assert result.exit_code == 0, result.output
     assert len(emulator.calls_to("/chat/update")) - before == 8  # max(ceil(200/40), ceil(299/40))
     chat = emulator.chat(state_of(cfg / "dtchat.state.json")["big"])

@@ -46,6 +46,8 @@ def load_config(paths: Sequence[Union[str, "os.PathLike[str]"]]) -> Config:
 
     Raises :class:`ConfigError` listing every problem found, not just the first.
     """
+    if isinstance(paths, (str, os.PathLike)):  # one path given bare: not a sequence of characters
+        paths = [paths]
     issues: list[ConfigIssue] = []
     files = _discover(paths, issues)
     checker = SchemaChecker()

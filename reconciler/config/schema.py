@@ -22,6 +22,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError
 
 from .fastcheck import UnsupportedSchema, compile_schema
+from ..model import Location
 from .issues import ConfigIssue
 from .yamlload import Document
 
@@ -72,6 +73,13 @@ class SchemaChecker:
             self._is_valid = self._validator.is_valid
 
     def check(self, document: Document) -> SchemaResult:
+        try:
+            return self._check(document)
+        except RecursionError:  # both checkers recurse; YAML can nest deeper than Python's stack
+            issue = ConfigIssue(Location(document.file, 1, 1), "the file is nested too deeply to check")
+            return SchemaResult((issue,), frozenset({()}))
+
+    def _check(self, document: Document) -> SchemaResult:
         if self._is_valid(document.data):
             return SchemaResult((), frozenset())
         issues: list[ConfigIssue] = []

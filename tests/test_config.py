@@ -1,0 +1,254 @@
+"""Loading valid chats-as-code: the schema agrees with rules.py, values come out right, fast."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+import pytest
+import yaml
+
+from reconciler import rules
+from reconciler.config import Config, ConfigError, load_config
+from reconciler.config.fastcheck import UnsupportedSchema, compile_schema
+from reconciler.config.schema import chats_schema
+from reconciler.config.yamlload import read_document
+from reconciler.model import DesiredChat, Location
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "chats"
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- the schema is the contract, and it agrees with rules.py -------------------------------------
+
+
+def test_schema_settings_match_rules_exactly() -> None:
+    properties = chats_schema()["$defs"]["settings"]["properties"]
+    assert list(properties) == list(rules.SETTING_NAMES)
+    for setting in rules.SETTINGS:
+        assert properties[setting.name]["enum"] == list(setting.values)
+        assert properties[setting.name]["description"] == setting.description
+
+
+def test_schema_limits_match_rules() -> None:
+    defs = chats_schema()["$defs"]
+    name = defs["chat"]["properties"]["name"]
+    assert (name["minLength"], name["maxLength"]) == (rules.NAME_MIN, rules.NAME_MAX)
+    assert tuple(defs["chat"]["properties"]["members_policy"]["enum"]) == rules.MEMBERS_POLICIES
+
+
+def _subschemas(schema: Any) -> Iterator[dict]:
+    if isinstance(schema, dict):
+        yield schema
+        for value in schema.values():
+            yield from _subschemas(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            yield from _subschemas(value)
+
+
+def test_schema_is_strict_and_documented() -> None:
+    schema = chats_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for sub in _subschemas(schema):
+        if "properties" in sub:
+            assert sub["additionalProperties"] is False, sub
+            for name, prop in sub["properties"].items():
+                assert prop.get("description"), name
+    for name, definition in schema["$defs"].items():
+        assert definition.get("description"), name
+
+
+def test_schema_ships_in_the_package_and_at_top_level() -> None:
+    assert json.loads((ROOT / "schemas" / "chats.schema.json").read_text("utf-8")) == chats_schema()
+
+
+# --- the examples -------------------------------------------------------------------------------
+
+
+def test_examples_validate() -> None:
+    config = load_config([EXAMPLES])
+    assert config.summary() == f"{len(config.files)} files, {len(config.chats)} chats, {len(config.groups)} groups: valid"
+    assert len(config.files) >= 4 and len(config.chats) >= 6
+    assert max(len(chat.members) for chat in config.chats) > rules.BATCH_SIZE
+    assert any(chat.members_policy == "additive" for chat in config.chats)
+    assert config.defaults and all(chat.chatid is None for chat in config.chats)
+    assert any(not chat.name.isascii() for chat in config.chats) and any(chat.name.isascii() for chat in config.chats)
+
+
+# --- values -------------------------------------------------------------------------------------
+
+
+def test_desired_chats_expand_groups_merge_defaults_and_keep_undeclared_settings_absent(tmp_path: Path) -> None:
+    write(tmp_path, "groups.yaml", "version: 1\ngroups:\n  sre: [alice, bob]\n  backend: ['@sre', dave]\n")
+    write(
+        tmp_path,
+        "chats.yaml",
+        """\
+version: 1
+defaults:
+  settings: {searchable: false, muted: false}
+chats:
+  eng-oncall:
+    name: 工程值班
+    owner: zoe
+    members: ['@backend', erin, bob, "0412345678"]
+    members_policy: additive
+    chatid: chat0123abcd
+    settings: {muted: true, mention_all: owner}
+  plain:
+    name: Plain
+    owner: carol
+""",
+    )
+    config = load_config([tmp_path])
+    assert config.files == (str(tmp_path / "chats.yaml"), str(tmp_path / "groups.yaml"))
+    assert [chat.key for chat in config.chats] == ["eng-oncall", "plain"]
+    assert dict(config.groups) == {"backend": ("alice", "bob", "dave"), "sre": ("alice", "bob")}
+    assert config.defaults == {"searchable": False, "muted": False}
+    assert config.chat("eng-oncall") == DesiredChat(
+        key="eng-oncall",
+        name="工程值班",
+        owner="zoe",
+        members=("0412345678", "alice", "bob", "dave", "erin", "zoe"),
+        members_policy="additive",
+        settings={"muted": True, "mention_all": "owner", "searchable": False},
+        chatid="chat0123abcd",
+    )
+    plain = config.chat("plain")
+    assert plain.members == ("carol",) and plain.members_policy == "exact" and plain.chatid is None
+    assert dict(plain.settings) == {"muted": False, "searchable": False}  # nothing else is managed
+    assert plain.location == Location(str(tmp_path / "chats.yaml"), 12, 3)
+    assert config.chat("eng-oncall").location == Location(str(tmp_path / "chats.yaml"), 5, 3)
+    with pytest.raises(KeyError):
+        config.chat("nope")
+
+
+def test_folders_are_read_recursively_sorted_skipping_hidden_and_each_file_once(tmp_path: Path) -> None:
+    write(tmp_path, "b/z.yml", "version: 1\ngroups:\n  z: [z]\n")
+    write(tmp_path, "a.yaml", "version: 1\ngroups:\n  a: [a]\n")
+    write(tmp_path, ".hidden/x.yaml", "not: valid")
+    write(tmp_path, "notes.txt", "ignored")
+    config = load_config([tmp_path, tmp_path / "a.yaml"])
+    assert config.files == (str(tmp_path / "a.yaml"), str(tmp_path / "b" / "z.yml"))
+    assert config.summary() == "2 files, 0 chats, 2 groups: valid"
+
+
+def test_single_counts_are_singular(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.yaml", "version: 1\ngroups: {g: [x]}\nchats:\n  c:\n    name: C\n    owner: x\n")
+    assert load_config([str(path)]).summary() == "1 file, 1 chat, 1 group: valid"
+    assert load_config(str(path)).files == (str(path),)  # a bare path is one path, not its characters
+
+
+def test_yaml_features_load_as_pyyaml_safe_load_would(tmp_path: Path) -> None:
+    text = """\
+version: 1
+base: &base {name: Base, owner: alice}
+list: &people [a, "b", 'c']
+chats:
+  one:
+    <<: *base
+    name: One
+  two:
+    <<: [*base, {owner: bob, members: *people}]
+  three: {name: !!str 2024, owner: "0412345678", members: [~, null, yes, 0o17, 017, 1_000, 1e3, .inf, 2024-01-02]}
+  four:
+    name: |
+      multi
+      line
+    owner: >-
+      folded
+      text
+"""
+    path = write(tmp_path, "a.yaml", text)
+    document, issues = read_document(path, "a.yaml")
+    assert issues == [] and document is not None
+    assert document.data == yaml.load(text, Loader=yaml.SafeLoader)
+    assert document.locate(("chats", "two"), key=True) == Location("a.yaml", 8, 3)
+    assert document.locate(("chats", "three", "members", 8)) == Location("a.yaml", 10, 103)
+    assert document.locate(("chats", "two", "name")) == Location("a.yaml", 9, 5)  # merged: nearest place written
+
+
+# --- the fast validity check agrees with jsonschema -----------------------------------------------
+
+
+SAMPLES = [
+    {"version": 1},
+    {"version": True},
+    {"version": 1.0},
+    {"version": "1"},
+    [],
+    None,
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "members": ["b", "@g"]}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "members": ["b", 1]}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "members": ["b", ["x"]]}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "members": "b"}}},
+    {"version": 1, "chats": {"Bad": {"name": "N", "owner": "a"}}},
+    {"version": 1, "chats": {1: {"name": "N", "owner": "a"}}},
+    {"version": 1, "chats": {"ok": {"name": "", "owner": "a"}}},
+    {"version": 1, "chats": {"ok": {"name": "x" * 21, "owner": "a"}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "@a"}}},
+    {"version": 1, "chats": {"ok": {"name": "N"}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "settings": {"muted": 1}}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "settings": {"muted": True, "mention_all": "owner"}}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "settings": {"mention_all": True}}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "extra": 1}}},
+    {"version": 1, "groups": {"g": ["a", "@h"], "h": []}, "defaults": {"settings": {"searchable": False}}},
+    {"version": 1, "groups": {"g": ["a b"]}},
+    {"version": 1, "groups": {"G": ["a"]}},
+    {"version": 1, "defaults": {"other": 1}},
+]
+
+
+@pytest.mark.parametrize("document", SAMPLES)
+def test_fast_check_agrees_with_jsonschema(document: Any) -> None:
+    schema = chats_schema()
+    is_valid = compile_schema(schema)
+    expected = jsonschema.Draft202012Validator(schema).is_valid(document)
+    assert is_valid(document) is expected
+    assert is_valid(document) is expected  # again, now with remembered strings
+
+
+def test_fast_check_refuses_keywords_it_does_not_know() -> None:
+    with pytest.raises(UnsupportedSchema):
+        compile_schema({"type": "object", "patternProperties": {"x": {}}, "additionalProperties": False})
+
+
+# --- speed --------------------------------------------------------------------------------------
+
+
+def test_two_thousand_chats_of_two_hundred_members_load_fast(tmp_path: Path) -> None:
+    for f in range(10):
+        lines = ["version: 1", "chats:"]
+        for c in range(f * 200, (f + 1) * 200):
+            lines += [f"  chat-{c}:", f"    name: 群聊 {c}", f"    owner: u{c}", "    members:"]
+            lines += [f"      - u{(c * 37 + i) % 50000:06d}" for i in range(199)]
+        write(tmp_path, f"{f}.yaml", "\n".join(lines) + "\n")
+    start = time.process_time()
+    config = load_config([tmp_path])
+    elapsed = time.process_time() - start
+    assert len(config.chats) == 2000 and all(len(chat.members) == 200 for chat in config.chats)
+    assert elapsed < 4.0, f"took {elapsed:.2f} s CPU"
+
+
+def test_config_is_immutable(tmp_path: Path) -> None:
+    config = load_config([EXAMPLES])
+    assert isinstance(config, Config)
+    with pytest.raises(TypeError):
+        config.groups["x"] = ("a",)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        config.defaults["muted"] = True  # type: ignore[index]
+
+
+def test_config_error_is_an_exception_with_issues() -> None:
+    error = ConfigError([])
+    assert isinstance(error, Exception) and error.issues == () and str(error) == ""

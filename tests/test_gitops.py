@@ -1,0 +1,196 @@
+"""GitOps features end to end against the emulator: drift, saved plans, removal safety, dump, notify."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from helpers import dtchat, state_of, users, write_config
+
+
+@pytest.fixture
+def applied(emulator, tmp_path):
+    """Two chats applied: `eng` (exact, 3 members, muted) and `all` (additive, 20 members)."""
+    cfg = tmp_path / "chats"
+    chats = {
+        "eng": {"name": "Eng | <b>核心</b>", "owner": "alice", "members": ["bob", "carol"], "settings": {"muted": True}},
+        "all": {"name": "All", "owner": "boss", "members": users(20), "members_policy": "additive"},
+    }
+    write_config(cfg, chats)
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve")
+    assert result.exit_code == 0, result.output
+    return cfg, chats, state_of(cfg / "dtchat.state.json")
+
+
+def test_drift_reports_stray_member_and_flipped_setting_in_all_formats_then_apply_repairs(emulator, applied):
+    cfg, _, ids = applied
+    assert dtchat(emulator, "drift", str(cfg)).exit_code == 0
+    eng = emulator.chat(ids["eng"])
+    emulator.set_chat(ids["eng"], useridlist=eng["useridlist"] + ["mallory"], chatBannedType=0)
+    emulator.set_chat(ids["all"], useridlist=emulator.chat(ids["all"])["useridlist"] + ["guest"])  # additive: fine
+
+    text = dtchat(emulator, "drift", str(cfg))
+    assert text.exit_code == 2
+    assert "- mallory (in the chat, not in the YAML)" in text.output
+    assert "muted: expected true, live false" in text.output
+    assert "guest" not in text.output
+    assert "Drift: 1 drifted, 0 missing, 0 unreadable, 1 in sync." in text.output
+
+    data = json.loads(dtchat(emulator, "drift", str(cfg), "--format", "json").output)
+    assert data["format_version"] == 1 and data["kind"] == "dtchat-drift"
+    assert [c["key"] for c in data["chats"]] == ["all", "eng"]
+    eng_drift = data["chats"][1]
+    assert eng_drift["status"] == "drifted" and eng_drift["members_unexpected"] == ["mallory"]
+    assert eng_drift["settings"] == [{"name": "muted", "expected": True, "actual": False}]
+
+    md = dtchat(emulator, "drift", str(cfg), "--format", "markdown")
+    assert md.exit_code == 2
+    assert "| `eng` | drifted | 0 | 1 | muted: false (expected true) |" in md.output
+    assert "- mallory" in md.output
+
+    assert dtchat(emulator, "apply", str(cfg), "--auto-approve").exit_code == 0
+    assert dtchat(emulator, "drift", str(cfg)).exit_code == 0
+    assert "mallory" not in emulator.chat(ids["eng"])["useridlist"]
+
+
+def test_drift_of_an_unreadable_chat_exits_1(emulator, applied):
+    cfg, _, ids = applied
+    emulator.faults.fail_chatids = {ids["eng"]: 34013}
+    result = dtchat(emulator, "drift", str(cfg))
+    assert result.exit_code == 1 and "! error eng" in result.output
+
+
+def test_saved_plan_goes_stale_after_a_live_change_and_is_refused_with_zero_writes(emulator, applied, tmp_path):
+    cfg, chats, ids = applied
+    chats["eng"]["members"] = ["bob", "carol", "dave"]
+    write_config(cfg, chats)
+    plan_path = tmp_path / "plan.json"
+    result = dtchat(emulator, "plan", str(cfg), "--out", str(plan_path))
+    assert result.exit_code == 0, result.output
+    saved = json.loads(plan_path.read_text())
+    assert saved["format_version"] == 1 and saved["config"]["digest"].startswith("sha256:")
+    assert all(c["fingerprint"] for c in saved["changes"] if c["action"] in ("update", "noop"))
+
+    emulator.set_chat(ids["eng"], useridlist=emulator.chat(ids["eng"])["useridlist"] + ["intruder"])
+    writes = len(emulator.calls_to("/chat/update")) + len(emulator.calls_to("/chat/create"))
+    result = dtchat(emulator, "apply", "--plan", str(plan_path), "--auto-approve")
+    assert result.exit_code == 1
+    assert "refusing the saved plan" in result.output and "eng: chat" in result.output
+    assert len(emulator.calls_to("/chat/update")) + len(emulator.calls_to("/chat/create")) == writes
+
+    result = dtchat(emulator, "plan", str(cfg), "--out", str(plan_path))
+    result = dtchat(emulator, "apply", "--plan", str(plan_path), "--auto-approve")
+    assert result.exit_code == 0, result.output
+    assert sorted(emulator.chat(ids["eng"])["useridlist"]) == ["alice", "bob", "carol", "dave"]  # intruder removed
+    assert dtchat(emulator, "plan", str(cfg), "--detailed-exitcode").exit_code == 0
+
+
+def test_saved_plan_is_refused_when_the_yaml_changed_since(emulator, applied, tmp_path):
+    cfg, chats, _ = applied
+    plan_path = tmp_path / "plan.json"
+    dtchat(emulator, "plan", str(cfg), "--out", str(plan_path))
+    chats["eng"]["members"] = ["bob"]
+    write_config(cfg, chats)
+    result = dtchat(emulator, "apply", "--plan", str(plan_path), "--auto-approve")
+    assert result.exit_code == 1 and "configuration files changed" in result.output
+
+
+@pytest.mark.parametrize("content, message", [
+    ("nope", "not a JSON plan file"),
+    ('{"kind": "other"}', "not a dtchat plan"),
+    ('{"kind": "dtchat-plan", "format_version": 1, "config": {"digest": "x"}, "changes": [{"key": "a", "action": "explode"}]}',
+     "changes[0].action: unknown action"),
+])
+def test_bad_saved_plan_files_are_one_line_errors(emulator, tmp_path, content, message):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    result = dtchat(emulator, "apply", "--plan", str(path), "--auto-approve")
+    assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1
+
+
+def test_large_removal_is_refused_without_force_and_applied_with_it(emulator, tmp_path):
+    cfg = tmp_path / "c"
+    chats = {"big": {"name": "Big", "owner": "boss", "members": users(49)},
+             "tiny": {"name": "Tiny", "owner": "a", "members": ["b", "c"]}}
+    write_config(cfg, chats)
+    dtchat(emulator, "apply", str(cfg), "--auto-approve")
+    ids = state_of(cfg / "dtchat.state.json")
+    chats["big"]["members"] = users(9)  # 50 → 10: lose 40 of 50 = 80 %
+    chats["tiny"]["members"] = ["b"]     # 1 of 3: small chats are exempt
+    write_config(cfg, chats)
+
+    plan = dtchat(emulator, "plan", str(cfg))
+    assert "Warning: chat big would lose 40 of its 50 members (80%)" in plan.output
+    writes = len(emulator.calls_to("/chat/update"))
+    refused = dtchat(emulator, "apply", str(cfg), "--auto-approve")
+    assert refused.exit_code == 1 and "refusing to apply, nothing was changed" in refused.output
+    assert "--force" in refused.output
+    assert len(emulator.calls_to("/chat/update")) == writes
+
+    assert dtchat(emulator, "apply", str(cfg), "--auto-approve", "--max-removal-pct", "90").exit_code == 0
+    assert len(emulator.chat(ids["big"])["useridlist"]) == 10
+
+    chats["big"]["members"] = []
+    write_config(cfg, chats)
+    assert dtchat(emulator, "apply", str(cfg), "--auto-approve").exit_code == 1
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--force")
+    assert result.exit_code == 0, result.output
+    assert emulator.chat(ids["big"])["useridlist"] == ["boss"]
+
+
+def test_absolute_removal_cap(emulator, applied):
+    cfg, chats, _ = applied
+    chats["eng"]["members"] = []
+    write_config(cfg, chats)
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--max-removals", "1")
+    assert result.exit_code == 1 and "would remove 2 members in all, more than --max-removals 1" in result.output
+
+
+@pytest.mark.parametrize("size", [1, 40, 41, 1000])
+def test_dump_then_plan_is_no_change(emulator, tmp_path, size):
+    members = users(size - 1)
+    chatid = emulator.seed_chat("客服 Support", "0412345678", members, searchable=1, mentionAllAuthority=1)
+    other = emulator.seed_chat("客服 Support", "lead", ["lead"])  # same name: keys made unique
+    out = tmp_path / "dumped" / "chats.yaml"
+    out.parent.mkdir()
+    result = dtchat(emulator, "dump", chatid, other, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert set(doc["chats"]) == {"support", "support-2"}
+    assert dtchat(emulator, "validate", str(out)).exit_code == 0
+    result = dtchat(emulator, "plan", str(out), "--detailed-exitcode")
+    assert result.exit_code == 0, result.output
+    assert emulator.calls_to("/chat/update") == []
+
+
+def test_dump_of_an_unknown_chat_writes_nothing(emulator, tmp_path):
+    out = tmp_path / "x.yaml"
+    result = dtchat(emulator, "dump", "chat" + "a" * 32, "--out", str(out))
+    assert result.exit_code == 1 and not out.exists()
+
+
+def test_notify_sends_one_message_per_changed_chat_and_none_for_unchanged(emulator, applied):
+    cfg, chats, ids = applied
+    chats["eng"]["members"] = ["bob", "dave"]
+    chats["new"] = {"name": "New", "owner": "zed"}
+    write_config(cfg, chats)
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify")
+    assert result.exit_code == 0, result.output
+    sends = emulator.calls_to("/chat/send")
+    new_id = state_of(cfg / "dtchat.state.json")["new"]
+    assert sorted(c.body["chatid"] for c in sends) == sorted([ids["eng"], new_id])
+    (eng_msg,) = [c.body["text"]["content"] for c in sends if c.body["chatid"] == ids["eng"]]
+    assert "added dave" in eng_msg and "removed carol" in eng_msg
+
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify")
+    assert result.exit_code == 0 and len(emulator.calls_to("/chat/send")) == 2
+
+
+def test_markdown_plan_escapes_user_text(emulator, applied):
+    cfg, chats, _ = applied
+    chats["eng"]["name"] = "a|b ``` <img src=x>"
+    write_config(cfg, chats)
+    md = dtchat(emulator, "plan", str(cfg), "--format", "markdown").output
+    assert "| `eng` | update | 0 | 0 |  |" in md
+    assert "```diff\nname: Eng | <b>核心</b> → a|b ''' <img src=x>\n```" in md
