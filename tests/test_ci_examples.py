@@ -88,7 +88,7 @@ class Invocation:
     args: tuple[str, ...]   # the words after `dtchat`
 
 
-def _logical_lines(script: str) -> Iterator[list[str]]:
+def _logical_lines(script: str) -> Iterator[tuple[str, list[str]]]:
     """Tokens per logical line: continuations joined, a quote spanning lines kept whole."""
     pending = ""
     for line in script.replace("\\\n", " ").splitlines():
