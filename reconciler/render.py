@@ -91,6 +91,13 @@ def _md(text: Any) -> str:
     return s.replace("\r", " ").replace("\n", " ")
 
 
+def _details(symbol: str, label: str, key: str, lines: list[str]) -> list[str]:
+    """A collapsible section; the lines go in a diff fence that user text cannot close."""
+    body = [click.unstyle(line).replace("```", "'''") for line in lines]
+    return [f"<details><summary>{symbol} {label} <code>{_md(key)}</code></summary>", "", "```diff", *body,
+            "```", "</details>", ""]
+
+
 def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
     """A PR comment: summary table, then a collapsible section per changed chat."""
     rows = [c for c in plan.changes if c.action is not Action.NOOP]
@@ -105,13 +112,7 @@ def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
             out.append(f"| `{_md(c.key)}` | {_LABEL[c.action]} | {len(c.add)} | {len(c.remove)} | {settings} |")
         out.append("")
         for c in rows:
-            out.append(f"<details><summary>{_SYMBOL[c.action][0]} {_LABEL[c.action]} <code>{_md(c.key)}</code></summary>")
-            out.append("")
-            out.append("```diff")
-            out.extend(click.unstyle(line).replace("```", "'''") for line in _chat_lines(c))
-            out.append("```")
-            out.append("</details>")
-            out.append("")
+            out += _details(_SYMBOL[c.action][0], _LABEL[c.action], c.key, _chat_lines(c))
     else:
         out += ["No changes.", ""]
     out.append(f"**{_md(plan.summary())}**")
@@ -203,10 +204,7 @@ def render_drift_markdown(report: DriftReport) -> str:
             out.append(f"| `{_md(d.key)}` | {d.status.value} | {len(d.missing)} | {len(d.unexpected)} | {settings} |")
         out.append("")
         for d in rows:
-            out.append(f"<details><summary>{_DRIFT_SYMBOL[d.status][0]} {d.status.value} <code>{_md(d.key)}</code></summary>")
-            out += ["", "```diff"]
-            out.extend(click.unstyle(line).replace("```", "'''") for line in _drift_lines(d))
-            out += ["```", "</details>", ""]
+            out += _details(_DRIFT_SYMBOL[d.status][0], d.status.value, d.key, _drift_lines(d))
     else:
         out += ["No drift.", ""]
     out.append(f"**{_md(report.summary())}**")

@@ -59,6 +59,25 @@ class _Failure:
     wait: Optional[float] = None
 
 
+_ERRNO_PREFIX = re.compile(r"^\[Errno -?\d+\]\s*")
+
+
+def _describe_network(base: str, exc: requests.exceptions.RequestException) -> str:
+    """A short, secret-free reason: "cannot connect to https://host: Connection refused"."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return f"timed out connecting to {base}"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"no answer from {base} in time (read timeout)"
+    text = redact(str(exc))
+    if "Failed to resolve" in text or "Name or service not known" in text:
+        return f"cannot connect to {base}: host name not found"
+    reason = text.rsplit(": ", 1)[-1].strip(" \"')(")
+    reason = _ERRNO_PREFIX.sub("", reason) or type(exc).__name__
+    if isinstance(exc, requests.exceptions.ConnectionError) and _never_sent(exc):
+        return f"cannot connect to {base}: {reason}"
+    return f"connection to {base} failed: {reason}"
+
+
 def _never_sent(exc: BaseException) -> bool:
     """True when the connection was never established, so the server never saw the request."""
     seen: set[int] = set()
@@ -387,10 +406,9 @@ class DingTalkClient:
         error = TransportError(endpoint, f"unexpected answer (HTTP {response.status_code}, not a DingTalk JSON reply)")
         return _Failure(error, ambiguous=True)
 
-    @staticmethod
-    def _network_failure(endpoint: str, exc: requests.exceptions.RequestException) -> _Failure:
+    def _network_failure(self, endpoint: str, exc: requests.exceptions.RequestException) -> _Failure:
         """Classify a requests exception; its text (which holds the URL) is redacted and never chained."""
-        text = f"{type(exc).__name__}: {redact(str(exc))}"
+        text = _describe_network(self._base, exc)
         if isinstance(exc, requests.exceptions.ConnectTimeout):
             return _Failure(TransportError(endpoint, text), ambiguous=False)
         if isinstance(exc, requests.exceptions.ConnectionError):
