@@ -4,7 +4,7 @@ Run by hand: ``python bench/bench_diff.py [--chats N] [--members M]``
 (default 10,000 chats x 200 members in 20 files; 10 % of the chats drifted).
 
 The parent process generates the YAML (with ``bench_config.generate``), a
-state file and the recorded live state (``/chat/get`` answers as JSON), then
+state file and the recorded live state (``/chat/get`` answers, one JSON per line), then
 runs the measured part in a fresh child process so neither the generation nor
 the parent's memory is counted. The child times ``load_config`` and
 ``make_plan`` (no network) and reports wall, CPU (``time.process_time``) and
@@ -62,7 +62,8 @@ def record(folder: Path) -> tuple[int, int]:
             if i % (DRIFT_EVERY * 5) == 0:
                 name = name + "旧"
         infos.append({"chatid": chatid_of(i), "name": name, "owner": chat.owner, "useridlist": members, **info})
-    (folder / "live.json").write_text(json.dumps(infos, ensure_ascii=False), encoding="utf-8")
+    lines = (json.dumps(info, ensure_ascii=False) + "\n" for info in infos)
+    (folder / "live.jsonl").write_text("".join(lines), encoding="utf-8")
     entries = {chat.key: {"chatid": chatid_of(i)} for i, chat in enumerate(config.chats)}
     state = {"format": STATE_FORMAT, "version": STATE_VERSION, "chats": entries}
     (folder / "dtchat.state.json").write_text(json.dumps(state), encoding="utf-8")
@@ -72,9 +73,8 @@ def record(folder: Path) -> tuple[int, int]:
 def measure(folder: Path) -> dict:
     """The child's job: time load_config and make_plan on the recorded data; report RSS too."""
     state = StateFile(folder / "dtchat.state.json")
-    infos = json.loads((folder / "live.json").read_text(encoding="utf-8"))
-    live = {info["chatid"]: LiveChat.from_api(info) for info in infos}
-    del infos
+    with open(folder / "live.jsonl", encoding="utf-8") as fh:  # one answer at a time, as the reads arrive
+        live = {chat.chatid: chat for chat in (LiveChat.from_api(json.loads(line)) for line in fh)}
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     wall, cpu = time.perf_counter(), time.process_time()
