@@ -159,7 +159,8 @@ chats:
     <<: *base
     name: One
   two:
-    <<: [*base, {owner: bob, members: *people}]
+    <<: {owner: bob, members: *people}
+    name: Base
   three: {name: !!str 2024, owner: "0412345678", members: [~, null, yes, 0o17, 017, 1_000, 1e3, .inf, 2024-01-02]}
   four:
     name: |
@@ -173,9 +174,12 @@ chats:
     document, issues = read_document(path, "a.yaml")
     assert issues == [] and document is not None
     assert document.data == yaml.load(text, Loader=yaml.SafeLoader)
+    # A list of merges: earlier mappings win (YAML merge spec; PyYAML 6.0.4 changed its own order, so not compared).
+    listed, _ = read_document(write(tmp_path, "b.yaml", "x: &a {k: 1}\ny: &b {k: 2, j: 3}\nz:\n  <<: [*a, *b]\n"), "b.yaml")
+    assert listed is not None and listed.data["z"] == {"k": 1, "j": 3}
     assert document.locate(("chats", "two"), key=True) == Location("a.yaml", 8, 3)
-    assert document.locate(("chats", "three", "members", 8)) == Location("a.yaml", 10, 103)
-    assert document.locate(("chats", "two", "name")) == Location("a.yaml", 9, 5)  # merged: nearest place written
+    assert document.locate(("chats", "three", "members", 8)) == Location("a.yaml", 11, 103)
+    assert document.locate(("chats", "two", "owner")) == Location("a.yaml", 9, 5)  # merged: nearest place written
 
 
 # --- the fast validity check agrees with jsonschema -----------------------------------------------
