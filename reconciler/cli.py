@@ -28,7 +28,7 @@ from .connect import SANDBOX_DIR, SetupError, connect
 from .dingtalk import DingTalkError, redact
 from .dingtalk.redact import RedactingFilter
 from .drift import drift_report
-from .live import read_live
+from .live import ASSUMED_LATENCY, MAX_PARALLELISM, default_parallelism, read_live
 from .manager import UsageError, check_targets, compute_plan, import_chat, planned_reads
 from .model import LiveChat
 from .notify import message_for
@@ -60,7 +60,7 @@ class Options:
         click.echo(text, err=err, color=self.color)
 
     @contextlib.contextmanager
-    def client(self, parallelism: int = 8) -> Iterator:
+    def client(self, parallelism: int = 4) -> Iterator:
         with connect(sandbox=self.sandbox, api_base=self.api_base, max_qps=self.max_qps,
                      pool_size=max(parallelism, 4)) as client:
             yield client
@@ -94,8 +94,13 @@ def progress(total: int, label: str) -> Iterator:
 
 state_option = click.option("--state", "state_file", metavar="F", help="State file (default: dtchat.state.json beside the first PATH).")
 target_option = click.option("--target", "targets", multiple=True, metavar="KEY", help="Only this chat key (repeatable).")
-parallelism_option = click.option("--parallelism", type=click.IntRange(1, 64), default=8, show_default=True,
-                                  help="Concurrent reads.")
+def _parallelism(ctx: click.Context, _param: click.Parameter, value: Optional[int]) -> int:
+    return value or default_parallelism(ctx.find_root().params["max_qps"])
+
+
+parallelism_option = click.option(
+    "--parallelism", type=click.IntRange(1, MAX_PARALLELISM), default=None, callback=_parallelism,
+    help=f"Concurrent reads (default: enough to keep --max-qps busy at {ASSUMED_LATENCY:g} s per call; 8 at 20/s).")
 paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
 
 

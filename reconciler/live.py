@@ -7,12 +7,23 @@ thousand identical ones.
 """
 from __future__ import annotations
 
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+import math
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Callable, Iterable, Optional
 
 from .dingtalk import AuthError, DingTalkClient, DingTalkError, NotFoundError, QuotaExhaustedError, TransportError
 from .model import LiveChat
 from .planner import LiveResult, ReadFailure
+
+
+#: Seconds a slow DingTalk answer may take; with ``max_qps`` it sizes the default parallelism.
+ASSUMED_LATENCY = 0.4
+MAX_PARALLELISM = 64
+
+
+def default_parallelism(max_qps: float) -> int:
+    """Enough concurrent reads to keep ``max_qps`` busy when each call takes ASSUMED_LATENCY."""
+    return max(1, min(MAX_PARALLELISM, math.ceil(max_qps * ASSUMED_LATENCY)))
 
 
 def is_fatal(exc: DingTalkError) -> bool:
@@ -51,16 +62,13 @@ def read_live(
         return results
     with ThreadPoolExecutor(max_workers=min(parallelism, len(ids)), thread_name_prefix="dtchat-read") as pool:
         futures = {pool.submit(read_one, client, chatid): chatid for chatid in ids}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                exc = future.exception()
-                if exc is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise exc
+        try:
+            for future in as_completed(futures):  # tick as each read lands, not all at the end
                 results[futures[future]] = future.result()
                 if on_done:
                     on_done()
+        except BaseException:
+            for other in futures:
+                other.cancel()
+            raise
     return dict(sorted(results.items()))

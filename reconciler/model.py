@@ -6,6 +6,7 @@ A setting absent from ``settings`` is unmanaged: never sent, never compared.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
@@ -75,6 +76,7 @@ class LiveChat:
             chatid=str(chat_info.get("chatid") or chatid),
             name=str(chat_info.get("name") or ""),
             owner=str(chat_info.get("owner") or ""),
-            members=tuple(str(u) for u in (chat_info.get("useridlist") or ())),
+            # interned: 10,000 chats x 200 members share their id strings with the config's
+            members=tuple(sys.intern(str(u)) for u in (chat_info.get("useridlist") or ())),
             settings=settings_from_api(chat_info),
         )

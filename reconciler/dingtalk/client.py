@@ -136,7 +136,7 @@ class DingTalkClient:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._token_refresh_margin = token_refresh_margin
-        self._bucket = TokenBucket(rate=max_qps, capacity=1)
+        self._bucket = TokenBucket(rate=max_qps * (1 - rules.RATE_HEADROOM), capacity=1)
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("https://", adapter)

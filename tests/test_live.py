@@ -1,0 +1,50 @@
+"""Concurrent reads: paced under the server's limit, ticking as they land, stopping on fatal errors."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from reconciler.dingtalk import AuthError
+from reconciler.live import read_live
+from reconciler.planner import ReadFailure
+
+
+def seed(emulator, n):
+    return [emulator.seed_chat(f"c{i}", "owner", ["owner", f"m{i}"]) for i in range(n)]
+
+
+def test_client_pacing_at_the_servers_own_limit_provokes_no_throttling(emulator, make_client):
+    ids = seed(emulator, 50)
+    emulator.faults.qps_limit = 25
+    client = make_client(max_qps=25)  # the same number as the server: headroom must keep us under it
+    ticks = []
+    started = time.monotonic()
+    live = read_live(client, ids, parallelism=8, on_done=lambda: ticks.append(time.monotonic()))
+    assert len(live) == 50 and not any(isinstance(r, ReadFailure) for r in live.values())
+    assert [c for c in emulator.calls if c.errcode == 90018] == []
+    assert len(emulator.calls_to("/chat/get")) == 50  # not one retry
+    # progress ticks arrive as reads land, spread over the ~2 s the pacing takes
+    assert len(ticks) == 50 and ticks[0] - started < 0.5 and ticks[-1] - ticks[0] > 1.0
+
+
+def test_per_chat_failures_are_values_and_fatal_errors_stop_the_run(emulator, make_client):
+    ids = seed(emulator, 3)
+    emulator.faults.fail_chatids = {ids[0]: 34013, ids[1]: 60011}
+    live = read_live(make_client(), ids, parallelism=4)
+    assert live[ids[0]].not_found and "34013" in live[ids[0]].message
+    assert isinstance(live[ids[1]], ReadFailure) and not live[ids[1]].not_found
+    assert live[ids[2]].name == "c2"
+
+    from conftest import APP_KEY
+    from reconciler.dingtalk import DingTalkClient
+
+    with DingTalkClient(APP_KEY, "wrong-secret-123", api_base=emulator.url, max_qps=0) as bad:
+        with pytest.raises(AuthError):
+            read_live(bad, ids, parallelism=4)
+
+
+def test_default_parallelism_follows_the_rate_limit():
+    from reconciler.live import default_parallelism
+
+    assert [default_parallelism(q) for q in (0.5, 20, 50, 1000)] == [1, 8, 20, 64]
