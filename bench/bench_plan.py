@@ -43,8 +43,6 @@ RATIO_TARGET = 1.15
 SPEEDUP_TARGET = 5.0
 #: The emulator counts calls in a sliding 1 s window: wait it out between runs so they do not interfere.
 WINDOW_REST = 1.1
-#: The client-side headroom this bench proposes (see README): max_qps * (1 - HEADROOM).
-HEADROOM = 0.05
 
 
 @dataclass(frozen=True)
@@ -122,9 +120,6 @@ def limited_regime(n: int, parallelisms: list[int], *, with_cli: bool) -> list[l
             runs.append(via_library(server, fixture, max_qps=DEFAULT_QPS, parallelism=p))
         if with_cli:
             runs.append(via_cli(server, fixture, max_qps=DEFAULT_QPS, parallelism=DEFAULT_PARALLELISM))
-        headroom = DEFAULT_QPS * (1 - HEADROOM)
-        runs.append(via_library(server, fixture, max_qps=headroom, parallelism=DEFAULT_PARALLELISM,
-                                how=f"library, proposed {HEADROOM:.0%} headroom"))
     bound = n / DEFAULT_QPS
     return [[n, r.how, r.max_qps, r.parallelism, r.gets, r.wall, bound, r.wall / bound, r.rate_limited,
              "yes" if r.wall / bound <= RATIO_TARGET and r.rate_limited == 0 else "NO"] for r in runs]
@@ -138,8 +133,6 @@ def generous_regime(n: int, parallelisms: list[int], *, with_cli: bool) -> list[
         runs = [via_library(server, fixture, max_qps=GENEROUS_QPS, parallelism=p) for p in parallelisms]
         if with_cli:
             runs.append(via_cli(server, fixture, max_qps=GENEROUS_QPS, parallelism=max(parallelisms)))
-        runs.append(via_library(server, fixture, max_qps=GENEROUS_QPS * (1 - HEADROOM), parallelism=max(parallelisms),
-                                how=f"library, proposed {HEADROOM:.0%} headroom"))
     bound = n / GENEROUS_QPS
     rows: list[list[object]] = [[n, baseline.how, "-", 1, baseline.gets, baseline.wall, bound,
                                  baseline.wall / bound, baseline.rate_limited, 1.0, "-"]]

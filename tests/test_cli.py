@@ -118,3 +118,30 @@ def test_pinned_chat_is_adopted_and_recorded(emulator, tmp_path):
     assert "- stray" in result.output
     assert state_of(tmp_path / "dtchat.state.json") == {"ops": chatid}
     assert emulator.calls_to("/chat/create") == []
+
+
+def test_emulator_command_serves_on_loopback_and_prints_its_url(tmp_path):
+    import subprocess
+    import sys
+
+    import requests
+
+    users = tmp_path / "users.yaml"
+    users.write_text("users: [alice, bob]\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "emulator", "--port", "0", "--users", str(users),
+         "--app-key", "k", "--app-secret", "secret-for-test"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("DingTalk emulator listening on http://127.0.0.1:")
+        url = first.split(" on ", 1)[1].split()[0]
+        token = requests.get(url + "/gettoken", params={"appkey": "k", "appsecret": "secret-for-test"}, timeout=5).json()
+        assert token["errcode"] == 0
+        reply = requests.post(url + "/chat/create", params={"access_token": token["access_token"]}, timeout=5,
+                              json={"name": "x", "owner": "alice", "useridlist": ["alice", "mallory"]}).json()
+        assert reply["errcode"] == 60121 and "mallory" in reply["errmsg"]  # the --users directory is enforced
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
