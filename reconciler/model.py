@@ -7,7 +7,10 @@ A setting absent from ``settings`` is unmanaged: never sent, never compared.
 from __future__ import annotations
 
 import sys
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import lt
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
@@ -47,8 +50,21 @@ class DesiredChat:
     location: Optional[Location] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "members", tuple(sorted(set(self.members) | {self.owner})))
+        if not _sorted_unique_with(self.members, self.owner):
+            object.__setattr__(self, "members", tuple(sorted(set(self.members) | {self.owner})))
         object.__setattr__(self, "settings", _freeze(self.settings))
+
+
+def _sorted_unique_with(members: Any, owner: str) -> bool:
+    """``members`` is already a strictly increasing tuple holding ``owner``.
+
+    The config loader builds 10,000 chats x 200 members already in that
+    form; checking it at C speed costs a tenth of sorting them again.
+    """
+    if members.__class__ is not tuple:
+        return False
+    at = bisect_left(members, owner)
+    return at < len(members) and members[at] == owner and all(map(lt, members, islice(members, 1, None)))
 
 
 @dataclass(frozen=True)

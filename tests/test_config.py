@@ -9,6 +9,8 @@ from typing import Any, Iterator
 import jsonschema
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler import rules
 from reconciler.config import Config, ConfigError, load_config
@@ -256,3 +258,46 @@ def test_config_is_immutable(tmp_path: Path) -> None:
 def test_config_error_is_an_exception_with_issues() -> None:
     error = ConfigError([])
     assert isinstance(error, Exception) and error.issues == () and str(error) == ""
+
+
+# --- the fast paths keep the contract -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "members, expected",
+    [
+        (("c", "a", "b", "a"), ("a", "b", "c", "o")),  # unsorted, duplicated, owner missing
+        (("a", "o", "o"), ("a", "o")),  # sorted but duplicated
+        (("a", "b"), ("a", "b", "o")),  # sorted, owner missing
+        (["o", "a"], ("a", "o")),  # a list
+        ((), ("o",)),
+    ],
+)
+def test_desired_chat_members_are_always_sorted_deduplicated_with_the_owner(members: Any, expected: tuple) -> None:
+    chat = DesiredChat("k", "N", "o", members)
+    assert chat.members == expected and type(chat.members) is tuple
+
+
+def test_desired_chat_keeps_members_that_are_already_in_order() -> None:
+    members = ("a", "b", "o", "z")
+    assert DesiredChat("k", "N", "o", members).members is members
+
+
+def _member_document(members: list[Any]) -> dict[str, Any]:
+    chat = {"name": "N", "owner": "o", "members": members}
+    return {"version": 1, "groups": {"g": members[: len(members) // 2]}, "chats": {"c": chat}}
+
+
+_MEMBER = st.one_of(st.text("ab @\n\t-_.9", max_size=4), st.integers(0, 3), st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_MEMBER, max_size=6), min_size=1, max_size=4))
+def test_fast_check_agrees_with_jsonschema_on_member_lists(lists: list[list[Any]]) -> None:
+    """The bulk check of new strings, and the memory of strings that passed, answer as jsonschema does."""
+    schema = chats_schema()
+    is_valid = compile_schema(schema)  # one predicate for all documents: its memory is exercised too
+    validator = jsonschema.Draft202012Validator(schema)
+    for members in lists:
+        document = _member_document(members)
+        assert is_valid(document) is validator.is_valid(document), members

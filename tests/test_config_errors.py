@@ -258,3 +258,20 @@ def test_absurd_nesting_is_one_located_error(tmp_path: Path) -> None:
     (error,) = errors_of(tmp_path, {"a.yaml": "version: 1\nchats: " + "[" * 3000 + "]" * 3000 + "\n"})
     assert error.startswith("./a.yaml:")
     assert "nested too deeply" in error or "maximum nesting depth" in error
+
+
+def test_a_group_named_by_a_number_and_an_undefined_reference_are_both_reported(tmp_path: Path) -> None:
+    lines = errors_of(tmp_path, {"a.yaml": "version: 1\ngroups:\n  1: [a]\n" + CHAT[11:] + "    members: ['@nope']\n"})
+    assert lines == [
+        './a.yaml:3:3: group name must be a string, not a number: quote it: "1"',
+        "./a.yaml:8:15: undefined group `@nope`; define it under `groups:`",
+    ]
+
+
+def test_undefined_references_are_reported_in_chats_and_groups_alongside_good_ones(tmp_path: Path) -> None:
+    groups = "version: 1\ngroups:\n  team: [bob, '@tema']\n  ops: [carol]\n"
+    text = groups + CHAT[11:] + "    members: [dan, '@ops', '@opps', '@team']\n"
+    assert errors_of(tmp_path, {"a.yaml": text}) == [
+        "./a.yaml:3:15: undefined group `@tema`; did you mean `@team`?",
+        "./a.yaml:9:28: undefined group `@opps`; did you mean `@ops`?",
+    ]

@@ -9,12 +9,14 @@ a keyword this compiler does not know makes :func:`compile_schema` raise,
 and the caller then always uses jsonschema.
 
 Lists of strings (members) are checked per distinct string: a string that
-passed an item schema once is remembered for the life of the predicate.
+passed an item schema once is remembered for the life of the predicate, and
+the new ones are checked together at C speed when the item schema is a
+plain string schema (type, pattern, lengths).
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 Check = Callable[[Any], bool]
 
@@ -53,19 +55,52 @@ class _Compiler:
         checks = [self._keyword(name, argument, schema) for name, argument in schema.items() if name not in _ANNOTATIONS]
         if len(checks) == 1:
             return checks[0]
-        return lambda value: all(check(value) for check in checks)
+
+        def every(value: Any) -> bool:  # a loop: `all(genexpr)` costs a generator per value
+            for check in checks:
+                if not check(value):
+                    return False
+            return True
+
+        return every
+
+    def build_for_strings(self, schema: Any) -> Optional[Callable[[set[Any]], bool]]:
+        """``schema`` applied to a set of values at once, if it is a plain string schema; else None."""
+        while isinstance(schema, dict) and set(schema) - _ANNOTATIONS == {"$ref"}:
+            schema = self._resolve(schema["$ref"])
+        if not isinstance(schema, dict):
+            return None
+        keywords = {name: argument for name, argument in schema.items() if name not in _ANNOTATIONS}
+        if keywords.get("type") != "string" or not keywords.keys() <= {"type", "pattern", "minLength", "maxLength"}:
+            return None
+        search = re.compile(keywords.get("pattern", "")).search
+        shortest, longest = keywords.get("minLength", 0), keywords.get("maxLength")
+
+        def strings(values: set[Any]) -> bool:
+            if not values:
+                return True
+            if set(map(type, values)) != {str}:
+                return False
+            lengths = set(map(len, values))
+            if min(lengths) < shortest or (longest is not None and max(lengths) > longest):
+                return False
+            return all(map(search, values))
+
+        return strings
 
     def _keyword(self, name: str, argument: Any, schema: Mapping[str, Any]) -> Check:
         if name == "$ref":
             return self.build(self._resolve(argument))
         if name == "type":
             types = [_TYPES[t] for t in ([argument] if isinstance(argument, str) else argument)]
+            if len(types) == 1:
+                return types[0]
             return lambda value: any(is_type(value) for is_type in types)
         if name in ("const", "enum"):
             allowed = [argument] if name == "const" else list(argument)
             if any(isinstance(a, (dict, list)) for a in allowed):
                 raise UnsupportedSchema(f"{name} with a mapping or list")
-            return lambda value: any(_same(value, a) for a in allowed)
+            return _one_of(allowed)
         if name == "pattern":
             search = re.compile(argument).search
             return lambda value: not isinstance(value, str) or search(value) is not None
@@ -76,14 +111,13 @@ class _Compiler:
         if name == "required":
             return lambda value: not isinstance(value, dict) or all(key in value for key in argument)
         if name == "properties":
-            checks = {key: self.build(sub) for key, sub in argument.items()}
-            return lambda value: not isinstance(value, dict) or all(
-                checks[key](value[key]) for key in checks.keys() & value.keys()
-            )
+            return _properties({key: self.build(sub) for key, sub in argument.items()})
         if name == "additionalProperties":
             known = frozenset(schema.get("properties", ()))
             if "patternProperties" in schema:
                 raise UnsupportedSchema("patternProperties")
+            if argument is False:
+                return lambda value: not isinstance(value, dict) or known.issuperset(value)
             check = self.build(argument)
             return lambda value: not isinstance(value, dict) or all(
                 check(item) for key, item in value.items() if key not in known
@@ -94,7 +128,7 @@ class _Compiler:
         if name == "items":
             if "prefixItems" in schema:
                 raise UnsupportedSchema("prefixItems")
-            return _items(self.build(argument))
+            return _items(self.build(argument), self.build_for_strings(argument))
         raise UnsupportedSchema(name)
 
     def _resolve(self, ref: str) -> Any:
@@ -106,7 +140,7 @@ class _Compiler:
         return target
 
 
-def _items(check: Check) -> Check:
+def _items(check: Check, strings: Optional[Callable[[set[Any]], bool]]) -> Check:
     """``items``, remembering the strings that passed so each distinct one is checked once."""
     passed: set[str] = set()
 
@@ -117,6 +151,9 @@ def _items(check: Check) -> Check:
             new = set(value) - passed
         except TypeError:  # an unhashable item (a mapping or list)
             return all(check(item) for item in value)
+        if strings is not None and strings(new):
+            passed.update(new)
+            return True
         if not all(item.__class__ is str and check(item) for item in new):
             return all(check(item) for item in value)
         passed.update(new)
@@ -125,8 +162,26 @@ def _items(check: Check) -> Check:
     return items
 
 
-def _same(value: Any, expected: Any) -> bool:
-    """JSON equality with a scalar: ``true`` is not ``1`` (Python says it is)."""
-    if isinstance(value, bool) or isinstance(expected, bool):
-        return isinstance(value, bool) and isinstance(expected, bool) and value == expected
-    return value == expected
+def _properties(checks: Mapping[str, Check]) -> Check:
+    def properties(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return True
+        for key in checks.keys() & value.keys():
+            if not checks[key](value[key]):
+                return False
+        return True
+
+    return properties
+
+
+def _one_of(allowed: list[Any]) -> Check:
+    """``enum``/``const`` by one set lookup; JSON equality: ``true`` is not ``1`` (Python says it is)."""
+    keys = frozenset((isinstance(a, bool), a) for a in allowed)
+
+    def one_of(value: Any) -> bool:
+        try:
+            return (isinstance(value, bool), value) in keys
+        except TypeError:  # unhashable: a mapping or list, never allowed here
+            return False
+
+    return one_of

@@ -1,10 +1,11 @@
 """Read one YAML file safely and fast, and remember where things were written.
 
-Valid input must load fast (10,000 chats x 200 members), so values are built
-straight from libyaml's parse events: no node tree, no per-node Python
-resolver calls for ordinary strings. Only the keys of ``chats:``, ``groups:``
-and the other sections get their positions recorded on the way (the planner
-points at chats). Anything else that needs a position (an error deeper in a
+Valid input must load fast (10,000 chats x 200 members): a file in the
+plain shape configs are written in is read by :mod:`.fastyaml` at regex
+speed; any other file has its values built straight from libyaml's parse
+events: no node tree, no per-node Python resolver calls for ordinary
+strings. Only the keys of ``chats:``, ``groups:`` and the other sections get
+their positions recorded on the way (the planner points at chats). Anything else that needs a position (an error deeper in a
 chat, or a duplicate key, which must name both lines) re-reads the file as a
 node tree with marks, which only happens when something is wrong.
 
@@ -34,6 +35,7 @@ from yaml.events import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..model import Location
+from .fastyaml import read_fast
 from .issues import ConfigIssue
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -153,6 +155,13 @@ def read_document(path: Path, file: str) -> tuple[Optional[Document], list[Confi
 
 
 def _build(text: str, file: str) -> tuple[Any, dict[tuple[Any, ...], Location], bool]:
+    fast = read_fast(text, file)
+    if fast is not None:
+        return (*fast, False)
+    return _build_with_events(text, file)
+
+
+def _build_with_events(text: str, file: str) -> tuple[Any, dict[tuple[Any, ...], Location], bool]:
     loader = _Loader(text)
     try:
         return _build_from_events(loader, file)
