@@ -64,23 +64,32 @@ def _chat_lines(c: ChatChange) -> list[str]:
     return lines
 
 
-def render_text(plan: Plan, *, verbose: bool = False, warnings: tuple[str, ...] = ()) -> str:
-    """The plan as a terminal shows it; unchanged chats only with ``verbose``."""
+def _text(blocks: list[tuple[str, Optional[str], str, list[str]]], summary: str, clean: Optional[str],
+          warnings: tuple[str, ...] = ()) -> str:
+    """Blocks of (symbol, colour, heading, lines), then warnings, the all-clear (if any) and the summary."""
     out: list[str] = []
-    for c in plan.changes:
-        if c.action is Action.NOOP and not verbose:
-            continue
-        symbol, colour = _SYMBOL[c.action]
-        where = f" ({c.chatid})" if c.chatid else ""
-        out.append(click.style(f"{symbol} {_LABEL[c.action]} {c.key}{where}", fg=colour, bold=True))
-        out.extend(f"    {line}" for line in _chat_lines(c))
+    for symbol, colour, heading, lines in blocks:
+        out.append(click.style(f"{symbol} {heading}", fg=colour, bold=True))
+        out.extend(f"    {line}" for line in lines)
     if out:
         out.append("")
     out.extend(click.style(f"Warning: {w}", fg="yellow") for w in warnings)
-    if not plan.has_changes and not plan.has_errors:
-        out.append("No changes. DingTalk matches the configuration.")
-    out.append(plan.summary())
+    if clean:
+        out.append(clean)
+    out.append(summary)
     return "\n".join(out)
+
+
+def _where(chatid: Optional[str]) -> str:
+    return f" ({chatid})" if chatid else ""
+
+
+def render_text(plan: Plan, *, verbose: bool = False, warnings: tuple[str, ...] = ()) -> str:
+    """The plan as a terminal shows it; unchanged chats only with ``verbose``."""
+    blocks = [(*_SYMBOL[c.action], f"{_LABEL[c.action]} {c.key}{_where(c.chatid)}", _chat_lines(c))
+              for c in plan.changes if verbose or c.action is not Action.NOOP]
+    clean = None if plan.has_changes or plan.has_errors else "No changes. DingTalk matches the configuration."
+    return _text(blocks, plan.summary(), clean, warnings)
 
 
 def _md(text: Any) -> str:
@@ -98,25 +107,34 @@ def _details(symbol: str, label: str, key: str, lines: list[str]) -> list[str]:
             "```", "</details>", ""]
 
 
+def _markdown(title: str, columns: list[str], rows: list[tuple[list[str], str, str, str, list[str]]],
+              empty: str, summary: str, warnings: tuple[str, ...] = ()) -> str:
+    """Summary table, then one collapsible section per row: (cells, symbol, label, key, lines)."""
+    out = [f"### {title}", ""]
+    for w in warnings:
+        out += [f"> **Warning:** {_md(w)}", ""]
+    if rows:
+        out += ["| " + " | ".join(columns) + " |", "|---|---|---:|---:|---|"]
+        out += ["| " + " | ".join(cells) + " |" for cells, *_ in rows]
+        out.append("")
+        for _, symbol, label, key, lines in rows:
+            out += _details(symbol, label, key, lines)
+    else:
+        out += [empty, ""]
+    out.append(f"**{_md(summary)}**")
+    return "\n".join(out) + "\n"
+
+
 def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
     """A PR comment: summary table, then a collapsible section per changed chat."""
-    rows = [c for c in plan.changes if c.action is not Action.NOOP]
-    out = ["### dtchat plan", ""]
-    for w in warnings:
-        out.append(f"> **Warning:** {_md(w)}")
-        out.append("")
-    if rows:
-        out += ["| Chat | Action | + members | − members | Settings |", "|---|---|---:|---:|---|"]
-        for c in rows:
-            settings = ", ".join(_md(_setting_line(s)) for s in c.settings) or ""
-            out.append(f"| `{_md(c.key)}` | {_LABEL[c.action]} | {len(c.add)} | {len(c.remove)} | {settings} |")
-        out.append("")
-        for c in rows:
-            out += _details(_SYMBOL[c.action][0], _LABEL[c.action], c.key, _chat_lines(c))
-    else:
-        out += ["No changes.", ""]
-    out.append(f"**{_md(plan.summary())}**")
-    return "\n".join(out) + "\n"
+    rows = [
+        ([f"`{_md(c.key)}`", _LABEL[c.action], str(len(c.add)), str(len(c.remove)),
+          ", ".join(_md(_setting_line(s)) for s in c.settings)],
+         _SYMBOL[c.action][0], _LABEL[c.action], c.key, _chat_lines(c))
+        for c in plan.changes if c.action is not Action.NOOP
+    ]
+    return _markdown("dtchat plan", ["Chat", "Action", "+ members", "− members", "Settings"], rows,
+                     "No changes.", plan.summary(), warnings)
 
 
 def change_to_json(c: ChatChange) -> dict[str, Any]:
@@ -150,8 +168,8 @@ def plan_to_json(plan: Plan, **extra: Any) -> dict[str, Any]:
     }
 
 
-def render_json(plan: Plan, **extra: Any) -> str:
-    return json.dumps(plan_to_json(plan, **extra), ensure_ascii=False, indent=2) + "\n"
+def render_json(plan: Plan) -> str:
+    return json.dumps(plan_to_json(plan), ensure_ascii=False, indent=2) + "\n"
 
 
 # -- drift ----------------------------------------------------------------------------
@@ -177,38 +195,22 @@ def _drift_lines(d: ChatDrift) -> list[str]:
 
 
 def render_drift_text(report: DriftReport, *, verbose: bool = False) -> str:
-    out: list[str] = []
-    for d in report.chats:
-        if d.status is Status.IN_SYNC and not verbose:
-            continue
-        symbol, colour = _DRIFT_SYMBOL[d.status]
-        where = f" ({d.chatid})" if d.chatid else ""
-        out.append(click.style(f"{symbol} {d.status.value.replace('_', ' ')} {d.key}{where}", fg=colour, bold=True))
-        out.extend(f"    {line}" for line in _drift_lines(d))
-    if out:
-        out.append("")
-    if not report.has_drift and not report.has_errors:
-        out.append("No drift. DingTalk matches the configuration.")
-    out.append(report.summary())
-    return "\n".join(out)
+    blocks = [(*_DRIFT_SYMBOL[d.status], f"{d.status.value.replace('_', ' ')} {d.key}{_where(d.chatid)}",
+               _drift_lines(d))
+              for d in report.chats if verbose or d.status is not Status.IN_SYNC]
+    clean = None if report.has_drift or report.has_errors else "No drift. DingTalk matches the configuration."
+    return _text(blocks, report.summary(), clean)
 
 
 def render_drift_markdown(report: DriftReport) -> str:
-    rows = [d for d in report.chats if d.status is not Status.IN_SYNC]
-    out = ["### dtchat drift", ""]
-    if rows:
-        out += ["| Chat | Status | Missing members | Unexpected members | Settings |", "|---|---|---:|---:|---|"]
-        for d in rows:
-            settings = ", ".join(_md(f"{s.name}: {show_value(s.actual)} (expected {show_value(s.expected)})")
-                                 for s in d.settings)
-            out.append(f"| `{_md(d.key)}` | {d.status.value} | {len(d.missing)} | {len(d.unexpected)} | {settings} |")
-        out.append("")
-        for d in rows:
-            out += _details(_DRIFT_SYMBOL[d.status][0], d.status.value, d.key, _drift_lines(d))
-    else:
-        out += ["No drift.", ""]
-    out.append(f"**{_md(report.summary())}**")
-    return "\n".join(out) + "\n"
+    rows = [
+        ([f"`{_md(d.key)}`", d.status.value, str(len(d.missing)), str(len(d.unexpected)),
+          ", ".join(_md(f"{s.name}: {show_value(s.actual)} (expected {show_value(s.expected)})") for s in d.settings)],
+         _DRIFT_SYMBOL[d.status][0], d.status.value, d.key, _drift_lines(d))
+        for d in report.chats if d.status is not Status.IN_SYNC
+    ]
+    return _markdown("dtchat drift", ["Chat", "Status", "Missing members", "Unexpected members", "Settings"], rows,
+                     "No drift.", report.summary())
 
 
 def drift_to_json(report: DriftReport) -> dict[str, Any]:
