@@ -52,11 +52,11 @@ class ApplyResult:
         for r in self.results:
             if r.ok and r.action in done:
                 done[r.action] += 1
-        line = (
+        return (
             f"Apply: {done[Action.CREATE]} created, {done[Action.UPDATE]} updated, "
-            f"{done[Action.FORGET]} forgotten, {len(self.failed)} failed ({self.calls} API calls)."
+            f"{done[Action.FORGET]} forgotten, {len(self.failed)} failed "
+            f"({self.calls} API call{'s' if self.calls != 1 else ''})."
         )
-        return line
 
 
 def send_call(client: DingTalkClient, call: ApiCall) -> Optional[str]:
@@ -126,6 +126,7 @@ def apply_change(
     warning = None
     if notify and calls and chatid:
         try:
+            done += 1
             client.send_text(chatid, message_for(change))
         except DingTalkError as exc:
             warning = f"changes applied, but the --notify message was not sent: {exc}"

@@ -226,13 +226,13 @@ def plan(opts: Options, paths, state_file, fmt, out_file, detailed_exitcode, tar
         the_plan = _read_and_plan(opts, config, state, client, wanted, parallelism)
     warnings = removal_violations(the_plan, Thresholds(max_removal_pct, max_removals))
     if fmt == "json":
-        opts.echo(render_json(the_plan).rstrip("\n"))
+        opts.echo(render_json(the_plan, warnings=warnings).rstrip("\n"))
     elif fmt == "markdown":
         opts.echo(render_markdown(the_plan, warnings=warnings).rstrip("\n"))
     else:
         opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=warnings))
     if out_file:
-        document = plan_document(the_plan, config.files, str(state_path))
+        document = plan_document(the_plan, config.files, str(state_path), warnings)
         _write_text(Path(out_file), json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     if the_plan.has_errors:
         raise click.exceptions.Exit(1)
@@ -326,7 +326,9 @@ def _print_calls(opts: Options, the_plan, notify: bool) -> None:
             opts.echo(f"  {change.key}: {describe_call(call, change.key)}")
         count += len(calls)
         if notify and calls:
-            opts.echo(f"  {change.key}: POST /chat/send {json.dumps(message_for(change), ensure_ascii=False)}")
+            body = {"chatid": change.chatid or f"<chatid of new chat {change.key}>", "msgtype": "text",
+                    "text": {"content": message_for(change)}}
+            opts.echo(f"  {change.key}: POST /chat/send {json.dumps(body, ensure_ascii=False)}")
             count += 1
         if change.action is Action.FORGET:
             opts.echo(f"  {change.key}: (state only) forget {change.chatid}")

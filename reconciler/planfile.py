@@ -48,9 +48,11 @@ def config_digest(files: Iterable[str]) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
-def plan_document(plan: Plan, config_files: Sequence[str], state_file: Optional[str]) -> dict[str, Any]:
+def plan_document(plan: Plan, config_files: Sequence[str], state_file: Optional[str],
+                  warnings: Sequence[str] = ()) -> dict[str, Any]:
     return plan_to_json(
         plan,
+        warnings=list(warnings),
         created_at=now_iso(),
         config={"files": list(config_files), "digest": config_digest(config_files)},
         state_file=state_file,

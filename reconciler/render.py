@@ -168,8 +168,8 @@ def plan_to_json(plan: Plan, **extra: Any) -> dict[str, Any]:
     }
 
 
-def render_json(plan: Plan) -> str:
-    return json.dumps(plan_to_json(plan), ensure_ascii=False, indent=2) + "\n"
+def render_json(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
+    return json.dumps(plan_to_json(plan, warnings=list(warnings)), ensure_ascii=False, indent=2) + "\n"
 
 
 # -- drift ----------------------------------------------------------------------------

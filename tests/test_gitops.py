@@ -122,6 +122,8 @@ def test_large_removal_is_refused_without_force_and_applied_with_it(emulator, tm
 
     plan = dtchat(emulator, "plan", str(cfg))
     assert "Warning: chat big would lose 40 of its 50 members (80%)" in plan.output
+    data = json.loads(dtchat(emulator, "plan", str(cfg), "--format", "json").output)
+    assert data["warnings"] == ["chat big would lose 40 of its 50 members (80%), more than --max-removal-pct 30%"]
     writes = len(emulator.calls_to("/chat/update"))
     refused = dtchat(emulator, "apply", str(cfg), "--auto-approve")
     assert refused.exit_code == 1 and "refusing to apply, nothing was changed" in refused.output
