@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -20,30 +19,26 @@ from typing import Iterator, Optional
 import click
 
 from . import __version__
-from .adopt import desired_from_live
 from .applier import ChatResult, apply_plan
-from .batching import calls_for, describe_call
-from .config import ConfigError, dump_config, load_config
+from .config import ConfigError, load_config
 from .connect import SANDBOX_DIR, SetupError, connect
 from .dingtalk import DingTalkError, redact
 from .dingtalk.redact import RedactingFilter
 from .drift import drift_report
-from .live import ASSUMED_LATENCY, MAX_PARALLELISM, default_parallelism, read_live
-from .manager import UsageError, check_targets, compute_plan, import_chat, planned_reads
-from .model import LiveChat
-from .notify import message_for
+from .files import write_atomic
+from .live import ASSUMED_LATENCY, MAX_PARALLELISM, default_parallelism
+from .manager import (UsageError, check_targets, compute_plan, dump_chats, import_chat, planned_reads,
+                      verify_saved_plan)
 from .plan import Action
-from .planfile import PlanFileError, plan_document, read_plan, staleness, to_verify
-from .planner import ReadFailure
-from .render import (FORMATS, render_drift_json, render_drift_markdown, render_drift_text, render_json,
-                     render_markdown, render_text)
+from .planfile import PlanFileError, plan_document, read_plan
+from .render import (FORMATS, render_calls, render_drift_json, render_drift_markdown, render_drift_text,
+                     render_json, render_markdown, render_text)
 from .rules import DEFAULT_QPS
 from .safety import DEFAULT_MAX_REMOVAL_PCT, MIN_EXISTING_MEMBERS, Thresholds, removal_violations
 from .state import StateError, StateFile, default_path, locked
 
 #: Show a progress bar when at least this many chats are read and stderr is a terminal.
 PROGRESS_MIN = 20
-KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 #: Errors that end a command with one line and exit 1.
 EXPECTED = (ConfigError, StateError, SetupError, UsageError, PlanFileError, DingTalkError, OSError, ValueError)
 
@@ -246,10 +241,8 @@ def _read_and_plan(opts: Options, config, state: StateFile, client, wanted, para
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, text)
     except OSError as exc:
         raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
@@ -283,11 +276,7 @@ def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, ma
         state = StateFile(path) if dry_run else stack.enter_context(locked(path))
         client = stack.enter_context(opts.client(parallelism))
         if saved:
-            live = read_live(client, to_verify(saved), parallelism=parallelism)
-            stale = staleness(saved, live, state.bindings)
-            if stale:
-                raise UsageError(f"{plan_file}: refusing the saved plan, nothing was changed: " + "; ".join(stale))
-            the_plan = saved.plan
+            the_plan = verify_saved_plan(saved, client, state, parallelism=parallelism)
         else:
             the_plan = _read_and_plan(opts, config, state, client, check_targets(config, state, targets), parallelism)
         violations = removal_violations(the_plan, Thresholds(max_removal_pct, max_removals))
@@ -296,7 +285,7 @@ def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, ma
             raise UsageError("refusing to apply, nothing was changed: " + "; ".join(violations)
                              + " (pass --force if this is intended)")
         if dry_run:
-            _print_calls(opts, the_plan, notify)
+            opts.echo(render_calls(the_plan, notify=notify))
             raise click.exceptions.Exit(1 if the_plan.has_errors else 0)
         if not the_plan.has_changes:
             raise click.exceptions.Exit(1 if the_plan.has_errors else 0)
@@ -314,25 +303,6 @@ def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, ma
         failed = ", ".join(r.key for r in result.failed)
         opts.echo(click.style(f"Failed: {failed}", fg="red"), err=True)
         raise click.exceptions.Exit(1)
-
-
-def _print_calls(opts: Options, the_plan, notify: bool) -> None:
-    opts.echo("")
-    opts.echo("Dry run: these API calls would be made (nothing was changed):")
-    count = 0
-    for change in the_plan.changes:
-        calls = calls_for(change)
-        for call in calls:
-            opts.echo(f"  {change.key}: {describe_call(call, change.key)}")
-        count += len(calls)
-        if notify and calls:
-            body = {"chatid": change.chatid or f"<chatid of new chat {change.key}>", "msgtype": "text",
-                    "text": {"content": message_for(change)}}
-            opts.echo(f"  {change.key}: POST /chat/send {json.dumps(body, ensure_ascii=False)}")
-            count += 1
-        if change.action is Action.FORGET:
-            opts.echo(f"  {change.key}: (state only) forget {change.chatid}")
-    opts.echo(f"{count} API call{'s' if count != 1 else ''}.")
 
 
 def _report(opts: Options, r: ChatResult) -> None:
@@ -379,14 +349,10 @@ def drift(opts: Options, paths, state_file, fmt, targets, parallelism) -> None:
 def dump(opts: Options, chatids, out_file, parallelism) -> None:
     """Write live chats as YAML that `plan` then shows as no change."""
     with opts.client(parallelism) as client:
-        live = read_live(client, chatids, parallelism=parallelism)
-    failures = [f"{cid}: {r.message}" for cid, r in live.items() if isinstance(r, ReadFailure)]
-    if failures:
-        raise UsageError("cannot dump, nothing was written: " + "; ".join(failures))
-    text = dump_config(desired_from_live(r for r in live.values() if isinstance(r, LiveChat)))
+        text = dump_chats(client, chatids, parallelism=parallelism)
     if out_file:
         _write_text(Path(out_file), text)
-        opts.echo(f"Wrote {len(live)} chat{'s' if len(live) != 1 else ''} to {out_file}", err=True)
+        opts.echo(f"Wrote {len(set(chatids))} chat{'s' if len(set(chatids)) != 1 else ''} to {out_file}", err=True)
     else:
         opts.echo(text.rstrip("\n"))
 
@@ -398,8 +364,6 @@ def dump(opts: Options, chatids, out_file, parallelism) -> None:
 @click.pass_obj
 def import_(opts: Options, key: str, chatid: str, state_file: Optional[str]) -> None:
     """Record an existing chat CHATID under KEY (verifies it exists first)."""
-    if not KEY_RE.match(key):
-        raise UsageError(f"KEY {key!r}: must be a lowercase slug (a-z, 0-9 and '-', not at either end)")
     with locked(opts.state_path(state_file, None)) as state, opts.client() as client:
         live = import_chat(client, state, key, chatid)
     opts.echo(f"Imported {key} → {chatid} ({live.name}, {len(live.members)} members) into {state.path}")

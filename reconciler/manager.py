@@ -8,12 +8,14 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Collection, Optional, Sequence
 
-from .config import Config
+from .adopt import desired_from_live
+from .config import Config, dump_config, is_chat_key
 from .dingtalk import DingTalkClient
 from .live import read_live
 from .model import LiveChat
 from .plan import Plan
-from .planner import make_plan, resolve
+from .planfile import SavedPlan, staleness, to_verify
+from .planner import ReadFailure, make_plan, resolve
 from .state import StateFile
 
 
@@ -56,8 +58,28 @@ def planned_reads(config: Config, state: StateFile, targets: Optional[Collection
     return sum(1 for key in resolution.chatids if targets is None or key in targets)
 
 
+def verify_saved_plan(saved: SavedPlan, client: DingTalkClient, state: StateFile, *, parallelism: int = 8) -> Plan:
+    """The saved plan, if every chat it changes is as it was when planned; else UsageError naming them."""
+    live = read_live(client, to_verify(saved), parallelism=parallelism)
+    stale = staleness(saved, live, state.bindings)
+    if stale:
+        raise UsageError(f"{saved.source}: refusing the saved plan, nothing was changed: " + "; ".join(stale))
+    return saved.plan
+
+
+def dump_chats(client: DingTalkClient, chatids: Sequence[str], *, parallelism: int = 8) -> str:
+    """Live chats as YAML that ``plan`` shows as no change; every chat must be readable."""
+    live = read_live(client, chatids, parallelism=parallelism)
+    failures = [f"{cid}: {r.message}" for cid, r in live.items() if isinstance(r, ReadFailure)]
+    if failures:
+        raise UsageError("cannot dump, nothing was written: " + "; ".join(failures))
+    return dump_config(desired_from_live(r for r in live.values() if isinstance(r, LiveChat)))
+
+
 def import_chat(client: DingTalkClient, state: StateFile, key: str, chatid: str) -> LiveChat:
     """Verify the chat exists (one ``get``), then bind ``key`` to it. Raises DingTalkError if not."""
+    if not is_chat_key(key):
+        raise UsageError(f"KEY {key!r}: must be a lowercase slug (a-z, 0-9 and '-', not at either end)")
     live = LiveChat.from_api(client.get_chat(chatid), chatid)
     other = next((k for k, b in state.bindings.items() if b.chatid == chatid and k != key), None)
     if other:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .plan import Action, ChatChange
-from .render import show_value
+from .plan import Action, ChatChange, show_value
 
 #: Name at most this many people per line, then "and N more".
 MAX_NAMES = 10

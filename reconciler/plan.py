@@ -96,6 +96,15 @@ class Plan:
         return line
 
 
+def show_value(value: Any) -> str:
+    """YAML spelling of a setting value (true/false, owner/everyone, ? when unknown)."""
+    if value is None:
+        return "?"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def live_fingerprint(live: LiveChat) -> str:
     """A stable digest of everything dtchat compares, so a saved plan can tell if the chat moved.
 

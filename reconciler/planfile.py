@@ -33,6 +33,8 @@ class SavedPlan:
     config_files: tuple[str, ...]
     config_digest: str
     state_file: Optional[str]
+    #: The file it was read from, for messages.
+    source: str = ""
 
 
 def config_digest(files: Iterable[str]) -> str:
@@ -131,6 +133,7 @@ def read_plan(path: "str | os.PathLike[str]") -> SavedPlan:
         config_files=_strings(path, "config.files", config.get("files", [])),
         config_digest=config["digest"],
         state_file=state_file if isinstance(state_file, str) else None,
+        source=str(path),
     )
 
 

@@ -9,8 +9,10 @@ from typing import Any, Optional
 
 import click
 
+from .batching import calls_for, describe_call
 from .drift import ChatDrift, DriftReport, Status
-from .plan import Action, ChatChange, Plan, SettingChange
+from .notify import message_for
+from .plan import Action, ChatChange, Plan, SettingChange, show_value
 
 FORMATS = ("text", "markdown", "json")
 FORMAT_VERSION = 1
@@ -29,15 +31,6 @@ _LABEL = {
     Action.FORGET: "forget",
     Action.ERROR: "error",
 }
-
-
-def show_value(value: Any) -> str:
-    """YAML spelling of a setting value (true/false, owner/everyone, ? when unknown)."""
-    if value is None:
-        return "?"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _setting_line(s: SettingChange) -> str:
@@ -135,6 +128,25 @@ def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
     ]
     return _markdown("dtchat plan", ["Chat", "Action", "+ members", "− members", "Settings"], rows,
                      "No changes.", plan.summary(), warnings)
+
+
+def render_calls(plan: Plan, *, notify: bool = False) -> str:
+    """``apply --dry-run``: every API call apply would make, in order, with its exact body."""
+    out = ["", "Dry run: these API calls would be made (nothing was changed):"]
+    count = 0
+    for change in plan.changes:
+        calls = calls_for(change)
+        out += [f"  {change.key}: {describe_call(call, change.key)}" for call in calls]
+        count += len(calls)
+        if notify and calls:
+            body = {"chatid": change.chatid or f"<chatid of new chat {change.key}>", "msgtype": "text",
+                    "text": {"content": message_for(change)}}
+            out.append(f"  {change.key}: POST /chat/send {json.dumps(body, ensure_ascii=False)}")
+            count += 1
+        if change.action is Action.FORGET:
+            out.append(f"  {change.key}: (state only) forget {change.chatid}")
+    out.append(f"{count} API call{'s' if count != 1 else ''}.")
+    return "\n".join(out)
 
 
 def change_to_json(c: ChatChange) -> dict[str, Any]:

@@ -17,10 +17,11 @@ import datetime as _dt
 import errno
 import json
 import os
-import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
+
+from .files import write_atomic
 
 try:  # POSIX advisory locks; Windows users get no lock (documented).
     import fcntl
@@ -131,7 +132,7 @@ class StateFile:
 
     def mark_pending(self, key: str) -> None:
         """Remember that a create for ``key`` may have succeeded (outcome unknown)."""
-        self._bindings[key] = replace(Binding(chatid=None), pending=True, created_at=now_iso())
+        self._bindings[key] = Binding(chatid=None, created_at=now_iso(), pending=True)
         self.save()
 
     def forget(self, key: str) -> bool:
@@ -151,27 +152,8 @@ class StateFile:
 
     def save(self) -> None:
         """Atomic replace: a crash leaves the old file or the new one, never half of either."""
-        text = json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n"
-        folder = self.path.parent if str(self.path.parent) else Path(".")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            with contextlib.suppress(OSError):  # make the rename itself durable
-                dfd = os.open(folder, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+            write_atomic(self.path, json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n")
         except OSError as exc:
             raise StateError(f"{self.path}: cannot write state file: {exc.strerror or exc}") from None
 

@@ -7,5 +7,6 @@ back as YAML that loads to the same values.
 from .dump import dump_config
 from .issues import ConfigError, ConfigIssue
 from .loader import Config, load_config
+from .schema import is_chat_key
 
-__all__ = ["Config", "ConfigError", "ConfigIssue", "dump_config", "load_config"]
+__all__ = ["Config", "ConfigError", "ConfigIssue", "dump_config", "is_chat_key", "load_config"]

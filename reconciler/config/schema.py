@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -42,6 +43,11 @@ _DEF_NOUNS = {"chatKey": "chat key", "groupName": "group name", "userId": "user 
 def chats_schema() -> Mapping[str, Any]:
     """The chats JSON Schema, as shipped in the package."""
     return json.loads((files("reconciler") / "schemas" / "chats.schema.json").read_text("utf-8"))
+
+
+def is_chat_key(key: str) -> bool:
+    """Whether ``key`` is a valid chat key, by the schema's own ``chatKey`` pattern (for ``dtchat import``)."""
+    return re.fullmatch(chats_schema()["$defs"]["chatKey"]["pattern"], key) is not None
 
 
 @dataclass(frozen=True)

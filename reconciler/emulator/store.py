@@ -34,7 +34,6 @@ import math
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
+from ..files import write_atomic
 from ..rules import BATCH_SIZE, MEMBER_CAP, NAME_MAX, NAME_MIN, READ_LIST_PAGE_MAX, SETTING_FIELDS
 
 DATA_FORMAT = "dtchat-emulator"
@@ -331,18 +331,7 @@ class ChatStore:
         if self._path is None:
             return
         data = {"format": DATA_FORMAT, "version": DATA_VERSION, "chats": self._chats, "messages": self._messages}
-        directory = self._path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self._path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomic(self._path, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
     def _load(self, path: Path) -> None:
         try:
