@@ -145,3 +145,18 @@ def test_emulator_command_serves_on_loopback_and_prints_its_url(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_progress_bar_only_for_long_reads_on_a_terminal(monkeypatch):
+    import reconciler.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "_stderr_is_tty", lambda: False)
+    with cli_module.progress(500, "Reading chats") as tick:
+        assert tick is None
+    monkeypatch.setattr(cli_module, "_stderr_is_tty", lambda: True)
+    with cli_module.progress(cli_module.PROGRESS_MIN - 1, "Reading chats") as tick:
+        assert tick is None
+    with cli_module.progress(cli_module.PROGRESS_MIN, "Reading chats") as tick:
+        assert callable(tick)
+        for _ in range(cli_module.PROGRESS_MIN):
+            tick()
