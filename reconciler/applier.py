@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from .batching import CREATE, ApiCall, BatchingError, calls_for, describe_call
 from .dingtalk import AmbiguousCreateError, DingTalkClient, DingTalkError
+from .live import is_fatal
 from .notify import message_for
 from .plan import Action, ChatChange, Plan
 from .state import StateFile
@@ -29,6 +30,8 @@ class ChatResult:
     error: Optional[str] = None
     #: A problem that did not fail the chat (e.g. the --notify message could not be sent).
     warning: Optional[str] = None
+    #: The failure would hit every other chat too (quota used up, credentials, API unreachable).
+    fatal: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ def apply_change(
                 ),
             )
         except DingTalkError as exc:
-            return ChatResult(key, change.action, ok=False, calls=done + 1, chatid=chatid, error=str(exc))
+            return ChatResult(key, change.action, ok=False, calls=done + 1, chatid=chatid, error=str(exc),
+                              fatal=is_fatal(exc))
         done += 1
         if new_chatid:
             chatid = new_chatid
@@ -142,10 +146,23 @@ def apply_plan(
     on_result: Optional[Callable[[ChatResult], None]] = None,
     notify: bool = False,
 ) -> ApplyResult:
-    """Apply every change in plan order; the caller holds the state lock."""
-    results = []
+    """Apply every change in plan order; the caller holds the state lock.
+
+    A failure no other chat would escape stops the run: the remaining chats are
+    reported as not attempted rather than each retrying into the same wall.
+    """
+    results: list[ChatResult] = []
+    stopped: Optional[str] = None
     for change in plan.changes:
-        result = apply_change(change, client, state, on_call=on_call, notify=notify)
+        if stopped is None:
+            result = apply_change(change, client, state, on_call=on_call, notify=notify)
+            if result.fatal:
+                stopped = result.error
+        elif change.action is Action.NOOP:
+            result = ChatResult(change.key, change.action, ok=True, chatid=change.chatid)
+        else:
+            result = ChatResult(change.key, change.action, ok=False, chatid=change.chatid,
+                                error=f"not attempted: {stopped}")
         if not result.ok:
             log.warning("chat %s failed: %s", change.key, result.error)
         if on_result:

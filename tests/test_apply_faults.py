@@ -129,3 +129,15 @@ def test_sigkill_right_after_a_create_leaves_a_valid_state_holding_the_chatid(em
     assert len(emulator.calls_to("/chat/create")) == 1
     assert sorted(emulator.chat(chatid)["useridlist"]) == sorted(users(120) + ["boss"])
     assert state_of(state_path) == {"big": chatid}
+
+
+def test_quota_used_up_mid_apply_stops_the_run_instead_of_hammering_every_chat(emulator, make_client, tmp_path):
+    cfg = tmp_path / "c"
+    write_config(cfg, {f"k{i}": {"name": f"K{i}", "owner": "a", "members": ["b"]} for i in range(5)})
+    emulator.faults.monthly_quota = 2  # the first two creates pass, the third call answers 90020
+    plan, result = converge(make_client(), cfg, tmp_path / "s.json")
+    assert [r.ok for r in result.results] == [True, True, False, False, False]
+    assert "90020" in result.results[2].error and result.results[2].fatal
+    assert [r.error.startswith("not attempted: ") for r in result.results[3:]] == [True, True]
+    assert len(emulator.calls_to("/chat/create")) == 3  # no attempt on k3, k4
+    assert state_of(tmp_path / "s.json").keys() == {"k0", "k1"}
