@@ -15,7 +15,7 @@ from .dingtalk import AmbiguousCreateError, DingTalkClient, DingTalkError
 from .live import is_fatal
 from .notify import message_for
 from .plan import Action, ChatChange, Plan
-from .state import StateFile
+from .state import StateError, StateFile
 
 log = logging.getLogger("reconciler.applier")
 
@@ -124,7 +124,14 @@ def apply_change(
         done += 1
         if new_chatid:
             chatid = new_chatid
-            state.record(key, chatid, created=True)  # before any further call
+            try:
+                state.record(key, chatid, created=True)  # before any further call
+            except StateError as exc:
+                return ChatResult(
+                    key, change.action, ok=False, calls=done, chatid=chatid, fatal=True,
+                    error=f"chat created as {chatid}, but {exc}; once the file is writable, run "
+                          f"`dtchat import {key} {chatid}` so it is not created again",
+                )
     if chatid and (state.get(key) is None or state.get(key).chatid != chatid):
         state.record(key, chatid)  # a pinned chat: remember it
     warning = None

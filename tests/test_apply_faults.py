@@ -141,3 +141,19 @@ def test_quota_used_up_mid_apply_stops_the_run_instead_of_hammering_every_chat(e
     assert [r.error.startswith("not attempted: ") for r in result.results[3:]] == [True, True]
     assert len(emulator.calls_to("/chat/create")) == 3  # no attempt on k3, k4
     assert state_of(tmp_path / "s.json").keys() == {"k0", "k1"}
+
+
+def test_unwritable_state_after_a_create_names_the_new_chatid_and_stops(emulator, make_client, tmp_path):
+    cfg = tmp_path / "c"
+    write_config(cfg, {"a": {"name": "A", "owner": "x"}, "b": {"name": "B", "owner": "y"}})
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    state = StateFile(state_dir / "s.json")
+    plan = compute_plan(load_config([cfg]), state, make_client())
+    (state_dir / "s.json").mkdir()  # the file cannot be replaced now (as a full disk or bad mount would)
+    result = apply_plan(plan, make_client(), state)
+    first, second = result.results
+    (created,) = emulator.calls_to("/chat/create")
+    assert not first.ok and first.fatal and f"dtchat import a {first.chatid}" in first.error
+    assert emulator.chat(first.chatid) is not None
+    assert second.error.startswith("not attempted")
