@@ -414,3 +414,20 @@ def test_no_secret_in_logs_or_errors_across_fault_paths(make_client, emulator, c
     assert [s for s in secrets if s in logged] == []
     assert "access_token=***" in caplog.text  # urllib3's URL lines were logged, scrubbed
     assert any(r.name == "reconciler.dingtalk" and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_client_waits_out_a_real_ip_ban_and_gives_up_at_once_on_a_long_one(emulator, make_client):
+    chatid = emulator.seed_chat("c", "owner", ["owner"])
+    client = make_client(max_qps=0)
+    client.get_chat(chatid)  # token + 1 call
+    emulator.faults.ip_limit_calls = 2
+    emulator.faults.ip_ban_seconds = 1.0
+    started = time.monotonic()
+    client.get_chat(chatid)  # 3rd call in the window: banned, told to wait 1 s, then served
+    assert time.monotonic() - started >= 1.0
+    emulator.faults.ip_limit_calls = 1
+    emulator.faults.ip_ban_seconds = 300.0
+    started = time.monotonic()
+    with pytest.raises(ThrottledError, match="300"):
+        client.get_chat(chatid)
+    assert time.monotonic() - started < 5

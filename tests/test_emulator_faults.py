@@ -203,3 +203,25 @@ def test_calls_are_listed_in_arrival_order_even_when_they_finish_out_of_order(sr
     slow.join()
     gets = srv.calls_to("/chat/get")
     assert [c.params.get("marker") for c in gets] == [None, "fast"] and gets[0].seq < gets[1].seq
+
+
+def test_the_per_ip_limit_bans_every_endpoint_then_lifts(srv):
+    import time as _time
+
+    import requests as _requests
+
+    srv.faults.ip_limit_calls = 5
+    srv.faults.ip_limit_window = 20.0
+    srv.faults.ip_ban_seconds = 0.5
+    s = _requests.Session()
+    for _ in range(5):
+        assert s.get(srv.url + "/gettoken", params={"appkey": "k", "appsecret": "s"}).json()["errcode"] == 0
+    banned = s.get(srv.url + "/gettoken", params={"appkey": "k", "appsecret": "s"}).json()
+    assert banned == {"status": 1111, "wait": 1, "punish": "deny", "message": banned["message"]}
+    assert "errcode" not in s.get(srv.url + "/chat/get", params={"chatid": "x"}).json()
+    _time.sleep(0.6)
+    assert s.get(srv.url + "/gettoken", params={"appkey": "k", "appsecret": "s"}).json()["errcode"] == 0
+
+
+def test_the_per_ip_limit_is_dingtalks_by_default(srv):
+    assert (srv.faults.ip_limit_calls, srv.faults.ip_limit_window, srv.faults.ip_ban_seconds) == (10_000, 20.0, 300.0)

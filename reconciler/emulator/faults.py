@@ -16,6 +16,11 @@ Choices where the brief leaves room:
   is never metered, so an exhausted quota shows up as 90020 on the call itself.
 * ``drop_after_create`` only drops *successful* creates (the point is a chat
   that exists although the client never heard so).
+* The per-IP rule of dingtalk-api.md is on by default: more than
+  ``ip_limit_calls`` requests (all endpoints, ``/gettoken`` included) within
+  ``ip_limit_window`` seconds ban the caller for ``ip_ban_seconds``; every
+  request during the ban answers the ban body with ``wait`` = seconds left.
+  The emulator sees every caller as one egress IP (it serves loopback).
 """
 from __future__ import annotations
 
@@ -49,6 +54,10 @@ class Faults:
     fail_chatids: dict[str, int] = field(default_factory=dict)
     drop_after_create: int = 0
     monthly_quota: int = -1
+    #: The real per-egress-IP limit (on by default): 10,000 calls in 20 s, then a 5-minute ban.
+    ip_limit_calls: int = 10_000
+    ip_limit_window: float = 20.0
+    ip_ban_seconds: float = 300.0
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Set the named fields (the admin route's ``POST faults``); unknown names or bad types raise ValueError."""
@@ -88,7 +97,7 @@ def _convert(name: str, value: Any, current: Any) -> Any:
     return value
 
 
-_FLOAT_FIELDS = frozenset({"latency_ms", "qps_limit"})
+_FLOAT_FIELDS = frozenset({"latency_ms", "qps_limit", "ip_limit_window", "ip_ban_seconds"})
 
 
 class FaultInjector:
@@ -99,12 +108,34 @@ class FaultInjector:
         self._eligible = 0
         self._every_key: Optional[tuple] = None
         self._windows: dict[str, deque[float]] = {}
+        self._ip_window: deque[float] = deque()
+        self._banned_until = 0.0
 
     def reset(self) -> None:
         with self._lock:
             self._eligible = 0
             self._every_key = None
             self._windows.clear()
+            self._ip_window.clear()
+            self._banned_until = 0.0
+
+    def ip_ban(self, faults: Faults) -> Optional[float]:
+        """Seconds left of the caller's IP ban (starting one when this request breaks the limit), or None."""
+        if faults.ip_limit_calls <= 0:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            if now < self._banned_until:
+                return self._banned_until - now
+            window = self._ip_window
+            window.append(now)
+            while window and window[0] <= now - faults.ip_limit_window:
+                window.popleft()
+            if len(window) > faults.ip_limit_calls:
+                window.clear()
+                self._banned_until = now + faults.ip_ban_seconds
+                return faults.ip_ban_seconds
+            return None
 
     def gateway_fault(self, faults: Faults, endpoint: str) -> Optional[str]:
         """Which "every Nth" fault (IP_BAN, HTTP500, BUSY) hits this request, if any."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import socket
 import sys
 import threading
@@ -243,6 +244,9 @@ class EmulatorServer:
         if route is None:
             return _json({"errcode": 404, "errmsg": f"no such endpoint: {endpoint}"}, status=404)
         faults = self.faults
+        banned = self._injector.ip_ban(faults)
+        if banned is not None:
+            return _ban_reply(math.ceil(banned), faults.ip_ban_html)
         if faults.latency_ms > 0:
             time.sleep(faults.latency_ms / 1000.0)
         fault = self._injector.gateway_fault(faults, endpoint)
@@ -309,12 +313,17 @@ class EmulatorServer:
         return _json({"ok": False, "error": f"no admin route {method} {ADMIN_PREFIX}{name}"}, status=404)
 
 
+def _ban_reply(wait: int, html: bool) -> _Reply:
+    """The gateway's IP-ban answer: HTTP 200 with no errcode, as a JSON body or an HTML page."""
+    if html:
+        return _Reply(200, _HTML_BAN.format(wait=wait).encode("utf-8"), "text/html;charset=utf-8")
+    return _json({"status": 1111, "wait": wait, "punish": "deny",
+                  "message": "Too many requests from your IP; access denied for a while"})
+
+
 def _fault_reply(kind: str, faults: Faults) -> _Reply:
     if kind == IP_BAN:
-        if faults.ip_ban_html:
-            return _Reply(200, _HTML_BAN.format(wait=faults.ban_wait).encode("utf-8"), "text/html;charset=utf-8")
-        return _json({"status": 1111, "wait": faults.ban_wait, "punish": "deny",
-                      "message": "Too many requests from your IP; access denied for a while"})
+        return _ban_reply(faults.ban_wait, faults.ip_ban_html)
     if kind == HTTP500:
         return _Reply(500, _HTML_500, "text/html;charset=utf-8")
     assert kind == BUSY
