@@ -15,12 +15,13 @@ import difflib
 import json
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib.resources import files
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-import jsonschema
-from jsonschema.exceptions import ValidationError
+if TYPE_CHECKING:  # pragma: no cover
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
 
 from .fastcheck import UnsupportedSchema, compile_schema
 from ..model import Location
@@ -71,12 +72,18 @@ class SchemaChecker:
 
     def __init__(self) -> None:
         schema = chats_schema()
-        self._validator = jsonschema.Draft202012Validator(schema)
         self._defs = schema["$defs"]
         try:
             self._is_valid: Callable[[Any], bool] = compile_schema(schema)
         except UnsupportedSchema:
             self._is_valid = self._validator.is_valid
+
+    @cached_property
+    def _validator(self) -> "jsonschema.Draft202012Validator":
+        """jsonschema, imported only when a file fails the fast check (it costs ~70 ms of start-up)."""
+        import jsonschema
+
+        return jsonschema.Draft202012Validator(chats_schema())
 
     def check(self, document: Document) -> SchemaResult:
         try:
