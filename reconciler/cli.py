@@ -27,7 +27,7 @@ from .dingtalk.redact import RedactingFilter
 from .drift import drift_report
 from .files import write_atomic
 from .live import ASSUMED_LATENCY, MAX_PARALLELISM, default_parallelism
-from .manager import (UsageError, check_targets, compute_plan, dump_chats, import_chat, planned_reads,
+from .manager import (UsageError, check_targets, chats_to_read, compute_plan, dump_chats, import_chat,
                       verify_saved_plan)
 from .plan import Action
 from .planfile import PlanFileError, plan_document, read_plan
@@ -236,8 +236,10 @@ def plan(opts: Options, paths, state_file, fmt, out_file, detailed_exitcode, tar
 
 
 def _read_and_plan(opts: Options, config, state: StateFile, client, wanted, parallelism: int):
-    with progress(planned_reads(config, state, wanted), "Reading chats") as tick:
-        return compute_plan(config, state, client, targets=wanted, parallelism=parallelism, on_read=tick)
+    reads = chats_to_read(config, state, wanted)
+    with progress(len(reads), "Reading chats") as tick:
+        return compute_plan(config, state, client, targets=wanted, parallelism=parallelism, on_read=tick,
+                            chatids=reads)
 
 
 def _write_text(path: Path, text: str) -> None:

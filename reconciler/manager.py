@@ -36,6 +36,12 @@ def check_targets(config: Config, state: StateFile, targets: Sequence[str]) -> O
     return frozenset(targets)
 
 
+def chats_to_read(config: Config, state: StateFile, targets: Optional[Collection[str]] = None) -> list[str]:
+    """The chatids a plan reads: one per targeted key that a pin or the state resolves."""
+    resolution = resolve(config.chats, state.bindings)
+    return [cid for key, cid in resolution.chatids.items() if targets is None or key in targets]
+
+
 def compute_plan(
     config: Config,
     state: StateFile,
@@ -44,18 +50,16 @@ def compute_plan(
     targets: Optional[Collection[str]] = None,
     parallelism: int = 8,
     on_read: Optional[Callable[[], None]] = None,
+    chatids: Optional[Sequence[str]] = None,
 ) -> Plan:
-    """Read every targeted chat once (concurrently) and diff it against the YAML."""
-    resolution = resolve(config.chats, state.bindings)
-    chatids = [cid for key, cid in resolution.chatids.items() if targets is None or key in targets]
+    """Read every targeted chat once (concurrently) and diff it against the YAML.
+
+    ``chatids`` is :func:`chats_to_read`'s answer when the caller already has it (to size a progress bar).
+    """
+    if chatids is None:
+        chatids = chats_to_read(config, state, targets)
     live = read_live(client, chatids, parallelism=parallelism, on_done=on_read)
     return make_plan(config.chats, state.bindings, live, targets=targets)
-
-
-def planned_reads(config: Config, state: StateFile, targets: Optional[Collection[str]] = None) -> int:
-    """How many chats a plan will read (to size a progress bar)."""
-    resolution = resolve(config.chats, state.bindings)
-    return sum(1 for key in resolution.chatids if targets is None or key in targets)
 
 
 def verify_saved_plan(saved: SavedPlan, client: DingTalkClient, state: StateFile, *, parallelism: int = 8) -> Plan:

@@ -155,9 +155,8 @@ def staleness(saved: SavedPlan, live: Mapping[str, LiveResult], state: Mapping[s
                 problems.append(f"{c.key}: chat {c.chatid} can no longer be read")
             elif live_fingerprint(current) != c.fingerprint:
                 problems.append(f"{c.key}: chat {c.chatid} changed in DingTalk since the plan was made")
-            if bound is None or bound.chatid != c.chatid:
-                if not (bound is None and c.chatid):  # a pinned chat not yet recorded is fine
-                    problems.append(f"{c.key}: the state file no longer maps it to {c.chatid}")
+            if bound is not None and bound.chatid != c.chatid:  # unrecorded is fine: a pinned chat
+                problems.append(f"{c.key}: the state file no longer maps it to {c.chatid}")
         elif c.action is Action.CREATE and bound is not None:
             problems.append(f"{c.key}: the state file already has a chat for it (created since the plan?)")
         elif c.action is Action.FORGET and (bound is None or bound.chatid != c.chatid):
