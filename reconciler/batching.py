@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .errors import DtchatError
 from .plan import Action, ChatChange
 from .rules import BATCH_SIZE, MEMBER_CAP, settings_to_api
 
@@ -21,7 +22,7 @@ CREATE = "/chat/create"
 UPDATE = "/chat/update"
 
 
-class BatchingError(Exception):
+class BatchingError(DtchatError):
     """The change cannot be made within the API's rules (e.g. a full chat's owner swap)."""
 
 

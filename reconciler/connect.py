@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
 from .dingtalk import DingTalkClient
+from .errors import DtchatError
 from .rules import DEFAULT_QPS
 
 ENV_APP_KEY = "DINGTALK_APP_KEY"
@@ -18,7 +19,7 @@ SANDBOX_DIR = Path(".dtchat-sandbox")
 SANDBOX_DATA = "emulator.json"
 
 
-class SetupError(Exception):
+class SetupError(DtchatError):
     """Cannot talk to DingTalk: missing credentials, bad API base, sandbox data unusable."""
 
 

@@ -11,16 +11,13 @@ from typing import Callable, Collection, Optional, Sequence
 from .adopt import desired_from_live
 from .config import Config, dump_config, is_chat_key
 from .dingtalk import DingTalkClient
+from .errors import UsageError
 from .live import read_live
 from .model import LiveChat
 from .plan import Plan
 from .planfile import SavedPlan, staleness, to_verify
 from .planner import ReadFailure, make_plan, resolve
 from .state import StateFile
-
-
-class UsageError(Exception):
-    """Bad input from the command line (unknown --target, bad key, …)."""
 
 
 def check_targets(config: Config, state: StateFile, targets: Sequence[str]) -> Optional[frozenset[str]]:

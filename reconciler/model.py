@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from operator import lt
 from types import MappingProxyType
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,46 @@ class Location:
         if not self.line:
             return self.file
         return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Members drawn from the org directory at plan time: ``{dept: 1024, recursive: true}``, ``{role: 3001}``,
+    ``{mobile: "13800000000"}``.
+
+    ``value`` is the department or role id (an int) or the mobile number as written (a str).
+    """
+
+    kind: str  # "dept" | "role" | "mobile"
+    value: Union[int, str]
+    recursive: bool = False
+
+    def sort_key(self) -> tuple[str, str, bool]:
+        return (self.kind, str(self.value), self.recursive)
+
+    def __str__(self) -> str:
+        value = f'"{self.value}"' if isinstance(self.value, str) else str(self.value)
+        return f"{{{self.kind}: {value}" + (", recursive: true}" if self.recursive else "}")
+
+
+@dataclass(frozen=True)
+class MemberSource:
+    """Where some of a chat's members came from, for plans: a selector, what it is called, how many it gave."""
+
+    selector: Selector
+    #: The department's or role's name from the directory ("研发部"), or the mobile number.
+    label: str
+    #: Distinct user ids the selector gave.
+    count: int
+    #: True when the selector is in the chat's ``exclude:`` list.
+    excluded: bool = False
+
+
+@dataclass(frozen=True)
+class ReadFailure:
+    """A live chat that could not be read; becomes an ERROR change for its key."""
+
+    message: str
 
 
 def _freeze(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -47,7 +87,19 @@ class DesiredChat:
     settings: Mapping[str, Any] = field(default_factory=dict)
     #: A pinned chatid (``chatid:`` in YAML), or None.
     chatid: Optional[str] = None
+    #: Directory selectors still to resolve (members', groups' and their own), sorted by ``sort_key``.
+    #: ``members`` holds only the literal ids until the directory resolver fills them in.
+    selectors: tuple[Selector, ...] = ()
+    #: ``exclude:`` literal user ids (already taken out of ``members``; applied again after resolution).
+    exclude: tuple[str, ...] = ()
+    #: ``exclude:`` selectors, resolved at plan time like ``selectors``.
+    exclude_selectors: tuple[Selector, ...] = ()
     location: Optional[Location] = field(default=None, compare=False)
+
+    @property
+    def needs_directory(self) -> bool:
+        """True until the directory resolver has turned every selector into user ids."""
+        return bool(self.selectors or self.exclude_selectors)
 
     def __post_init__(self) -> None:
         if not _sorted_unique_with(self.members, self.owner):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from .errors import DtchatError
 from .model import LiveChat
 from .plan import Action, ChatChange, Plan, SettingChange, live_fingerprint
 from .planner import LiveResult
@@ -23,7 +24,7 @@ from .state import Binding, now_iso
 KIND = "dtchat-plan"
 
 
-class PlanFileError(Exception):
+class PlanFileError(DtchatError):
     """The saved plan file is unreadable, not a dtchat plan, or malformed."""
 
 

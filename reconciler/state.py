@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
+from .errors import DtchatError
 from .files import write_atomic
 
 try:  # POSIX advisory locks; Windows users get no lock (documented).
@@ -33,7 +34,7 @@ VERSION = 1
 DEFAULT_NAME = "dtchat.state.json"
 
 
-class StateError(Exception):
+class StateError(DtchatError):
     """The state file cannot be read, written or locked."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from ..errors import DtchatError
 from ..model import Location
 
 
@@ -25,7 +26,7 @@ class ConfigIssue:
         return (self.location.file, self.location.line, self.location.column, self.message)
 
 
-class ConfigError(Exception):
+class ConfigError(DtchatError):
     """Every problem found in a set of config files, sorted by file, line, column."""
 
     def __init__(self, issues: Iterable[ConfigIssue]) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+from ..errors import DtchatError
 from .redact import redact
 
 GETTOKEN = "/gettoken"
 
 
-class DingTalkError(Exception):
+class DingTalkError(DtchatError):
     """A DingTalk call failed; ``str()`` is one line and never holds a secret."""
 
     def __init__(
