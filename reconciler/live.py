@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Callable, Iterable, Optional
 
 from .dingtalk import AuthError, DingTalkClient, DingTalkError, NotFoundError, QuotaExhaustedError, TransportError
-from .model import LiveChat
-from .planner import LiveResult, ReadFailure
+from .model import LiveChat, ReadFailure
+from .planner import LiveResult
 
 
 #: Seconds a slow DingTalk answer may take; with ``max_qps`` it sizes the default parallelism.
@@ -40,7 +40,7 @@ def read_one(client: DingTalkClient, chatid: str) -> LiveResult:
         if is_fatal(exc):
             raise
         if isinstance(exc, NotFoundError):
-            return ReadFailure(f"chat {chatid} not found in DingTalk (dissolved, or not this app's): {exc}", not_found=True)
+            return ReadFailure(f"chat {chatid} not found in DingTalk (dissolved, or not this app's): {exc}")
         return ReadFailure(f"cannot read chat {chatid}: {exc}")
 
 

@@ -16,7 +16,8 @@ from .live import read_live
 from .model import LiveChat
 from .plan import Plan
 from .planfile import SavedPlan, staleness, to_verify
-from .planner import ReadFailure, make_plan, resolve
+from .model import ReadFailure
+from .planner import make_plan, resolve
 from .state import StateFile
 
 

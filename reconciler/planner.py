@@ -8,17 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Mapping, Optional, Sequence, Union
 
-from .model import DesiredChat, LiveChat
+from .model import DesiredChat, LiveChat, ReadFailure
 from .plan import Action, ChatChange, Plan, SettingChange, live_fingerprint
 from .state import Binding
-
-
-@dataclass(frozen=True)
-class ReadFailure:
-    """A live chat that could not be read; becomes an ERROR change for its key."""
-
-    message: str
-    not_found: bool = False
 
 
 LiveResult = Union[LiveChat, ReadFailure]

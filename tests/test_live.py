@@ -7,7 +7,7 @@ import pytest
 
 from reconciler.dingtalk import AuthError
 from reconciler.live import read_live
-from reconciler.planner import ReadFailure
+from reconciler.model import ReadFailure
 
 
 def seed(emulator, n):
@@ -32,7 +32,7 @@ def test_per_chat_failures_are_values_and_fatal_errors_stop_the_run(emulator, ma
     ids = seed(emulator, 3)
     emulator.faults.fail_chatids = {ids[0]: 34013, ids[1]: 60011}
     live = read_live(make_client(), ids, parallelism=4)
-    assert live[ids[0]].not_found and "34013" in live[ids[0]].message
+    assert "not found" in live[ids[0]].message and "34013" in live[ids[0]].message
     assert isinstance(live[ids[1]], ReadFailure) and not live[ids[1]].not_found
     assert live[ids[2]].name == "c2"
 

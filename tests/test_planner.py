@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from reconciler.model import DesiredChat, LiveChat
 from reconciler.plan import Action, SettingChange
-from reconciler.planner import ReadFailure, make_plan, resolve
+from reconciler.model import ReadFailure
+from reconciler.planner import make_plan, resolve
 from reconciler.state import Binding
 
 
