@@ -72,7 +72,7 @@ def test_key_gone_from_yaml_is_forget():
 
 def test_unreadable_chat_is_an_error_for_that_chat_only():
     plan = make_plan([desired("a"), desired("b")], {"a": Binding("chat1"), "b": Binding("chat2")},
-                     {"chat1": ReadFailure("gone", not_found=True), "chat2": live("chat2")})
+                     {"chat1": ReadFailure("gone"), "chat2": live("chat2")})
     assert [(c.key, c.action) for c in plan.changes] == [("a", Action.ERROR), ("b", Action.NOOP)]
     assert plan.changes[0].error == "gone"
 
