@@ -20,7 +20,7 @@ from common import calls_since, client_for, emulator, print_table, write_fixture
 from reconciler.applier import apply_plan
 from reconciler.batching import CREATE, UPDATE, minimum_calls
 from reconciler.config import load_config
-from reconciler.manager import compute_plan
+from reconciler.manager import Manager
 from reconciler.plan import Action
 from reconciler.rules import settings_to_api
 from reconciler.state import StateFile
@@ -80,13 +80,13 @@ def main() -> None:
         config = load_config([config_path])
         state = StateFile(state_path)
         with client_for(server, max_qps=FAST_QPS) as client:
-            plan = compute_plan(config, state, client)
+            plan = Manager(client).plan(config, state)
             if any(c.action not in (Action.CREATE, Action.UPDATE) for c in plan.changes):
                 raise SystemExit(f"bench fixture is wrong, every chat should change: {plan.summary()}")
             mark = len(server.calls)
             result = apply_plan(plan, client, state)
             writes = [c for c in calls_since(server, mark) if c.endpoint in (CREATE, UPDATE)]
-            after = compute_plan(config, StateFile(state_path), client)
+            after = Manager(client).plan(config, StateFile(state_path))
 
         key_of_chatid = {r.chatid: r.key for r in result.results if r.chatid}
         key_of_name = {chats[k]["name"]: k for k in chats if k.startswith("c-")}

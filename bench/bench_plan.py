@@ -32,7 +32,7 @@ from common import (
 )
 
 from reconciler.config import load_config
-from reconciler.manager import compute_plan
+from reconciler.manager import Manager
 from reconciler.rules import DEFAULT_QPS
 from reconciler.state import StateFile
 
@@ -60,14 +60,14 @@ def rest() -> None:
 
 
 def via_library(server, fixture: Fixture, *, max_qps: float, parallelism: int, how: str = "library") -> Run:
-    """``compute_plan`` as the CLI calls it: load, state, client, plan (all timed)."""
+    """``Manager.plan`` as the CLI calls it: load, state, client, plan (all timed)."""
     rest()
     mark = len(server.calls)
     started = time.perf_counter()
     config = load_config([fixture.config])
     state = StateFile(fixture.state)
     with client_for(server, max_qps=max_qps, pool_size=max(parallelism, 4)) as client:
-        plan = compute_plan(config, state, client, parallelism=parallelism)
+        plan = Manager(client, parallelism=parallelism).plan(config, state)
     wall = time.perf_counter() - started
     if plan.has_changes or plan.has_errors:
         raise SystemExit(f"bench fixture is not in sync: {plan.summary()}")

@@ -1,23 +1,37 @@
-"""The applier: executes a Plan's calls chat by chat, recording every new chatid at once.
+"""The applier: executes a Plan's calls, up to ``parallelism`` chats at once, recording every new chatid at once.
 
-Chats are independent: one chat's failure is reported and the others go on.
-A create whose outcome is unknown is never retried; the key is marked pending
-in the state so no later run creates the chat a second time by accident.
+Each chat's calls go strictly in order (the owner rules depend on it); chats
+are independent, so several converge side by side through the one client
+(one token, one rate limiter) and the one state file (its writes are
+serialized). One chat's failure is reported and the others go on; a failure
+no other chat would escape (quota, credentials, unreachable API, a long IP
+ban) stops new chats from starting. Results come back in plan order, so the
+summary, the end state and the exit code do not depend on the parallelism.
+
+Creates are write-ahead (design §6): the key is recorded as pending before the
+create is sent, replaced by the chatid the moment it answers, and cleared on a
+definite refusal. A crash, a kill or an unknown outcome leaves it pending, so
+no later run creates the chat a second time.
 """
 from __future__ import annotations
 
-import logging
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from .batching import CREATE, ApiCall, BatchingError, calls_for, describe_call
-from .dingtalk import AmbiguousCreateError, DingTalkClient, DingTalkError
-from .live import is_fatal
-from .notify import message_for
+from .batching import CREATE, calls_for
+from .dingtalk.errors import AmbiguousCreateError, DingTalkError, is_fatal
+from .errors import DtchatError
+from .notify import notify_call
 from .plan import Action, ChatChange, Plan
 from .state import StateError, StateFile
 
-log = logging.getLogger("reconciler.applier")
+if TYPE_CHECKING:  # the client pulls in requests; the applier only needs its interface
+    from .dingtalk import DingTalkClient
+
+OnCall = Callable[[str, str], None]
+OnResult = Callable[["ChatResult"], None]
 
 
 @dataclass(frozen=True)
@@ -32,15 +46,25 @@ class ChatResult:
     warning: Optional[str] = None
     #: The failure would hit every other chat too (quota used up, credentials, API unreachable).
     fatal: bool = False
+    #: The chat was not started, or stopped between two calls, because the run was interrupted.
+    interrupted: bool = False
+
+    @property
+    def done(self) -> bool:
+        """Something was changed (a call made, or a binding dropped)."""
+        return self.ok and (self.calls > 0 or self.action is Action.FORGET)
 
 
 @dataclass(frozen=True)
 class ApplyResult:
+    #: One per plan entry, in plan order.
     results: tuple[ChatResult, ...]
+    #: Ctrl-C stopped the run: what is in ``results`` is what was done.
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.results)
+        return not self.interrupted and all(r.ok for r in self.results)
 
     @property
     def failed(self) -> tuple[ChatResult, ...]:
@@ -62,67 +86,87 @@ class ApplyResult:
         )
 
 
-def send_call(client: DingTalkClient, call: ApiCall) -> Optional[str]:
-    """Issue one write call; returns the new chatid for a create."""
-    body = dict(call.body)
-    if call.endpoint == CREATE:
-        settings = {k: v for k, v in body.items() if k not in ("name", "owner", "useridlist")}
-        return client.create_chat(body["name"], body["owner"], body["useridlist"], settings or None)
-    chatid = body.pop("chatid")
-    settings = {k: v for k, v in body.items() if k not in ("name", "owner", "add_useridlist", "del_useridlist")}
-    client.update_chat(
-        chatid,
-        name=body.get("name"),
-        owner=body.get("owner"),
-        add=body.get("add_useridlist", ()),
-        remove=body.get("del_useridlist", ()),
-        settings=settings or None,
-    )
-    return None
+class _Stop:
+    """Why new work must not start: a fatal error, or Ctrl-C. Shared by every worker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reason: Optional[str] = None
+        self.interrupted = False
+
+    def fatal(self, reason: str) -> None:
+        with self._lock:
+            self.reason = self.reason or reason
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self.interrupted = True
+            self.reason = self.reason or "interrupted (Ctrl-C)"
+
+
+def _pending_hint(key: str, flag: str) -> str:
+    return (f"The chat may now exist in DingTalk; dtchat will not create it again. If it exists, run "
+            f"`dtchat import {key} CHATID{flag}`; if not, run `dtchat forget {key}{flag}` and apply again")
 
 
 def apply_change(
     change: ChatChange,
-    client: DingTalkClient,
+    client: "DingTalkClient",
     state: StateFile,
     *,
-    on_call: Optional[Callable[[str, str], None]] = None,
+    on_call: Optional[OnCall] = None,
     notify: bool = False,
+    stop: Optional[_Stop] = None,
 ) -> ChatResult:
-    """Converge one chat. Never raises for API errors: they become a failed ChatResult."""
+    """Converge one chat. Never raises for API or state errors: they become a failed ChatResult."""
     key = change.key
     if change.action is Action.ERROR:
         return ChatResult(key, change.action, ok=False, chatid=change.chatid, error=change.error)
-    if change.action is Action.FORGET:
-        state.forget(key)
+    if change.action in (Action.NOOP, Action.ORPHAN):
         return ChatResult(key, change.action, ok=True, chatid=change.chatid)
     try:
+        if change.action is Action.FORGET:
+            state.forget(key)
+            return ChatResult(key, change.action, ok=True, chatid=change.chatid)
         calls = calls_for(change)
-    except BatchingError as exc:
-        return ChatResult(key, change.action, ok=False, chatid=change.chatid, error=str(exc))
+    except DtchatError as exc:  # StateError, BatchingError
+        return ChatResult(key, change.action, ok=False, chatid=change.chatid, error=str(exc),
+                          fatal=isinstance(exc, StateError))
     chatid = change.chatid
     done = 0
     for call in calls:
-        if chatid and call.body.get("chatid", chatid) is None:
-            call = call.with_chatid(chatid)
+        if stop is not None and stop.interrupted:
+            return ChatResult(key, change.action, ok=False, calls=done, chatid=chatid, interrupted=True,
+                              error=f"interrupted (Ctrl-C) after {done} of {len(calls)} calls")
+        if chatid:
+            call = call.bound(chatid)
         if on_call:
-            on_call(key, describe_call(call, key))
+            on_call(key, call.describe(key))
+        creating = call.endpoint == CREATE
         try:
-            new_chatid = send_call(client, call)
+            if creating:
+                state.begin_create(key)  # write-ahead: durable before the create leaves
+            payload = client.write(call.endpoint, call.body)
+        except StateError as exc:
+            return ChatResult(key, change.action, ok=False, calls=done, chatid=chatid, fatal=True,
+                              error=f"not created, nothing was sent: {exc}")
         except AmbiguousCreateError as exc:
-            state.mark_pending(key)
-            return ChatResult(
-                key, change.action, ok=False, calls=done + 1,
-                error=(
-                    f"{exc}. The chat may now exist in DingTalk; dtchat will not create it again. "
-                    f"If it exists, run `dtchat import {key} CHATID`; if not, run `dtchat forget {key}` and apply again"
-                ),
-            )
+            return ChatResult(key, change.action, ok=False, calls=done + 1, error=f"{exc}. {_pending_hint(key, state.flag)}")
         except DingTalkError as exc:
+            if creating:
+                try:
+                    state.abort_create(key)  # a definite refusal: no chat was made
+                except StateError as state_exc:
+                    return ChatResult(key, change.action, ok=False, calls=done + 1, fatal=True,
+                                      error=f"{exc}; and {state_exc}")
             return ChatResult(key, change.action, ok=False, calls=done + 1, chatid=chatid, error=str(exc),
                               fatal=is_fatal(exc))
         done += 1
-        if new_chatid:
+        if creating:
+            new_chatid = payload.get("chatid")
+            if not isinstance(new_chatid, str) or not new_chatid:
+                return ChatResult(key, change.action, ok=False, calls=done,
+                                  error=f"DingTalk accepted the create but sent no chatid. {_pending_hint(key, state.flag)}")
             chatid = new_chatid
             try:
                 state.record(key, chatid, created=True)  # before any further call
@@ -130,15 +174,19 @@ def apply_change(
                 return ChatResult(
                     key, change.action, ok=False, calls=done, chatid=chatid, fatal=True,
                     error=f"chat created as {chatid}, but {exc}; once the file is writable, run "
-                          f"`dtchat import {key} {chatid}` so it is not created again",
+                          f"`dtchat import {key} {chatid}{state.flag}` so it is not created again",
                 )
-    if chatid and (state.get(key) is None or state.get(key).chatid != chatid):
-        state.record(key, chatid)  # a pinned chat: remember it
+    bound = state.get(key)
+    if chatid and (bound is None or bound.chatid != chatid):
+        try:
+            state.record(key, chatid)  # a pinned chat: remember it
+        except StateError as exc:
+            return ChatResult(key, change.action, ok=False, calls=done, chatid=chatid, error=str(exc), fatal=True)
     warning = None
     if notify and calls and chatid:
         try:
             done += 1
-            client.send_text(chatid, message_for(change))
+            client.write(*notify_call(change, chatid))
         except DingTalkError as exc:
             warning = f"changes applied, but the --notify message was not sent: {exc}"
     return ChatResult(key, change.action, ok=True, calls=done, chatid=chatid, warning=warning)
@@ -146,33 +194,46 @@ def apply_change(
 
 def apply_plan(
     plan: Plan,
-    client: DingTalkClient,
+    client: "DingTalkClient",
     state: StateFile,
     *,
-    on_call: Optional[Callable[[str, str], None]] = None,
-    on_result: Optional[Callable[[ChatResult], None]] = None,
+    parallelism: int = 1,
+    on_call: Optional[OnCall] = None,
+    on_result: Optional[OnResult] = None,
     notify: bool = False,
 ) -> ApplyResult:
-    """Apply every change in plan order; the caller holds the state lock.
+    """Apply every change, up to ``parallelism`` chats at once; the caller holds the state lock.
 
-    A failure no other chat would escape stops the run: the remaining chats are
-    reported as not attempted rather than each retrying into the same wall.
+    ``on_result`` is called in this thread as each chat finishes. Ctrl-C (KeyboardInterrupt here) lets
+    the calls in flight finish, starts nothing new and returns what was done with ``interrupted`` set.
     """
-    results: list[ChatResult] = []
-    stopped: Optional[str] = None
-    for change in plan.changes:
-        if stopped is None:
-            result = apply_change(change, client, state, on_call=on_call, notify=notify)
-            if result.fatal:
-                stopped = result.error
-        elif change.action is Action.NOOP:
-            result = ChatResult(change.key, change.action, ok=True, chatid=change.chatid)
-        else:
-            result = ChatResult(change.key, change.action, ok=False, chatid=change.chatid,
-                                error=f"not attempted: {stopped}")
-        if not result.ok:
-            log.warning("chat %s failed: %s", change.key, result.error)
+    stop = _Stop()
+    results: dict[str, ChatResult] = {}
+
+    def run(change: ChatChange) -> ChatResult:
+        if stop.reason is not None and change.action not in (Action.NOOP, Action.ORPHAN, Action.ERROR):
+            return ChatResult(change.key, change.action, ok=False, chatid=change.chatid,
+                              interrupted=stop.interrupted, error=f"not attempted: {stop.reason}")
+        result = apply_change(change, client, state, on_call=on_call, notify=notify, stop=stop)
+        if result.fatal:
+            stop.fatal(result.error or "a fatal error")
+        return result
+
+    def collect(future: "Future[ChatResult]") -> None:
+        result = future.result()
+        results[result.key] = result
         if on_result:
             on_result(result)
-        results.append(result)
-    return ApplyResult(tuple(results))
+
+    with ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="dtchat-apply") as pool:
+        pending = {pool.submit(run, change) for change in plan.changes}
+        while pending:
+            try:
+                finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                stop.interrupt()
+                continue
+            for future in finished:
+                collect(future)
+    ordered = tuple(results[c.key] for c in plan.changes)
+    return ApplyResult(ordered, interrupted=stop.interrupted)

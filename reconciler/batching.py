@@ -28,13 +28,26 @@ class BatchingError(DtchatError):
 
 @dataclass(frozen=True)
 class ApiCall:
-    """One write call. ``chatid`` is None for the updates that follow a create (known only then)."""
+    """One write call, its body exactly as it goes on the wire.
+
+    The updates that follow a create cannot name their chat yet: they are
+    ``for_new_chat`` and get the new chatid put first by :meth:`bound` the
+    moment the create answers. ``--dry-run`` and ``-v`` print :meth:`describe`,
+    the same body with a placeholder for that id.
+    """
 
     endpoint: str
     body: Mapping[str, Any] = field(default_factory=dict)
+    for_new_chat: bool = False
 
-    def with_chatid(self, chatid: str) -> "ApiCall":
-        return ApiCall(self.endpoint, {"chatid": chatid, **{k: v for k, v in self.body.items() if k != "chatid"}})
+    def bound(self, chatid: str) -> "ApiCall":
+        """This call with the new chat's id filled in."""
+        return ApiCall(self.endpoint, {"chatid": chatid, **self.body}) if self.for_new_chat else self
+
+    def describe(self, key: str) -> str:
+        """One line: endpoint + JSON body (never a token)."""
+        body = {"chatid": f"<chatid of new chat {key}>", **self.body} if self.for_new_chat else self.body
+        return f"POST {self.endpoint} {json.dumps(body, ensure_ascii=False)}"
 
 
 def _settings_body(change: ChatChange) -> dict[str, int]:
@@ -51,7 +64,7 @@ def create_calls(change: ChatChange) -> list[ApiCall]:
     body.update(_settings_body(change))
     calls = [ApiCall(CREATE, body)]
     for i in range(0, len(rest), BATCH_SIZE):
-        calls.append(ApiCall(UPDATE, {"chatid": None, "add_useridlist": rest[i : i + BATCH_SIZE]}))
+        calls.append(ApiCall(UPDATE, {"add_useridlist": rest[i : i + BATCH_SIZE]}, for_new_chat=True))
     return calls
 
 
@@ -114,7 +127,11 @@ def calls_for(change: ChatChange) -> list[ApiCall]:
 
 
 def minimum_calls(change: ChatChange) -> int:
-    """The theoretical minimum number of write calls (ignoring the member cap), for benches and tests."""
+    """The theoretical minimum number of write calls (ignoring the member cap).
+
+    Kept next to the packing it bounds: the property test and ``bench/bench_apply_calls.py`` hold
+    :func:`calls_for` to it, so a change that wastes a metered call fails there.
+    """
     if change.action is Action.CREATE:
         return 1 + math.ceil(max(len(change.add) - BATCH_SIZE, 0) / BATCH_SIZE)
     if change.action is not Action.UPDATE:
@@ -124,12 +141,3 @@ def minimum_calls(change: ChatChange) -> int:
         new_owner, old_owner = change.owner[1], change.owner[0]
         phases += int(new_owner in change.add) + int(old_owner in change.remove)
     return max(phases, math.ceil(len(change.add) / BATCH_SIZE), math.ceil(len(change.remove) / BATCH_SIZE))
-
-
-def describe_call(call: ApiCall, key: str) -> str:
-    """One line for ``--dry-run`` and ``-v``: endpoint + JSON body (never a token)."""
-    body = dict(call.body)
-    if body.get("chatid", "") is None:
-        body["chatid"] = f"<chatid of new chat {key}>"
-    return f"POST {call.endpoint} {json.dumps(body, ensure_ascii=False, sort_keys=False)}"
-

@@ -1,72 +1,107 @@
 """The ``dtchat`` command line: parse flags, call library functions, print, exit.
 
 Exit codes: 0 ok, 1 error (any error: bad YAML, bad flags, API failure),
-2 "changes" / "drift" where a command says so. Usage errors exit 1, not
-click's usual 2, so that ``--detailed-exitcode`` stays unambiguous in CI.
+2 "changes" / "drift" where a command says so, 130 interrupted. Usage errors
+exit 1, not click's usual 2, so that ``--detailed-exitcode`` stays unambiguous
+in CI. Every expected failure (a :class:`~reconciler.errors.DtchatError`) is
+one line on stderr; anything else is a bug and keeps its traceback.
+
+Network code (requests) is imported only by the commands that use it, so
+``--help`` and ``validate`` start fast.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import click
 
 from . import __version__
-from .applier import ChatResult, apply_plan
 from .config import ConfigError, load_config
-from .connect import SANDBOX_DIR, SetupError, connect
-from .dingtalk import DingTalkError, redact
-from .dingtalk.redact import RedactingFilter
-from .drift import drift_report
+from .errors import DtchatError, UsageError
 from .files import write_atomic
 from .live import ASSUMED_LATENCY, MAX_PARALLELISM, default_parallelism
-from .manager import (UsageError, check_targets, chats_to_read, compute_plan, dump_chats, import_chat,
-                      verify_saved_plan)
-from .plan import Action
-from .planfile import PlanFileError, plan_document, read_plan
-from .render import (FORMATS, render_calls, render_drift_json, render_drift_markdown, render_drift_text,
-                     render_json, render_markdown, render_text)
+from .render import (FORMATS, VALIDATE_FORMATS, render_apply_json, render_calls, render_drift_json,
+                     render_drift_markdown, render_drift_text, render_json, render_markdown, render_text,
+                     render_validation_github, render_validation_json)
 from .rules import DEFAULT_QPS
-from .safety import DEFAULT_MAX_REMOVAL_PCT, MIN_EXISTING_MEMBERS, Thresholds, removal_violations
-from .state import StateError, StateFile, default_path, locked
+from .safety import DEFAULT_MAX_REMOVAL_PCT, MIN_EXISTING_MEMBERS, Thresholds
+from .state import StateFile, StateLocation, locate_state, locked
+
+if TYPE_CHECKING:
+    from .applier import ChatResult
+    from .manager import Manager
+    from .plan import Plan
 
 #: Show a progress bar when at least this many chats are read and stderr is a terminal.
 PROGRESS_MIN = 20
-#: Errors that end a command with one line and exit 1.
-EXPECTED = (ConfigError, StateError, SetupError, UsageError, PlanFileError, DingTalkError, OSError, ValueError)
+#: The word `apply` asks for on a terminal (Terraform's convention: one stray `y` approves nothing).
+CONFIRM_WORD = "yes"
+EXIT_INTERRUPTED = 130
+
+
+class Finite(click.ParamType):
+    """A float in [low, high] that is a real number: NaN or infinity would switch a safety rail off."""
+
+    name = "number"
+
+    def __init__(self, low: float, high: float = math.inf) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if not self.low <= number <= self.high:
+            bounds = f"at least {self.low:g}" if self.high == math.inf else f"between {self.low:g} and {self.high:g}"
+            self.fail(f"{value!r} must be {bounds}", param, ctx)
+        return number
 
 
 @dataclass
 class Options:
-    sandbox: bool
-    api_base: Optional[str]
-    verbose: bool
-    color: Optional[bool]
-    max_qps: float
+    """The global options; set before or after the command name (kubectl convention)."""
+
+    sandbox: bool = False
+    api_base: Optional[str] = None
+    verbose: bool = False
+    color: Optional[bool] = None
+    max_qps: float = DEFAULT_QPS
+
+    def __post_init__(self) -> None:
+        self._print_lock = threading.Lock()
 
     def echo(self, text: str = "", err: bool = False) -> None:
-        click.echo(text, err=err, color=self.color)
+        with self._print_lock:
+            click.echo(text, err=err, color=self.color)
 
     @contextlib.contextmanager
-    def client(self, parallelism: int = 4) -> Iterator:
+    def manager(self, parallelism: int = 4) -> Iterator["Manager"]:
+        from .connect import connect
+        from .manager import Manager
+
         with connect(sandbox=self.sandbox, api_base=self.api_base, max_qps=self.max_qps,
                      pool_size=max(parallelism, 4)) as client:
-            yield client
+            yield Manager(client, parallelism=parallelism, progress=progress)
 
-    def state_path(self, given: Optional[str], first_path: Optional[str]) -> Path:
-        """``--state``, else the sandbox's own, else beside the first PATH (else the working folder)."""
-        if given:
-            return Path(given)
-        if self.sandbox:
-            return SANDBOX_DIR / "dtchat.state.json"
-        return default_path(first_path) if first_path else Path("dtchat.state.json")
+    def state(self, given: Optional[str], first_path: Optional[str] = None, *, must_exist: bool = False) -> StateLocation:
+        """The state file, by design §6's one rule (the sandbox keeps its own)."""
+        from .connect import SANDBOX_DIR
+
+        sandbox_path = SANDBOX_DIR / "dtchat.state.json" if self.sandbox and not given else None
+        return locate_state(given, first_path=first_path, sandbox_path=sandbox_path, must_exist=must_exist)
 
 
 def _stderr_is_tty() -> bool:
@@ -78,25 +113,69 @@ def _stdin_is_tty() -> bool:
 
 
 @contextlib.contextmanager
-def progress(total: int, label: str) -> Iterator:
+def progress(total: int) -> Iterator:
     """A click progress bar on stderr for long reads on a terminal; a no-op otherwise."""
     if total < PROGRESS_MIN or not _stderr_is_tty():
         yield None
         return
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+    with click.progressbar(length=total, label="Reading chats", file=sys.stderr) as bar:
         yield lambda: bar.update(1)
 
 
-state_option = click.option("--state", "state_file", metavar="F", help="State file (default: dtchat.state.json beside the first PATH).")
+def _options(ctx: click.Context) -> Options:
+    return ctx.ensure_object(Options)
+
+
+def _set(name: str):
+    """A callback that stores a global option given after the command name on the shared Options."""
+
+    def store(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is None or value is False:
+            return
+        opts = _options(ctx)
+        if name == "no_color":
+            opts.color = False
+        else:
+            setattr(opts, name, value)
+            if name == "verbose":
+                _log_handler().setLevel(logging.DEBUG)
+                logging.getLogger("reconciler").setLevel(logging.DEBUG)
+
+    return store
+
+
+def global_options(f):
+    """The global options, on the group and on every command, so they work before or after the command name."""
+    options = [
+        click.option("--sandbox", is_flag=True, default=None, expose_value=False, callback=_set("sandbox"),
+                     help="Run against an embedded emulator (data under .dtchat-sandbox/); no credentials needed."),
+        click.option("--api-base", metavar="URL", expose_value=False, callback=_set("api_base"),
+                     help="API base URL (env DINGTALK_API_BASE)."),
+        click.option("-v", "--verbose", is_flag=True, default=None, expose_value=False, callback=_set("verbose"),
+                     help="Show unchanged chats, member sources and each API call."),
+        click.option("--no-color", is_flag=True, default=None, expose_value=False, callback=_set("no_color"),
+                     help="No colours (also when NO_COLOR is set)."),
+        click.option("--max-qps", type=Finite(0.1), expose_value=False, callback=_set("max_qps"),
+                     help=f"Client-side limit on calls per second per API (default {DEFAULT_QPS:g})."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+state_option = click.option("--state", "state_file", metavar="F",
+                            help="State file (default: $DTCHAT_STATE, else dtchat.state.json beside the first PATH).")
 target_option = click.option("--target", "targets", multiple=True, metavar="KEY", help="Only this chat key (repeatable).")
-def _parallelism(ctx: click.Context, _param: click.Parameter, value: Optional[int]) -> int:
-    return value or default_parallelism(ctx.find_root().params["max_qps"])
 
 
 parallelism_option = click.option(
-    "--parallelism", type=click.IntRange(1, MAX_PARALLELISM), default=None, callback=_parallelism,
-    help=f"Concurrent reads (default: enough to keep --max-qps busy at {ASSUMED_LATENCY:g} s per call; 8 at 20/s).")
+    "--parallelism", type=click.IntRange(1, MAX_PARALLELISM), default=None,
+    help=f"Chats worked on at once (default: enough to keep --max-qps busy at {ASSUMED_LATENCY:g} s per call).")
 paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
+
+
+def _workers(opts: Options, parallelism: Optional[int]) -> int:
+    return parallelism or default_parallelism(opts.max_qps)
 
 
 class Failure(click.ClickException):
@@ -104,7 +183,9 @@ class Failure(click.ClickException):
 
     exit_code = 1
 
-    def __init__(self, exc: BaseException) -> None:
+    def __init__(self, exc: DtchatError) -> None:
+        from .dingtalk.redact import redact
+
         super().__init__(redact(str(exc)))
         self.issues = tuple(redact(str(i)) for i in getattr(exc, "issues", ()))
 
@@ -119,7 +200,7 @@ class Failure(click.ClickException):
 
 
 class Group(click.Group):
-    """Maps library errors to :class:`Failure` and makes usage errors exit 1 (2 means "changes")."""
+    """Maps DtchatError to :class:`Failure` and makes usage errors exit 1 (2 means "changes")."""
 
     def make_context(self, *args, **kwargs):
         try:
@@ -134,62 +215,107 @@ class Group(click.Group):
         except click.UsageError as exc:
             exc.exit_code = 1
             raise
-        except EXPECTED as exc:
+        except DtchatError as exc:
             raise Failure(exc) from None
+
+
+_HANDLER: Optional[logging.Handler] = None
+
+
+def _log_handler() -> logging.Handler:
+    """dtchat's log lines on stderr: warnings (retries, throttling waits) always, everything with -v."""
+    global _HANDLER
+    if _HANDLER is None:
+        from .dingtalk.redact import RedactingFilter
+
+        _HANDLER = logging.StreamHandler()
+        _HANDLER.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        _HANDLER.addFilter(RedactingFilter())
+    return _HANDLER
+
+
+def _install_logging() -> None:
+    handler = _log_handler()
+    handler.stream = sys.stderr  # the current stderr (click's test runner swaps it)
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("reconciler")
+    if handler not in logger.handlers:
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dtchat")
-@click.option("--sandbox", is_flag=True, help="Run against an embedded emulator (data under .dtchat-sandbox/); no credentials needed.")
-@click.option("--api-base", envvar="DINGTALK_API_BASE", metavar="URL", help="API base URL (env DINGTALK_API_BASE).")
-@click.option("-v", "--verbose", is_flag=True, help="Show unchanged chats and each API call.")
-@click.option("--no-color", is_flag=True, help="No colours (also when NO_COLOR is set).")
-@click.option("--max-qps", type=click.FloatRange(min=0.1), default=DEFAULT_QPS, show_default=True,
-              help="Client-side limit on API calls per second.")
+@global_options
 @click.pass_context
-def cli(ctx: click.Context, sandbox: bool, api_base: Optional[str], verbose: bool, no_color: bool, max_qps: float) -> None:
+def cli(ctx: click.Context) -> None:
     """dtchat: DingTalk group chats as code.
 
-    Credentials come from DINGTALK_APP_KEY and DINGTALK_APP_SECRET.
+    Credentials come from DINGTALK_APP_KEY and DINGTALK_APP_SECRET. Global options
+    may be given before or after the command name.
     """
-    color = False if (no_color or os.environ.get("NO_COLOR")) else None
-    ctx.obj = Options(sandbox=sandbox, api_base=api_base, verbose=verbose, color=color, max_qps=max_qps)
-    ctx.call_on_close(_log_to_stderr(verbose))
+    opts = _options(ctx)
+    if os.environ.get("NO_COLOR"):
+        opts.color = False
+    if opts.api_base is None:
+        opts.api_base = os.environ.get("DINGTALK_API_BASE") or None
 
 
-def _log_to_stderr(verbose: bool):
-    """Route dtchat's logs to stderr (DEBUG with -v, else errors only); returns the undo."""
-    logger = logging.getLogger("reconciler")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    handler.addFilter(RedactingFilter())
-    handler.setLevel(logging.DEBUG if verbose else logging.ERROR)
-    old_level = logger.level
-    logger.addHandler(handler)
-    if verbose:
-        logger.setLevel(logging.DEBUG)
+def _with_logging(f):
+    """Install the stderr log handler for the command's run (after all options are parsed)."""
+    import functools
 
-    def undo() -> None:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        _install_logging()
+        if _options(click.get_current_context()).verbose:
+            _log_handler().setLevel(logging.DEBUG)
+            logging.getLogger("reconciler").setLevel(logging.DEBUG)
+        return f(*args, **kwargs)
 
-    return undo
+    return run
 
-@cli.command()
+
+def command(*args, **kwargs):
+    """A dtchat command: global options accepted after its name too, logging on stderr."""
+
+    def decorate(f):
+        return cli.command(*args, **kwargs)(global_options(click.pass_obj(_with_logging(f))))
+
+    return decorate
+
+
+@command()
 @paths_argument
-@click.pass_obj
-def validate(opts: Options, paths: tuple[str, ...]) -> None:
+@click.option("--format", "fmt", type=click.Choice(VALIDATE_FORMATS), default="text", show_default=True,
+              help="github: workflow-command annotations at file:line:col.")
+def validate(opts: Options, paths: tuple[str, ...], fmt: str) -> None:
     """Check YAML files against the schema and the rules (no network)."""
-    config = load_config(paths)
-    opts.echo(config.summary())
+    try:
+        config = load_config(paths)
+    except ConfigError as exc:
+        if fmt == "text":
+            raise
+        summary = f"configuration is invalid ({len(exc.issues)} error{'s' if len(exc.issues) != 1 else ''})"
+        if fmt == "json":
+            opts.echo(render_validation_json(tuple(paths), exc.issues, summary))
+        else:
+            opts.echo(render_validation_github(exc.issues, summary))
+        raise click.exceptions.Exit(1)
+    if fmt == "json":
+        opts.echo(render_validation_json(config.files, (), config.summary()))
+    else:
+        opts.echo(config.summary())
 
 
 removal_options = [
-    click.option("--max-removal-pct", type=click.FloatRange(0, 100), default=DEFAULT_MAX_REMOVAL_PCT, show_default=True,
+    click.option("--max-removal-pct", type=Finite(0, 100), default=DEFAULT_MAX_REMOVAL_PCT, show_default=True,
                  help=f"Refuse when a chat of {MIN_EXISTING_MEMBERS}+ members would lose more than this percentage."),
     click.option("--max-removals", type=click.IntRange(min=0), default=None,
                  help="Refuse when the run would remove more members than this in all."),
 ]
+prune_option = click.option("--prune", is_flag=True,
+                            help="Forget orphaned keys (in the state, not in the YAML); their chats stay in DingTalk.")
 
 
 def with_options(options):
@@ -200,7 +326,7 @@ def with_options(options):
     return decorate
 
 
-@cli.command()
+@command()
 @paths_argument
 @state_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
@@ -208,17 +334,22 @@ def with_options(options):
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when there are no changes, 2 when there are.")
 @target_option
 @parallelism_option
+@prune_option
 @with_options(removal_options)
-@click.pass_obj
-def plan(opts: Options, paths, state_file, fmt, out_file, detailed_exitcode, targets, parallelism,
+def plan(opts: Options, paths, state_file, fmt, out_file, detailed_exitcode, targets, parallelism, prune,
          max_removal_pct, max_removals) -> None:
     """Show what apply would change (read-only)."""
+    from .manager import check_targets
+    from .planfile import PlanOptions, plan_document
+    from .safety import removal_violations
+
     config = load_config(paths)
-    state_path = opts.state_path(state_file, paths[0])
-    state = StateFile(state_path)
+    location = opts.state(state_file, paths[0])
+    state = StateFile(location.path, flag=location.flag)
     wanted = check_targets(config, state, targets)
-    with opts.client(parallelism) as client:
-        the_plan = _read_and_plan(opts, config, state, client, wanted, parallelism)
+    workers = _workers(opts, parallelism)
+    with opts.manager(workers) as manager:
+        the_plan = manager.plan(config, state, targets=wanted, prune=prune)
     warnings = removal_violations(the_plan, Thresholds(max_removal_pct, max_removals))
     if fmt == "json":
         opts.echo(render_json(the_plan, warnings=warnings).rstrip("\n"))
@@ -227,19 +358,13 @@ def plan(opts: Options, paths, state_file, fmt, out_file, detailed_exitcode, tar
     else:
         opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=warnings))
     if out_file:
-        document = plan_document(the_plan, config.files, str(state_path), warnings)
+        options = PlanOptions(tuple(sorted(wanted)) if wanted is not None else None, prune)
+        document = plan_document(the_plan, config.files, str(location.path), warnings, options)
         _write_text(Path(out_file), json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     if the_plan.has_errors:
         raise click.exceptions.Exit(1)
     if detailed_exitcode and the_plan.has_changes:
         raise click.exceptions.Exit(2)
-
-
-def _read_and_plan(opts: Options, config, state: StateFile, client, wanted, parallelism: int):
-    reads = chats_to_read(config, state, wanted)
-    with progress(len(reads), "Reading chats") as tick:
-        return compute_plan(config, state, client, targets=wanted, parallelism=parallelism, on_read=tick,
-                            chatids=reads)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -249,7 +374,7 @@ def _write_text(path: Path, text: str) -> None:
         raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
-@cli.command()
+@command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=False))
 @click.option("--plan", "plan_file", metavar="F", help="Apply exactly this saved plan (from `plan --out F`).")
 @state_option
@@ -257,80 +382,108 @@ def _write_text(path: Path, text: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Print every API call apply would make; change nothing.")
 @with_options(removal_options)
 @click.option("--force", is_flag=True, help="Apply even when the removal thresholds are exceeded.")
-@click.option("--notify", is_flag=True, help="Post a one-line summary into each changed chat.")
+@click.option("--notify", is_flag=True, help="Post a message (the YAML's notify template) into each changed chat.")
+@prune_option
 @target_option
 @parallelism_option
-@click.pass_obj
+@click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text", show_default=True,
+              help="json: the per-chat result on stdout (the plan goes to stderr).")
 def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, max_removal_pct, max_removals,
-          force, notify, targets, parallelism) -> None:
+          force, notify, prune, targets, parallelism, fmt) -> None:
     """Converge DingTalk to the YAML (PATH...), or apply a saved plan (--plan F)."""
+    from .manager import ApplyOptions, Outcome, saved_plan_options
+    from .planfile import read_plan
+
     if bool(paths) == bool(plan_file):
         raise UsageError("give either PATH... or --plan F, not both and not neither")
-    if plan_file and targets:
-        raise UsageError("--target cannot narrow a saved plan; make the plan with --target instead")
+    options = ApplyOptions(targets=targets, prune=prune, thresholds=Thresholds(max_removal_pct, max_removals),
+                           force=force, dry_run=dry_run, notify=notify)
     saved = read_plan(plan_file) if plan_file else None
-    config = None if saved else load_config(paths)
     if saved:
-        path = Path(state_file or saved.state_file or opts.state_path(None, None))
+        options = saved_plan_options(saved, options)
+        paths = saved.config_files
+        state_file = state_file or (saved.state_file if not os.environ.get("DTCHAT_STATE") else None)
+    config = load_config(paths)
+    location = opts.state(state_file, paths[0])
+    as_json = fmt == "json"
+
+    def on_plan(the_plan: "Plan", warnings: tuple[str, ...]) -> None:
+        opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=warnings), err=as_json)
+
+    def on_call(key: str, line: str) -> None:
+        if opts.verbose:
+            opts.echo(f"  {key}: {line}", err=True)
+
+    with opts.manager(_workers(opts, parallelism)) as manager:
+        outcome = manager.apply(config, location, options, saved=saved, on_plan=on_plan,
+                                confirm=lambda p: _confirm(opts, auto_approve), on_call=on_call,
+                                on_result=lambda r: _report(opts, r, as_json))
+    if outcome.outcome is Outcome.DRY_RUN:
+        opts.echo(render_calls(outcome.plan, notify=notify), err=as_json)
+        raise click.exceptions.Exit(1 if outcome.plan.has_errors else 0)
+    if outcome.outcome is Outcome.CANCELLED:
+        opts.echo("Cancelled; nothing was changed.", err=True)
+        raise click.exceptions.Exit(1)
+    if outcome.outcome is Outcome.NO_CHANGES:
+        raise click.exceptions.Exit(1 if outcome.plan.has_errors else 0)
+    result = outcome.result
+    assert result is not None
+    if as_json:
+        opts.echo(render_apply_json(result))
     else:
-        path = opts.state_path(state_file, paths[0])
-    with contextlib.ExitStack() as stack:
-        state = StateFile(path) if dry_run else stack.enter_context(locked(path))
-        client = stack.enter_context(opts.client(parallelism))
-        if saved:
-            the_plan = verify_saved_plan(saved, client, state, parallelism=parallelism)
-        else:
-            the_plan = _read_and_plan(opts, config, state, client, check_targets(config, state, targets), parallelism)
-        violations = removal_violations(the_plan, Thresholds(max_removal_pct, max_removals))
-        opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=violations))
-        if violations and not force:
-            raise UsageError("refusing to apply, nothing was changed: " + "; ".join(violations)
-                             + " (pass --force if this is intended)")
-        if dry_run:
-            opts.echo(render_calls(the_plan, notify=notify))
-            raise click.exceptions.Exit(1 if the_plan.has_errors else 0)
-        if not the_plan.has_changes:
-            raise click.exceptions.Exit(1 if the_plan.has_errors else 0)
-        if not auto_approve:
-            if not _stdin_is_tty():
-                raise UsageError("refusing to apply without confirmation: no terminal to ask on; pass --auto-approve")
-            if not click.confirm("Apply these changes?", default=False):
-                opts.echo("Cancelled; nothing was changed.")
-                raise click.exceptions.Exit(1)
-        on_call = (lambda key, line: opts.echo(f"  {key}: {line}", err=True)) if opts.verbose else None
-        result = apply_plan(the_plan, client, state, on_call=on_call, notify=notify,
-                            on_result=lambda r: _report(opts, r))
-    opts.echo(result.summary())
+        opts.echo(result.summary())
+    if result.interrupted:
+        done = [r for r in result.results if r.done]
+        opts.echo(click.style(f"Interrupted: {len(done)} chat{'s' if len(done) != 1 else ''} changed before Ctrl-C: "
+                              + (", ".join(f"{r.key} ({r.chatid})" for r in done) or "none")
+                              + "; the state file records every chat created.", fg="yellow"), err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
     if not result.ok:
         failed = ", ".join(r.key for r in result.failed)
         opts.echo(click.style(f"Failed: {failed}", fg="red"), err=True)
         raise click.exceptions.Exit(1)
 
 
-def _report(opts: Options, r: ChatResult) -> None:
+def _confirm(opts: Options, auto_approve: bool) -> bool:
+    if auto_approve:
+        return True
+    if not _stdin_is_tty():
+        raise UsageError("refusing to apply without confirmation: no terminal to ask on; pass --auto-approve")
+    answer = click.prompt(f"Apply these changes? Only '{CONFIRM_WORD}' is accepted", default="", show_default=False,
+                          err=True)
+    return answer.strip() == CONFIRM_WORD
+
+
+def _report(opts: Options, r: "ChatResult", quiet: bool) -> None:
+    """One line per chat as it finishes (stderr for problems; all to stderr with --format json)."""
     if r.warning:
         opts.echo(click.style(f"! {r.key}: {r.warning}", fg="yellow"), err=True)
     if r.ok:
-        if r.calls or r.action is Action.FORGET:
-            opts.echo(click.style(f"✓ {r.key}: {r.action.value} done ({r.calls} call{'s' if r.calls != 1 else ''})", fg="green"))
+        if r.done:
+            calls = f"{r.calls} call{'s' if r.calls != 1 else ''}"
+            what = {"create": f"created {r.chatid}", "update": f"updated {r.chatid}",
+                    "forget": f"forgotten (chat {r.chatid} left as it is)"}.get(r.action.value, r.action.value)
+            opts.echo(click.style(f"✓ {r.key}: {what} ({calls})", fg="green"), err=quiet)
     else:
         opts.echo(click.style(f"✗ {r.key}: {r.error}", fg="red"), err=True)
 
 
-@cli.command()
+@command()
 @paths_argument
 @state_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
 @target_option
 @parallelism_option
-@click.pass_obj
 def drift(opts: Options, paths, state_file, fmt, targets, parallelism) -> None:
     """Audit live chats against the YAML (read-only). Exit 0 none, 2 drift, 1 error."""
+    from .manager import check_targets
+
     config = load_config(paths)
-    state = StateFile(opts.state_path(state_file, paths[0]))
+    location = opts.state(state_file, paths[0])
+    state = StateFile(location.path, flag=location.flag)
     wanted = check_targets(config, state, targets)
-    with opts.client(parallelism) as client:
-        report = drift_report(_read_and_plan(opts, config, state, client, wanted, parallelism))
+    with opts.manager(_workers(opts, parallelism)) as manager:
+        report = manager.drift(config, state, targets=wanted)
     if fmt == "json":
         opts.echo(render_drift_json(report).rstrip("\n"))
     elif fmt == "markdown":
@@ -343,15 +496,14 @@ def drift(opts: Options, paths, state_file, fmt, targets, parallelism) -> None:
         raise click.exceptions.Exit(2)
 
 
-@cli.command()
+@command()
 @click.argument("chatids", nargs=-1, required=True)
 @click.option("--out", "out_file", metavar="F", help="Write the YAML to F instead of stdout.")
 @parallelism_option
-@click.pass_obj
 def dump(opts: Options, chatids, out_file, parallelism) -> None:
     """Write live chats as YAML that `plan` then shows as no change."""
-    with opts.client(parallelism) as client:
-        text = dump_chats(client, chatids, parallelism=parallelism)
+    with opts.manager(_workers(opts, parallelism)) as manager:
+        text = manager.dump(chatids)
     if out_file:
         _write_text(Path(out_file), text)
         opts.echo(f"Wrote {len(set(chatids))} chat{'s' if len(set(chatids)) != 1 else ''} to {out_file}", err=True)
@@ -359,53 +511,87 @@ def dump(opts: Options, chatids, out_file, parallelism) -> None:
         opts.echo(text.rstrip("\n"))
 
 
-@cli.command("import")
+@command("import")
 @click.argument("key")
 @click.argument("chatid")
 @state_option
-@click.pass_obj
 def import_(opts: Options, key: str, chatid: str, state_file: Optional[str]) -> None:
-    """Record an existing chat CHATID under KEY (verifies it exists first)."""
-    with locked(opts.state_path(state_file, None)) as state, opts.client() as client:
-        live = import_chat(client, state, key, chatid)
+    """Record an existing chat CHATID under KEY (verifies it exists first; settles a pending create)."""
+    location = opts.state(state_file, must_exist=True)
+    with locked(location.path, flag=location.flag) as state, opts.manager() as manager:
+        live = manager.import_chat(state, key, chatid)
     opts.echo(f"Imported {key} → {chatid} ({live.name}, {len(live.members)} members) into {state.path}")
 
 
-@cli.command()
+@command()
 @click.argument("key")
 @state_option
-@click.pass_obj
 def forget(opts: Options, key: str, state_file: Optional[str]) -> None:
     """Stop managing KEY: drop it from the state file (the chat stays in DingTalk)."""
-    with locked(opts.state_path(state_file, None)) as state:
+    location = opts.state(state_file, must_exist=True)
+    with locked(location.path, flag=location.flag) as state:
         if not state.forget(key):
             raise UsageError(f"{state.path}: no chat key `{key}` in the state file")
-    opts.echo(f"Forgot {key}; the chat itself was not touched.")
+    opts.echo(f"Forgot {key} in {location.path}; the chat itself was not touched.")
 
 
-@cli.command()
+@command()
+@click.argument("old")
+@click.argument("new")
+@state_option
+def mv(opts: Options, old: str, new: str, state_file: Optional[str]) -> None:
+    """Rename a key in the state (after renaming it in YAML), so no second chat is created."""
+    from .manager import move_key
+
+    location = opts.state(state_file, must_exist=True)
+    with locked(location.path, flag=location.flag) as state:
+        binding = move_key(state, old, new)
+    opts.echo(f"Moved {old} → {new} ({binding.chatid or 'pending create'}) in {location.path}")
+
+
+@command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8780, show_default=True)
 @click.option("--users", "users_file", metavar="F", type=click.Path(exists=True, dir_okay=False),
-              help="Org directory (YAML/JSON list of user ids); default: accept any id.")
+              help="Known user ids (YAML/JSON list); default: accept any id (or the --org users).")
+@click.option("--org", "org_file", metavar="F", type=click.Path(exists=True, dir_okay=False),
+              help="Org directory (departments, users with mobiles, roles): serves /topapi and checks user ids.")
 @click.option("--data", "data_file", metavar="F", help="Persist chats to this JSON file.")
+@click.option("--qps", type=Finite(0), default=0, show_default=True,
+              help="Per-API calls/s before errcode 90018 (0: no limit; DingTalk's is 20).")
+@click.option("--latency", "latency_ms", type=Finite(0), default=0, show_default=True, help="Milliseconds added to each answer.")
 @click.option("--app-key", metavar="K", help="Require this app key (default: accept any).")
 @click.option("--app-secret", metavar="S", help="Require this app secret.")
-@click.pass_obj
-def emulator(opts: Options, host, port, users_file, data_file, app_key, app_secret) -> None:
-    """Run the local DingTalk API emulator (Ctrl-C stops it)."""
-    from .emulator import EmulatorServer, load_users
+def emulator(opts: Options, host, port, users_file, org_file, data_file, qps, latency_ms, app_key, app_secret) -> None:
+    """Run the local DingTalk API emulator (Ctrl-C stops it). -v logs each request."""
+    from .emulator import EmulatorServer, load_org, load_users
 
-    users = load_users(users_file) if users_file else None
-    with EmulatorServer(host=host, port=port, users=users, data_path=data_file,
-                        app_key=app_key, app_secret=app_secret) as server:
+    try:
+        users = load_users(users_file) if users_file else None
+        org = load_org(org_file) if org_file else None
+        server = EmulatorServer(host=host, port=port, users=users, org=org, data_path=data_file, app_key=app_key,
+                                app_secret=app_secret, qps_limit=qps, latency_ms=latency_ms,
+                                on_request=_log_request(opts) if opts.verbose else None)
+        server.start()
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"emulator: {exc}") from None
+    try:
         opts.echo(f"DingTalk emulator listening on {server.url} (Ctrl-C to stop)")
         opts.echo(f"  export DINGTALK_API_BASE={server.url}")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            opts.echo("Stopped.")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        opts.echo("Stopped.")
+    finally:
+        server.stop()
+
+
+def _log_request(opts: Options):
+    def log(call: Any) -> None:
+        opts.echo(f"{call.method} {call.endpoint} {json.dumps(call.params or call.body or {}, ensure_ascii=False)} "
+                  f"-> {call.status} errcode {call.errcode}", err=True)
+    return log
+
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Iterator, Mapping, Optional
 
-from .dingtalk import DingTalkClient
 from .errors import DtchatError
 from .rules import DEFAULT_QPS
+
+if TYPE_CHECKING:
+    from .dingtalk import DingTalkClient
 
 ENV_APP_KEY = "DINGTALK_APP_KEY"
 ENV_APP_SECRET = "DINGTALK_APP_SECRET"
@@ -35,12 +37,16 @@ def credentials(env: Mapping[str, str]) -> tuple[str, str]:
 
 @contextlib.contextmanager
 def sandbox_server(folder: Path = SANDBOX_DIR) -> Iterator[str]:
-    """Run the emulator in-process on a free loopback port; its chats persist under ``folder``."""
-    from .emulator import EmulatorServer
+    """Run the emulator in-process on a free loopback port with the sandbox org; its chats persist under ``folder``.
+
+    The sandbox org (shipped with the emulator) matches ``examples/chats/``, so the quickstart resolves
+    directory selectors, and an unknown user id fails as in real DingTalk (60121).
+    """
+    from .emulator import SANDBOX_ORG, EmulatorServer, load_org
 
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        server = EmulatorServer(host="127.0.0.1", port=0, data_path=folder / SANDBOX_DATA)
+        folder.mkdir(exist_ok=True)
+        server = EmulatorServer(host="127.0.0.1", port=0, data_path=folder / SANDBOX_DATA, org=load_org(SANDBOX_ORG))
     except (OSError, ValueError) as exc:
         raise SetupError(f"sandbox: {exc}") from None
     server.start()
@@ -48,6 +54,15 @@ def sandbox_server(folder: Path = SANDBOX_DIR) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+def _api_base(given: Optional[str], env: Mapping[str, str]) -> str:
+    from .dingtalk.redact import redact
+
+    base = (given or env.get(ENV_API_BASE) or DEFAULT_API_BASE).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise SetupError(f"--api-base {redact(base)!r}: must start with http:// or https://")
+    return base
 
 
 @contextlib.contextmanager
@@ -58,8 +73,10 @@ def connect(
     max_qps: float = DEFAULT_QPS,
     pool_size: int = 32,
     env: Optional[Mapping[str, str]] = None,
-) -> Iterator[DingTalkClient]:
+) -> Iterator["DingTalkClient"]:
     """A client for the real API or the sandbox, closed (and the sandbox stopped) on exit."""
+    from .dingtalk import DingTalkClient
+
     env = os.environ if env is None else env
     with contextlib.ExitStack() as stack:
         if sandbox:
@@ -67,8 +84,6 @@ def connect(
             key, secret = "sandbox-app", "sandbox-secret"
         else:
             key, secret = credentials(env)
-            base = (api_base or env.get(ENV_API_BASE) or DEFAULT_API_BASE).rstrip("/")
-            if not base.startswith(("http://", "https://")):
-                raise SetupError(f"--api-base {base!r}: must start with http:// or https://")
+            base = _api_base(api_base, env)
         client = stack.enter_context(DingTalkClient(key, secret, api_base=base, max_qps=max_qps, pool_size=pool_size))
         yield client

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Union
 
-from .dingtalk import AuthError, DingTalkClient, DingTalkError, NotFoundError, QuotaExhaustedError, TransportError
+from .dingtalk.errors import DingTalkError, NotFoundError, is_fatal
 from .model import LiveChat, ReadFailure
-from .planner import LiveResult
+
+if TYPE_CHECKING:  # the client pulls in requests; only commands that talk to DingTalk load it
+    from .dingtalk import DingTalkClient
+
+LiveResult = Union[LiveChat, ReadFailure]
 
 
-#: Seconds a slow DingTalk answer may take; with ``max_qps`` it sizes the default parallelism.
-ASSUMED_LATENCY = 0.4
+#: Seconds a slow DingTalk answer takes (real round trips are 50–500 ms); with ``max_qps`` it sizes the
+#: default parallelism so that even at 500 ms per call the rate limit, not the latency, is the bound.
+ASSUMED_LATENCY = 0.6
 MAX_PARALLELISM = 64
 
 
@@ -26,14 +31,7 @@ def default_parallelism(max_qps: float) -> int:
     return max(1, min(MAX_PARALLELISM, math.ceil(max_qps * ASSUMED_LATENCY)))
 
 
-def is_fatal(exc: DingTalkError) -> bool:
-    """True for errors no other chat would escape: credentials, reachability, quota."""
-    if isinstance(exc, (QuotaExhaustedError, TransportError)):
-        return True
-    return isinstance(exc, AuthError) and exc.endpoint == "/gettoken"
-
-
-def read_one(client: DingTalkClient, chatid: str) -> LiveResult:
+def read_one(client: "DingTalkClient", chatid: str) -> LiveResult:
     try:
         return LiveChat.from_api(client.get_chat(chatid), chatid)
     except DingTalkError as exc:
@@ -45,7 +43,7 @@ def read_one(client: DingTalkClient, chatid: str) -> LiveResult:
 
 
 def read_live(
-    client: DingTalkClient,
+    client: "DingTalkClient",
     chatids: Iterable[str],
     *,
     parallelism: int = 8,

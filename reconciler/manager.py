@@ -1,24 +1,43 @@
-"""The library entry points the CLI calls: each returns values; none prints or exits.
+"""Where config, state, directory, live reads, planner and applier meet; each entry point returns values.
 
-Like octoDNS's Manager, this is where config, state, live reads, planner and
-applier meet, so the click commands stay thin.
+Like octoDNS's ``Manager``, this holds the workflows (plan, apply, drift,
+import, mv, dump) so the click commands only parse flags, print what comes
+back and choose the exit code. Nothing here prints or exits; the caller passes
+callbacks for what must happen while a workflow runs (show the plan, ask for
+confirmation, report each chat as it finishes).
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Callable, Collection, Optional, Sequence
+import enum
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable, Collection, ContextManager, Iterator, Optional, Sequence
 
 from .adopt import desired_from_live
+from .applier import ApplyResult, OnCall, OnResult, apply_plan
 from .config import Config, dump_config, is_chat_key
-from .dingtalk import DingTalkClient
+from .drift import DriftReport, drift_report
 from .errors import UsageError
 from .live import read_live
-from .model import LiveChat
+from .model import LiveChat, ReadFailure
 from .plan import Plan
-from .planfile import SavedPlan, staleness, to_verify
-from .model import ReadFailure
+from .planfile import PlanFileError, PlanOptions, SavedPlan, differences
 from .planner import make_plan, resolve
-from .state import StateFile
+from .safety import Thresholds, removal_violations
+from .state import Binding, StateFile, StateLocation, locked
+
+if TYPE_CHECKING:  # the client pulls in requests; only commands that talk to DingTalk load it
+    from .dingtalk import DingTalkClient
+
+#: ``progress(total)`` gives a tick callback (or None) for the duration of the reads.
+Progress = Callable[[int], ContextManager[Optional[Callable[[], None]]]]
+
+
+@contextlib.contextmanager
+def _no_progress(total: int) -> Iterator[None]:
+    yield None
 
 
 def check_targets(config: Config, state: StateFile, targets: Sequence[str]) -> Optional[frozenset[str]]:
@@ -34,57 +53,157 @@ def check_targets(config: Config, state: StateFile, targets: Sequence[str]) -> O
     return frozenset(targets)
 
 
-def chats_to_read(config: Config, state: StateFile, targets: Optional[Collection[str]] = None) -> list[str]:
-    """The chatids a plan reads: one per targeted key that a pin or the state resolves."""
-    resolution = resolve(config.chats, state.bindings)
-    return [cid for key, cid in resolution.chatids.items() if targets is None or key in targets]
+class Outcome(str, enum.Enum):
+    NO_CHANGES = "no-changes"
+    DRY_RUN = "dry-run"
+    CANCELLED = "cancelled"
+    APPLIED = "applied"
 
 
-def compute_plan(
-    config: Config,
-    state: StateFile,
-    client: DingTalkClient,
-    *,
-    targets: Optional[Collection[str]] = None,
-    parallelism: int = 8,
-    on_read: Optional[Callable[[], None]] = None,
-    chatids: Optional[Sequence[str]] = None,
-) -> Plan:
-    """Read every targeted chat once (concurrently) and diff it against the YAML.
-
-    ``chatids`` is :func:`chats_to_read`'s answer when the caller already has it (to size a progress bar).
-    """
-    if chatids is None:
-        chatids = chats_to_read(config, state, targets)
-    live = read_live(client, chatids, parallelism=parallelism, on_done=on_read)
-    return make_plan(config.chats, state.bindings, live, targets=targets)
+@dataclass(frozen=True)
+class ApplyOutcome:
+    outcome: Outcome
+    plan: Plan
+    warnings: tuple[str, ...]
+    #: Set when changes were applied (possibly interrupted).
+    result: Optional[ApplyResult] = None
 
 
-def verify_saved_plan(saved: SavedPlan, client: DingTalkClient, state: StateFile, *, parallelism: int = 8) -> Plan:
-    """The saved plan, if every chat it changes is as it was when planned; else UsageError naming them."""
-    live = read_live(client, to_verify(saved), parallelism=parallelism)
-    stale = staleness(saved, live, state.bindings)
-    if stale:
-        raise UsageError(f"{saved.source}: refusing the saved plan, nothing was changed: " + "; ".join(stale))
-    return saved.plan
+@dataclass(frozen=True)
+class ApplyOptions:
+    targets: Sequence[str] = ()
+    prune: bool = False
+    thresholds: Thresholds = Thresholds()
+    force: bool = False
+    dry_run: bool = False
+    notify: bool = False
 
 
-def dump_chats(client: DingTalkClient, chatids: Sequence[str], *, parallelism: int = 8) -> str:
-    """Live chats as YAML that ``plan`` shows as no change; every chat must be readable."""
-    live = read_live(client, chatids, parallelism=parallelism)
-    failures = [f"{cid}: {r.message}" for cid, r in live.items() if isinstance(r, ReadFailure)]
-    if failures:
-        raise UsageError("cannot dump, nothing was written: " + "; ".join(failures))
-    return dump_config(desired_from_live(r for r in live.values() if isinstance(r, LiveChat)))
+class Manager:
+    """One run's workflows over one client (one token, one rate limiter)."""
+
+    def __init__(self, client: "DingTalkClient", *, parallelism: int = 8, progress: Progress = _no_progress) -> None:
+        self.client = client
+        self.parallelism = parallelism
+        self.progress = progress
+
+    # -- reading and planning ------------------------------------------------
+
+    def plan(self, config: Config, state: StateFile, *, targets: Optional[Collection[str]] = None,
+             prune: bool = False) -> Plan:
+        """Authenticate, resolve directory selectors and read every targeted chat (side by side), then diff.
+
+        Authenticating first means bad credentials or a wrong --api-base fail even when no chat needs reading.
+        """
+        self.client.authenticate()
+        wanted = [c for c in config.chats if targets is None or c.key in targets]
+        needs_directory = [c for c in wanted if c.needs_directory]
+        resolution = resolve(config.chats, state.bindings, flag=state.flag)
+        chatids = [cid for key, cid in resolution.chatids.items() if targets is None or key in targets]
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dtchat-plan") as pool:
+            directory = pool.submit(self._directory, needs_directory) if needs_directory else None
+            with self.progress(len(chatids)) as tick:
+                live = read_live(self.client, chatids, parallelism=self.parallelism, on_done=tick)
+            resolved = directory.result() if directory else None
+        desired = config.chats
+        errors: dict[str, str] = {}
+        sources: dict = {}
+        if resolved is not None:
+            by_key = {c.key: c for c in resolved.chats}
+            desired = tuple(by_key.get(c.key, c) for c in config.chats)
+            errors, sources = dict(resolved.errors), dict(resolved.sources)
+        return make_plan(desired, state.bindings, live, targets=targets, prune=prune, errors=errors,
+                         sources=sources, flag=state.flag)
+
+    def _directory(self, chats):
+        from .directory import resolve_directory
+
+        return resolve_directory(self.client, chats, parallelism=self.parallelism)
+
+    def drift(self, config: Config, state: StateFile, *, targets: Optional[Collection[str]] = None) -> DriftReport:
+        return drift_report(self.plan(config, state, targets=targets))
+
+    # -- applying ------------------------------------------------------------
+
+    def apply(
+        self,
+        config: Config,
+        location: StateLocation,
+        options: ApplyOptions = ApplyOptions(),
+        *,
+        saved: Optional[SavedPlan] = None,
+        on_plan: Callable[[Plan, tuple[str, ...]], None] = lambda plan, warnings: None,
+        confirm: Callable[[Plan], bool] = lambda plan: True,
+        on_call: Optional[OnCall] = None,
+        on_result: Optional[OnResult] = None,
+    ) -> ApplyOutcome:
+        """The whole apply: lock, plan (or re-make and compare a saved plan), safety rails, dry run,
+        confirmation, apply. Refusals raise a DtchatError before any write.
+        """
+        with contextlib.ExitStack() as stack:
+            if options.dry_run:  # writes nothing, not even the lock file
+                state = StateFile(location.path, flag=location.flag)
+            else:
+                state = stack.enter_context(locked(location.path, flag=location.flag))
+            targets = check_targets(config, state, options.targets)
+            plan = self.plan(config, state, targets=targets, prune=options.prune)
+            if saved is not None:
+                problems = differences(saved, plan)
+                if problems:
+                    raise PlanFileError(f"{saved.source}: refusing the saved plan, nothing was changed: "
+                                        + "; ".join(problems) + "; make a new plan")
+            warnings = removal_violations(plan, options.thresholds)
+            on_plan(plan, warnings)
+            if warnings and not options.force:
+                raise UsageError("refusing to apply, nothing was changed: " + "; ".join(warnings)
+                                 + " (pass --force if this is intended)")
+            if options.dry_run:
+                return ApplyOutcome(Outcome.DRY_RUN, plan, warnings)
+            if not plan.has_changes:
+                return ApplyOutcome(Outcome.NO_CHANGES, plan, warnings)
+            if not confirm(plan):
+                return ApplyOutcome(Outcome.CANCELLED, plan, warnings)
+            result = apply_plan(plan, self.client, state, parallelism=self.parallelism, on_call=on_call,
+                                on_result=on_result, notify=options.notify)
+            return ApplyOutcome(Outcome.APPLIED, plan, warnings, result)
+
+    # -- state commands ------------------------------------------------------
+
+    def import_chat(self, state: StateFile, key: str, chatid: str) -> LiveChat:
+        """Verify the chat exists (one ``get``), then bind ``key`` to it (also settles a pending create)."""
+        if not is_chat_key(key):
+            raise UsageError(f"KEY {key!r}: must be a lowercase slug (a-z, 0-9 and '-', not at either end)")
+        live = LiveChat.from_api(self.client.get_chat(chatid), chatid)
+        other = next((k for k, b in state.bindings.items() if b.chatid == chatid and k != key), None)
+        if other:
+            raise UsageError(f"chatid {chatid} is already bound to `{other}`; run `dtchat forget {other}{state.flag}` first")
+        state.record(key, chatid)
+        return live
+
+    def dump(self, chatids: Sequence[str]) -> str:
+        """Live chats as YAML that ``plan`` shows as no change; every chat must be readable."""
+        live = read_live(self.client, chatids, parallelism=self.parallelism)
+        failures = [f"{cid}: {r.message}" for cid, r in live.items() if isinstance(r, ReadFailure)]
+        if failures:
+            raise UsageError("cannot dump, nothing was written: " + "; ".join(failures))
+        return dump_config(desired_from_live(r for r in live.values() if isinstance(r, LiveChat)))
 
 
-def import_chat(client: DingTalkClient, state: StateFile, key: str, chatid: str) -> LiveChat:
-    """Verify the chat exists (one ``get``), then bind ``key`` to it. Raises DingTalkError if not."""
-    if not is_chat_key(key):
-        raise UsageError(f"KEY {key!r}: must be a lowercase slug (a-z, 0-9 and '-', not at either end)")
-    live = LiveChat.from_api(client.get_chat(chatid), chatid)
-    other = next((k for k, b in state.bindings.items() if b.chatid == chatid and k != key), None)
-    if other:
-        raise UsageError(f"chatid {chatid} is already bound to `{other}`; run `dtchat forget {other}` first")
-    state.record(key, chatid)
-    return live
+def move_key(state: StateFile, old: str, new: str) -> Binding:
+    """``dtchat mv OLD NEW``: after renaming a chat's key in YAML, keep its chat (no network)."""
+    if not is_chat_key(new):
+        raise UsageError(f"NEW {new!r}: must be a lowercase slug (a-z, 0-9 and '-', not at either end)")
+    return state.move(old, new)
+
+
+def saved_plan_options(saved: SavedPlan, options: ApplyOptions) -> ApplyOptions:
+    """The options a saved plan was made with; --target cannot narrow it and --prune must match."""
+    if options.targets:
+        raise UsageError("--target cannot narrow a saved plan; make the plan with --target instead")
+    if options.prune and not saved.options.prune:
+        raise UsageError("--prune cannot widen a saved plan; make the plan with --prune instead")
+    return replace(options, targets=tuple(saved.options.targets or ()), prune=saved.options.prune)
+
+
+__all__ = ["ApplyOptions", "ApplyOutcome", "Manager", "Outcome", "PlanOptions", "check_targets", "move_key",
+           "saved_plan_options"]

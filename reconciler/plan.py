@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .model import LiveChat
+from .model import LiveChat, MemberSource
 
 
 class Action(str, enum.Enum):
     CREATE = "create"
     UPDATE = "update"
     NOOP = "noop"
-    #: The key left the YAML: dtchat stops managing it; the chat stays in DingTalk.
+    #: A key in the state but not in the YAML given to this run: its binding is kept (design §6).
+    ORPHAN = "orphan"
+    #: ``apply --prune``: drop an orphan's binding; the chat stays in DingTalk.
     FORGET = "forget"
     #: The chat cannot be planned (unreadable, conflicting chatids, …).
     ERROR = "error"
@@ -48,6 +50,12 @@ class ChatChange:
     error: Optional[str] = None
     #: Digest of the live state the change was computed from (saved plans).
     fingerprint: Optional[str] = None
+    #: Where directory-drawn members came from (one entry per selector).
+    sources: tuple[MemberSource, ...] = ()
+    #: The ``--notify`` message for this change, from the chat's template. Not part of the plan's JSON.
+    notify: Optional[str] = field(default=None, compare=False)
+    #: ORPHAN/FORGET of a key whose create is still pending (outcome unknown).
+    pending: bool = False
 
     @property
     def changed(self) -> bool:
@@ -65,6 +73,8 @@ class ChatChange:
 @dataclass(frozen=True)
 class Plan:
     changes: tuple[ChatChange, ...]
+    #: The ``--state F`` that follow-up commands in hints need (see ``state.StateLocation``).
+    flag: str = field(default="", compare=False)
 
     def of(self, *actions: Action) -> tuple[ChatChange, ...]:
         return tuple(c for c in self.changes if c.action in actions)
@@ -85,12 +95,19 @@ class Plan:
         out["members_removed"] = sum(len(c.remove) for c in self.changes)
         return out
 
+    @property
+    def rename_hint(self) -> bool:
+        """Creates next to orphans often mean a key was renamed in YAML: ``dtchat mv`` keeps its chat."""
+        return bool(self.of(Action.CREATE)) and bool(self.of(Action.ORPHAN))
+
     def summary(self) -> str:
         n = self.counts()
         line = (
             f"Plan: {n['create']} to create, {n['update']} to update, {n['forget']} to forget; "
             f"+{n['members_added']} / -{n['members_removed']} members."
         )
+        if n["orphan"]:
+            line += f" {n['orphan']} orphaned key{'s' if n['orphan'] != 1 else ''} kept."
         if n["error"]:
             line += f" {n['error']} chat{'s' if n['error'] != 1 else ''} could not be planned."
         return line

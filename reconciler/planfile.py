@@ -1,9 +1,11 @@
-"""Saved plans: ``plan --out F`` writes one, ``apply --plan F`` applies exactly it, or refuses.
+"""Plans as JSON: the documented object ``plan --format json`` prints and ``plan --out F`` saves.
 
-A saved plan records a fingerprint of each chat's live state and a digest of
-the config files. Applying it re-reads the chats it would change; if any moved
-since (someone added a member by hand, another apply ran) or the YAML changed,
-the whole plan is refused before a single write, as Terraform does.
+``apply --plan F`` never executes what the file says. It re-checks the YAML
+digest, re-reads the state and the live chats, recomputes the plan with the
+options recorded in the file, and applies it only if it is identical to the
+saved one (design §6). A hand-edited plan (an extra ``remove``, a ``forget``,
+a malformed entry) or a stale one (someone changed a chat since) is therefore
+refused before a single write: a saved plan can only ever do what the YAML says.
 """
 from __future__ import annotations
 
@@ -12,30 +14,60 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from .errors import DtchatError
-from .model import LiveChat
-from .plan import Action, ChatChange, Plan, SettingChange, live_fingerprint
-from .planner import LiveResult
-from .render import FORMAT_VERSION, plan_to_json
-from .state import Binding, now_iso
+from .files import TooDeep, loads_bounded
+from .model import MemberSource
+from .plan import ChatChange, Plan
+from .state import now_iso
 
 KIND = "dtchat-plan"
+FORMAT_VERSION = 1
 
 
 class PlanFileError(DtchatError):
-    """The saved plan file is unreadable, not a dtchat plan, or malformed."""
+    """The saved plan file is unreadable, not a dtchat plan, malformed, or no longer what the YAML says."""
 
 
-@dataclass(frozen=True)
-class SavedPlan:
-    plan: Plan
-    config_files: tuple[str, ...]
-    config_digest: str
-    state_file: Optional[str]
-    #: The file it was read from, for messages.
-    source: str = ""
+def _source_to_json(s: MemberSource) -> dict[str, Any]:
+    return {"selector": str(s.selector), "kind": s.selector.kind, "value": s.selector.value,
+            "recursive": s.selector.recursive, "label": s.label, "count": s.count, "excluded": s.excluded}
+
+
+def change_to_json(c: ChatChange) -> dict[str, Any]:
+    def pair(p: Optional[tuple]) -> Optional[dict[str, Any]]:
+        return None if p is None else {"old": p[0], "new": p[1]}
+
+    data = {
+        "key": c.key,
+        "action": c.action.value,
+        "chatid": c.chatid,
+        "name": pair(c.name),
+        "owner": pair(c.owner),
+        "add": list(c.add),
+        "remove": list(c.remove),
+        "kept": list(c.kept),
+        "settings": [{"name": s.name, "old": s.old, "new": s.new} for s in c.settings],
+        "live_count": c.live_count,
+        "fingerprint": c.fingerprint,
+        "error": c.error,
+        "sources": [_source_to_json(s) for s in c.sources],
+    }
+    if c.pending:
+        data["pending_create"] = True
+    return data
+
+
+def plan_to_json(plan: Plan, **extra: Any) -> dict[str, Any]:
+    """The documented, versioned plan object (see docs/formats.md)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        **extra,
+        "summary": plan.counts(),
+        "changes": [change_to_json(c) for c in plan.changes],
+    }
 
 
 def config_digest(files: Iterable[str]) -> str:
@@ -51,115 +83,113 @@ def config_digest(files: Iterable[str]) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    """What a plan was made with, so applying it can make the same plan again."""
+
+    targets: Optional[tuple[str, ...]] = None
+    prune: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"targets": list(self.targets) if self.targets is not None else None, "prune": self.prune}
+
+
 def plan_document(plan: Plan, config_files: Sequence[str], state_file: Optional[str],
-                  warnings: Sequence[str] = ()) -> dict[str, Any]:
+                  warnings: Sequence[str] = (), options: PlanOptions = PlanOptions()) -> dict[str, Any]:
     return plan_to_json(
         plan,
         warnings=list(warnings),
         created_at=now_iso(),
         config={"files": list(config_files), "digest": config_digest(config_files)},
         state_file=state_file,
+        options=options.to_json(),
     )
 
 
-def _fail(path: "str | os.PathLike[str]", where: str, what: str) -> PlanFileError:
+@dataclass(frozen=True)
+class SavedPlan:
+    """A plan file as read back: only what is needed to make the same plan again and compare."""
+
+    config_files: tuple[str, ...]
+    config_digest: str
+    state_file: Optional[str]
+    options: PlanOptions
+    #: The ``changes`` list exactly as saved.
+    changes: list
+    #: The file it was read from, for messages.
+    source: str = ""
+
+
+def _fail(path: Any, where: str, what: str) -> PlanFileError:
     return PlanFileError(f"{path}: {where}: {what}")
 
 
-def _strings(path, where: str, value: Any) -> tuple[str, ...]:
+def _strings(path: Any, where: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _fail(path, where, "must be a list of strings")
     return tuple(value)
 
 
-def _pair(path, where: str, value: Any) -> Optional[tuple[Optional[str], str]]:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("new"), str):
-        raise _fail(path, where, 'must be null or {"old": ..., "new": "..."}')
-    return (value.get("old"), value["new"])
-
-
-def _change(path, i: int, raw: Any) -> ChatChange:
-    where = f"changes[{i}]"
-    if not isinstance(raw, dict) or not isinstance(raw.get("key"), str):
-        raise _fail(path, where, 'must be an object with a string "key"')
-    try:
-        action = Action(raw.get("action"))
-    except ValueError:
-        raise _fail(path, f"{where}.action", f"unknown action {raw.get('action')!r}") from None
-    settings_raw = raw.get("settings") or []
-    if not isinstance(settings_raw, list) or not all(isinstance(s, dict) and "name" in s for s in settings_raw):
-        raise _fail(path, f"{where}.settings", 'must be a list of {"name", "old", "new"}')
-    live_count = raw.get("live_count", 0)
-    if not isinstance(live_count, int):
-        raise _fail(path, f"{where}.live_count", "must be an integer")
-    return ChatChange(
-        key=raw["key"],
-        action=action,
-        chatid=raw.get("chatid"),
-        name=_pair(path, f"{where}.name", raw.get("name")),
-        owner=_pair(path, f"{where}.owner", raw.get("owner")),
-        add=_strings(path, f"{where}.add", raw.get("add", [])),
-        remove=_strings(path, f"{where}.remove", raw.get("remove", [])),
-        kept=_strings(path, f"{where}.kept", raw.get("kept", [])),
-        settings=tuple(SettingChange(s["name"], s.get("old"), s.get("new")) for s in settings_raw),
-        live_count=live_count,
-        error=raw.get("error"),
-        fingerprint=raw.get("fingerprint"),
-    )
-
-
 def read_plan(path: "str | os.PathLike[str]") -> SavedPlan:
-    """Load and validate a saved plan; every problem is a one-line PlanFileError."""
+    """Load a saved plan and check its shape; every problem is a one-line PlanFileError."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = loads_bounded(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise PlanFileError(f"{path}: cannot read plan: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except TooDeep as exc:
+        raise PlanFileError(f"{path}: not a JSON plan file ({exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:
         raise PlanFileError(f"{path}: not a JSON plan file ({exc})") from None
     if not isinstance(data, dict) or data.get("kind") != KIND:
-        raise PlanFileError(f"{path}: not a dtchat plan (write one with `dtchat plan --out {path}`)")
+        raise PlanFileError(f"{path}: not a dtchat plan (write one with `dtchat plan PATH --out {path}`)")
     if data.get("format_version") != FORMAT_VERSION:
         raise PlanFileError(f"{path}: plan format_version {data.get('format_version')!r} is not supported")
     config = data.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
         raise _fail(path, "config", 'must be {"files": [...], "digest": "..."}')
+    files = _strings(path, "config.files", config.get("files"))
+    if not files:
+        raise _fail(path, "config.files", "names no configuration file")
     changes = data.get("changes")
     if not isinstance(changes, list):
         raise _fail(path, "changes", "must be a list")
+    options = data.get("options", {})
+    if not isinstance(options, dict) or not isinstance(options.get("prune", False), bool):
+        raise _fail(path, "options", 'must be {"targets": [...] or null, "prune": true|false}')
+    targets = options.get("targets")
     state_file = data.get("state_file")
+    if state_file is not None and not isinstance(state_file, str):
+        raise _fail(path, "state_file", "must be a string or null")
     return SavedPlan(
-        plan=Plan(tuple(_change(path, i, c) for i, c in enumerate(changes))),
-        config_files=_strings(path, "config.files", config.get("files", [])),
+        config_files=files,
         config_digest=config["digest"],
-        state_file=state_file if isinstance(state_file, str) else None,
+        state_file=state_file,
+        options=PlanOptions(None if targets is None else _strings(path, "options.targets", targets),
+                            options.get("prune", False)),
+        changes=changes,
         source=str(path),
     )
 
 
-def to_verify(saved: SavedPlan) -> list[str]:
-    """The chatids whose live state must be re-read before applying."""
-    return sorted({c.chatid for c in saved.plan.of(Action.UPDATE) if c.chatid})
-
-
-def staleness(saved: SavedPlan, live: Mapping[str, LiveResult], state: Mapping[str, Binding]) -> list[str]:
-    """Why the saved plan may no longer be applied; [] when it still holds."""
-    problems: list[str] = []
+def differences(saved: SavedPlan, plan: Plan) -> list[str]:
+    """Why ``plan`` (made again now) is not the saved plan; [] when they are identical."""
     if config_digest(saved.config_files) != saved.config_digest:
-        problems.append("the configuration files changed since the plan was made")
-    for c in saved.plan.changes:
-        bound = state.get(c.key)
-        if c.action is Action.UPDATE:
-            current = live.get(c.chatid or "")
-            if not isinstance(current, LiveChat):
-                problems.append(f"{c.key}: chat {c.chatid} can no longer be read")
-            elif live_fingerprint(current) != c.fingerprint:
-                problems.append(f"{c.key}: chat {c.chatid} changed in DingTalk since the plan was made")
-            if bound is not None and bound.chatid != c.chatid:  # unrecorded is fine: a pinned chat
-                problems.append(f"{c.key}: the state file no longer maps it to {c.chatid}")
-        elif c.action is Action.CREATE and bound is not None:
-            problems.append(f"{c.key}: the state file already has a chat for it (created since the plan?)")
-        elif c.action is Action.FORGET and (bound is None or bound.chatid != c.chatid):
-            problems.append(f"{c.key}: the state file changed since the plan was made")
+        return ["the configuration files changed since the plan was made"]
+    now = json.loads(json.dumps([change_to_json(c) for c in plan.changes], ensure_ascii=False))
+    before = {c.get("key") if isinstance(c, dict) else None: c for c in saved.changes}
+    after = {c["key"]: c for c in now}
+    problems = []
+    for key in sorted(set(before) | set(after), key=str):
+        if before.get(key) != after.get(key):
+            if key not in after:
+                problems.append(f"{key}: in the saved plan, not in the plan made now")
+            elif key not in before:
+                problems.append(f"{key}: not in the saved plan")
+            elif before[key].get("fingerprint") != after[key].get("fingerprint"):
+                problems.append(f"{key}: chat {after[key].get('chatid')} changed in DingTalk since the plan was made")
+            else:
+                problems.append(f"{key}: the saved entry differs from the plan made now (the state or the "
+                                "directory changed since, or the file was edited)")
+    if not problems and len(saved.changes) != len(now):
+        problems.append("the saved plan lists a chat twice")
     return problems

@@ -1,20 +1,24 @@
 """The planner: a pure function from (desired chats, state, live chats) to a Plan.
 
 No I/O here. Everything is sorted so two runs over the same inputs print the
-same plan, byte for byte.
+same plan, byte for byte. A change the API's rules cannot reach (an additive
+chat that would end above 1,000 members, an owner swap in a full chat) is an
+error for that chat here, with the real reason, never discovered half-way
+through an apply.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Collection, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import Collection, Mapping, Optional, Sequence
 
-from .model import DesiredChat, LiveChat, ReadFailure
+from .batching import calls_for
+from .live import LiveResult
+from .errors import DtchatError
+from .model import DesiredChat, LiveChat, MemberSource
+from .notify import message_for
 from .plan import Action, ChatChange, Plan, SettingChange, live_fingerprint
+from .rules import MEMBER_CAP
 from .state import Binding
-
-
-LiveResult = Union[LiveChat, ReadFailure]
-
 
 @dataclass(frozen=True)
 class Resolution:
@@ -24,26 +28,29 @@ class Resolution:
     errors: Mapping[str, str]
 
 
-def resolve(desired: Sequence[DesiredChat], state: Mapping[str, Binding]) -> Resolution:
-    """Match keys to chatids: a YAML pin wins, the state file fills in, disagreement is an error."""
+def resolve(desired: Sequence[DesiredChat], state: Mapping[str, Binding], *, flag: str = "") -> Resolution:
+    """Match keys to chatids: a YAML pin wins, the state file fills in, disagreement is an error.
+
+    ``flag`` is the ``--state F`` that the hints' commands need to find this run's state file.
+    """
     chatids: dict[str, str] = {}
     errors: dict[str, str] = {}
     for chat in desired:
         bound = state.get(chat.key)
-        if chat.chatid:
-            if bound and bound.chatid and bound.chatid != chat.chatid:
+        if bound and bound.pending:
+            errors[chat.key] = (
+                f"an earlier create of this chat (at {bound.created_at or 'an unknown time'}) may have succeeded; "
+                f"if the chat exists run `dtchat import {chat.key} CHATID{flag}`, "
+                f"otherwise run `dtchat forget {chat.key}{flag}` to allow creating it"
+            )
+        elif chat.chatid:
+            if bound and bound.chatid != chat.chatid:
                 errors[chat.key] = (
                     f"YAML pins chatid {chat.chatid} but the state file records {bound.chatid}; "
-                    f"run `dtchat import {chat.key} {chat.chatid}` to re-point the state, or remove the pin"
+                    f"run `dtchat import {chat.key} {chat.chatid}{flag}` to re-point the state, or remove the pin"
                 )
                 continue
             chatids[chat.key] = chat.chatid
-        elif bound and bound.pending:
-            errors[chat.key] = (
-                f"an earlier create of this chat (at {bound.created_at or 'an unknown time'}) may have succeeded; "
-                f"if the chat exists run `dtchat import {chat.key} CHATID`, "
-                f"otherwise run `dtchat forget {chat.key}` to allow creating it"
-            )
         elif bound and bound.chatid:
             chatids[chat.key] = bound.chatid
     owners: dict[str, list[str]] = {}
@@ -58,8 +65,8 @@ def resolve(desired: Sequence[DesiredChat], state: Mapping[str, Binding]) -> Res
     return Resolution(chatids=chatids, errors=errors)
 
 
-def diff_chat(chat: DesiredChat, live: LiveChat) -> ChatChange:
-    """The UPDATE (or NOOP) that turns ``live`` into ``chat``. Only declared settings are compared."""
+def plan_update(chat: DesiredChat, live: LiveChat) -> ChatChange:
+    """The UPDATE (or NOOP) that turns ``live`` into ``chat``, or an ERROR when the API cannot get there."""
     desired_members = set(chat.members)
     live_members = set(live.members)
     add = tuple(sorted(desired_members - live_members))
@@ -73,7 +80,7 @@ def diff_chat(chat: DesiredChat, live: LiveChat) -> ChatChange:
     name = (live.name, chat.name) if live.name != chat.name else None
     owner = (live.owner, chat.owner) if live.owner != chat.owner else None
     changed = bool(add or remove or settings or name or owner)
-    return ChatChange(
+    change = ChatChange(
         key=chat.key,
         action=Action.UPDATE if changed else Action.NOOP,
         chatid=live.chatid,
@@ -86,17 +93,46 @@ def diff_chat(chat: DesiredChat, live: LiveChat) -> ChatChange:
         kept=kept,
         fingerprint=live_fingerprint(live),
     )
+    if change.action is Action.UPDATE:
+        problem = _unreachable(chat, change)
+        if problem:
+            return ChatChange(chat.key, Action.ERROR, chatid=live.chatid, error=problem,
+                              fingerprint=change.fingerprint)
+        return _with_message(change, chat)
+    return change
 
 
-def create_chat(chat: DesiredChat) -> ChatChange:
-    return ChatChange(
+def _unreachable(chat: DesiredChat, change: ChatChange) -> Optional[str]:
+    """Why the API's rules cannot take the chat where the YAML says, or None."""
+    final = change.live_count + len(change.add) - len(change.remove)
+    if final > MEMBER_CAP:
+        return (
+            f"cannot apply: the chat would end with {final} members, above DingTalk's {MEMBER_CAP}: "
+            f"{len(chat.members)} in the YAML plus {len(change.kept)} not in the YAML kept by "
+            f"`members_policy: {chat.members_policy}`; remove people from the YAML or use `members_policy: exact`"
+        )
+    try:
+        calls_for(change)
+    except DtchatError as exc:  # BatchingError
+        return f"cannot apply: {exc}"
+    return None
+
+
+def _with_message(change: ChatChange, chat: DesiredChat) -> ChatChange:
+    """The change with its ``--notify`` text rendered from the chat's template."""
+    return replace(change, notify=message_for(change, getattr(chat, "notify", None), chat.name))
+
+
+def plan_create(chat: DesiredChat) -> ChatChange:
+    """The CREATE for a key no chat is bound to yet."""
+    return _with_message(ChatChange(
         key=chat.key,
         action=Action.CREATE,
         name=(None, chat.name),
         owner=(None, chat.owner),
         add=chat.members,
         settings=tuple(SettingChange(n, None, v) for n, v in chat.settings.items()),
-    )
+    ), chat)
 
 
 def make_plan(
@@ -105,33 +141,44 @@ def make_plan(
     live: Mapping[str, LiveResult],
     *,
     targets: Optional[Collection[str]] = None,
+    prune: bool = False,
+    errors: Mapping[str, str] = {},
+    sources: Mapping[str, tuple[MemberSource, ...]] = {},
+    flag: str = "",
 ) -> Plan:
-    """Plan every desired chat (or only ``targets``), plus FORGET for state keys gone from the YAML.
+    """Plan every desired chat (or only ``targets``), plus ORPHAN (or, with ``prune``, FORGET) for state keys
+    that the YAML of this run does not define.
 
-    ``live`` maps chatid -> what ``/chat/get`` said for every chatid that
-    :func:`resolve` produced. A chat whose chatid was not read is an error,
-    never silently a create.
+    ``live`` maps chatid -> what ``/chat/get`` said for every chatid that :func:`resolve` produced; a chat
+    whose chatid was not read is an error, never silently a create. ``errors`` are chats that failed
+    earlier (a directory lookup): they are errors here and never touched. ``sources`` say where each
+    chat's directory members came from.
     """
     wanted = [c for c in desired if targets is None or c.key in targets]
-    resolution = resolve(desired, state)
+    resolution = resolve(desired, state, flag=flag)
     changes: list[ChatChange] = []
     for chat in wanted:
-        if chat.key in resolution.errors:
-            changes.append(ChatChange(chat.key, Action.ERROR, chatid=chat.chatid, error=resolution.errors[chat.key]))
-            continue
         chatid = resolution.chatids.get(chat.key)
-        if chatid is None:
-            changes.append(create_chat(chat))
+        problem = resolution.errors.get(chat.key) or errors.get(chat.key)
+        if problem:
+            changes.append(ChatChange(chat.key, Action.ERROR, chatid=chatid or chat.chatid, error=problem,
+                                      sources=sources.get(chat.key, ())))
             continue
-        result = live.get(chatid)
-        if isinstance(result, LiveChat):
-            changes.append(diff_chat(chat, result))
+        if chatid is None:
+            change = plan_create(chat)
         else:
-            message = result.message if result else "live state was not read"
-            changes.append(ChatChange(chat.key, Action.ERROR, chatid=chatid, error=message))
+            result = live.get(chatid)
+            if isinstance(result, LiveChat):
+                change = plan_update(chat, result)
+            else:
+                message = result.message if result else "live state was not read"
+                change = ChatChange(chat.key, Action.ERROR, chatid=chatid, error=message)
+        changes.append(replace(change, sources=sources.get(chat.key, ())))
     desired_keys = {c.key for c in desired}
     for key in sorted(state):
         if key not in desired_keys and (targets is None or key in targets):
-            changes.append(ChatChange(key, Action.FORGET, chatid=state[key].chatid))
+            bound = state[key]
+            changes.append(ChatChange(key, Action.FORGET if prune else Action.ORPHAN, chatid=bound.chatid,
+                                      pending=bound.pending))
     changes.sort(key=lambda c: c.key)
-    return Plan(changes=tuple(changes))
+    return Plan(changes=tuple(changes), flag=flag)

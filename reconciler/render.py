@@ -9,19 +9,22 @@ from typing import Any, Optional
 
 import click
 
-from .batching import calls_for, describe_call
+from .batching import calls_for
 from .drift import ChatDrift, DriftReport, Status
-from .notify import message_for
+from .notify import notify_call
 from .plan import Action, ChatChange, Plan, SettingChange, show_value
+from .planfile import FORMAT_VERSION, plan_to_json
 
 FORMATS = ("text", "markdown", "json")
-FORMAT_VERSION = 1
+#: Name at most this many people in one line ("additive: kept …"), then "and N more".
+MAX_NAMES = 10
 
 _SYMBOL = {
     Action.CREATE: ("+", "green"),
     Action.UPDATE: ("~", "yellow"),
     Action.NOOP: ("=", None),
     Action.FORGET: ("-", "magenta"),
+    Action.ORPHAN: ("?", "cyan"),
     Action.ERROR: ("!", "red"),
 }
 _LABEL = {
@@ -29,6 +32,7 @@ _LABEL = {
     Action.UPDATE: "update",
     Action.NOOP: "no change",
     Action.FORGET: "forget",
+    Action.ORPHAN: "orphan",
     Action.ERROR: "error",
 }
 
@@ -39,12 +43,25 @@ def _setting_line(s: SettingChange) -> str:
     return f"{s.name}: {show_value(s.old)} → {show_value(s.new)}"
 
 
-def _chat_lines(c: ChatChange) -> list[str]:
+def _names(ids: tuple[str, ...]) -> str:
+    rest = len(ids) - MAX_NAMES
+    return ", ".join(ids[:MAX_NAMES]) + (f" and {rest} more" if rest > 0 else "")
+
+
+def _source_line(s: Any) -> str:
+    verb = "excludes" if s.excluded else "gives"
+    return f"{s.selector} ({s.label}) {verb} {s.count} user{'s' if s.count != 1 else ''}"
+
+
+def _chat_lines(c: ChatChange, verbose: bool = False) -> list[str]:
     lines: list[str] = []
     if c.action is Action.ERROR:
-        return [c.error or "unknown error"]
+        return [c.error or "unknown error", *(_source_line(s) for s in c.sources if verbose)]
     if c.action is Action.FORGET:
-        return ["removed from the YAML: dtchat stops managing it; the chat stays in DingTalk"]
+        return ["not in the YAML; --prune: dtchat stops managing it; the chat stays in DingTalk"]
+    if c.action is Action.ORPHAN:
+        pending = " (a create of it is pending: outcome unknown)" if c.pending else ""
+        return [f"in the state, not in the YAML: kept{pending}"]
     if c.name:
         lines.append(f"name: {c.name[1]}" if c.name[0] is None else f"name: {c.name[0]} → {c.name[1]}")
     if c.owner:
@@ -53,13 +70,34 @@ def _chat_lines(c: ChatChange) -> list[str]:
     lines.extend(click.style(f"+ {m}", fg="green") for m in c.add)
     lines.extend(click.style(f"- {m}", fg="red") for m in c.remove)
     if c.kept:
-        lines.append(f"(additive: {len(c.kept)} member{'s' if len(c.kept) != 1 else ''} not in the YAML kept)")
+        n = len(c.kept)
+        lines.append(f"(additive: {n} member{'s' if n != 1 else ''} not in the YAML kept: {_names(c.kept)})")
+    if verbose:
+        lines.extend(_source_line(s) for s in c.sources)
     return lines
 
 
+def _heading(c: ChatChange) -> str:
+    if c.action is Action.ORPHAN:
+        return f"{c.key}{_where(c.chatid)}"
+    return f"{_LABEL[c.action]} {c.key}{_where(c.chatid)}"
+
+
+def rename_hint(plan: Plan) -> Optional[str]:
+    """Creates next to orphans: a key renamed in YAML would get a second chat unless its binding moves."""
+    if not plan.rename_hint:
+        return None
+    creates, orphans = plan.of(Action.CREATE), plan.of(Action.ORPHAN)
+    if len(creates) == 1 and len(orphans) == 1:
+        move = f"`dtchat mv {orphans[0].key} {creates[0].key}{plan.flag}`"
+    else:
+        move = f"`dtchat mv OLD NEW{plan.flag}` (orphaned: {', '.join(c.key for c in orphans)})"
+    return f"if a chat's key was renamed in the YAML, run {move} before applying, so its chat is kept, not created again"
+
+
 def _text(blocks: list[tuple[str, Optional[str], str, list[str]]], summary: str, clean: Optional[str],
-          warnings: tuple[str, ...] = ()) -> str:
-    """Blocks of (symbol, colour, heading, lines), then warnings, the all-clear (if any) and the summary."""
+          warnings: tuple[str, ...] = (), hints: tuple[str, ...] = ()) -> str:
+    """Blocks of (symbol, colour, heading, lines), then warnings, hints, the all-clear (if any) and the summary."""
     out: list[str] = []
     for symbol, colour, heading, lines in blocks:
         out.append(click.style(f"{symbol} {heading}", fg=colour, bold=True))
@@ -67,6 +105,7 @@ def _text(blocks: list[tuple[str, Optional[str], str, list[str]]], summary: str,
     if out:
         out.append("")
     out.extend(click.style(f"Warning: {w}", fg="yellow") for w in warnings)
+    out.extend(f"Hint: {h}" for h in hints)
     if clean:
         out.append(clean)
     out.append(summary)
@@ -79,10 +118,11 @@ def _where(chatid: Optional[str]) -> str:
 
 def render_text(plan: Plan, *, verbose: bool = False, warnings: tuple[str, ...] = ()) -> str:
     """The plan as a terminal shows it; unchanged chats only with ``verbose``."""
-    blocks = [(*_SYMBOL[c.action], f"{_LABEL[c.action]} {c.key}{_where(c.chatid)}", _chat_lines(c))
+    blocks = [(*_SYMBOL[c.action], _heading(c), _chat_lines(c, verbose))
               for c in plan.changes if verbose or c.action is not Action.NOOP]
     clean = None if plan.has_changes or plan.has_errors else "No changes. DingTalk matches the configuration."
-    return _text(blocks, plan.summary(), clean, warnings)
+    hint = rename_hint(plan)
+    return _text(blocks, plan.summary(), clean, warnings, (hint,) if hint else ())
 
 
 def _md(text: Any) -> str:
@@ -101,13 +141,15 @@ def _details(symbol: str, label: str, key: str, lines: list[str]) -> list[str]:
 
 
 def _markdown(title: str, columns: list[str], rows: list[tuple[list[str], str, str, str, list[str]]],
-              empty: str, summary: str, warnings: tuple[str, ...] = ()) -> str:
+              empty: str, summary: str, warnings: tuple[str, ...] = (), hints: tuple[str, ...] = ()) -> str:
     """Summary table, then one collapsible section per row: (cells, symbol, label, key, lines)."""
     out = [f"### {title}", ""]
     for w in warnings:
         out += [f"> **Warning:** {_md(w)}", ""]
+    for h in hints:
+        out += [f"> **Hint:** {_md(h)}", ""]
     if rows:
-        out += ["| " + " | ".join(columns) + " |", "|---|---|---:|---:|---|"]
+        out += ["| " + " | ".join(columns) + " |", "|---|---|---:|---:|---|---|"]
         out += ["| " + " | ".join(cells) + " |" for cells, *_ in rows]
         out.append("")
         for _, symbol, label, key, lines in rows:
@@ -118,66 +160,42 @@ def _markdown(title: str, columns: list[str], rows: list[tuple[list[str], str, s
     return "\n".join(out) + "\n"
 
 
+def _pair_cell(label: str, pair: Optional[tuple]) -> Optional[str]:
+    if not pair:
+        return None
+    return _md(f"{label}: {pair[1]}" if pair[0] is None else f"{label}: {pair[0]} → {pair[1]}")
+
+
 def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
     """A PR comment: summary table, then a collapsible section per changed chat."""
     rows = [
         ([f"`{_md(c.key)}`", _LABEL[c.action], str(len(c.add)), str(len(c.remove)),
+          ", ".join(x for x in (_pair_cell("name", c.name), _pair_cell("owner", c.owner)) if x),
           ", ".join(_md(_setting_line(s)) for s in c.settings)],
-         _SYMBOL[c.action][0], _LABEL[c.action], c.key, _chat_lines(c))
+         _SYMBOL[c.action][0], _LABEL[c.action], c.key, _chat_lines(c, verbose=True))
         for c in plan.changes if c.action is not Action.NOOP
     ]
-    return _markdown("dtchat plan", ["Chat", "Action", "+ members", "− members", "Settings"], rows,
-                     "No changes.", plan.summary(), warnings)
+    hint = rename_hint(plan)
+    return _markdown("dtchat plan", ["Chat", "Action", "+ members", "− members", "Name / owner", "Settings"], rows,
+                     "No changes.", plan.summary(), warnings, (hint,) if hint else ())
 
 
 def render_calls(plan: Plan, *, notify: bool = False) -> str:
-    """``apply --dry-run``: every API call apply would make, in order, with its exact body."""
+    """``apply --dry-run``: every API call apply would make, in order, each body exactly as it would be sent."""
     out = ["", "Dry run: these API calls would be made (nothing was changed):"]
     count = 0
     for change in plan.changes:
         calls = calls_for(change)
-        out += [f"  {change.key}: {describe_call(call, change.key)}" for call in calls]
+        out += [f"  {change.key}: {call.describe(change.key)}" for call in calls]
         count += len(calls)
         if notify and calls:
-            body = {"chatid": change.chatid or f"<chatid of new chat {change.key}>", "msgtype": "text",
-                    "text": {"content": message_for(change)}}
-            out.append(f"  {change.key}: POST /chat/send {json.dumps(body, ensure_ascii=False)}")
+            endpoint, body = notify_call(change, change.chatid or f"<chatid of new chat {change.key}>")
+            out.append(f"  {change.key}: POST {endpoint} {json.dumps(body, ensure_ascii=False)}")
             count += 1
         if change.action is Action.FORGET:
             out.append(f"  {change.key}: (state only) forget {change.chatid}")
     out.append(f"{count} API call{'s' if count != 1 else ''}.")
     return "\n".join(out)
-
-
-def change_to_json(c: ChatChange) -> dict[str, Any]:
-    def pair(p: Optional[tuple]) -> Optional[dict[str, Any]]:
-        return None if p is None else {"old": p[0], "new": p[1]}
-
-    return {
-        "key": c.key,
-        "action": c.action.value,
-        "chatid": c.chatid,
-        "name": pair(c.name),
-        "owner": pair(c.owner),
-        "add": list(c.add),
-        "remove": list(c.remove),
-        "kept": list(c.kept),
-        "settings": [{"name": s.name, "old": s.old, "new": s.new} for s in c.settings],
-        "live_count": c.live_count,
-        "fingerprint": c.fingerprint,
-        "error": c.error,
-    }
-
-
-def plan_to_json(plan: Plan, **extra: Any) -> dict[str, Any]:
-    """The documented, versioned plan object (see docs/formats.md)."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": "dtchat-plan",
-        **extra,
-        "summary": plan.counts(),
-        "changes": [change_to_json(c) for c in plan.changes],
-    }
 
 
 def render_json(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
@@ -217,11 +235,14 @@ def render_drift_text(report: DriftReport, *, verbose: bool = False) -> str:
 def render_drift_markdown(report: DriftReport) -> str:
     rows = [
         ([f"`{_md(d.key)}`", d.status.value, str(len(d.missing)), str(len(d.unexpected)),
+          ", ".join(_md(f"{label}: {pair[1]} (expected {pair[0]})")
+                    for label, pair in (("name", d.name), ("owner", d.owner)) if pair),
           ", ".join(_md(f"{s.name}: {show_value(s.actual)} (expected {show_value(s.expected)})") for s in d.settings)],
          _DRIFT_SYMBOL[d.status][0], d.status.value, d.key, _drift_lines(d))
         for d in report.chats if d.status is not Status.IN_SYNC
     ]
-    return _markdown("dtchat drift", ["Chat", "Status", "Missing members", "Unexpected members", "Settings"], rows,
+    return _markdown("dtchat drift", ["Chat", "Status", "Missing members", "Unexpected members", "Name / owner",
+                                      "Settings"], rows,
                      "No drift.", report.summary())
 
 
@@ -253,3 +274,62 @@ def drift_to_json(report: DriftReport) -> dict[str, Any]:
 
 def render_drift_json(report: DriftReport) -> str:
     return json.dumps(drift_to_json(report), ensure_ascii=False, indent=2) + "\n"
+
+
+# -- validate ---------------------------------------------------------------------------
+
+VALIDATE_FORMATS = ("text", "json", "github")
+
+
+def _issue_json(issue: Any) -> dict[str, Any]:
+    where = issue.location
+    return {"file": where.file, "line": where.line or None, "column": where.column or None, "message": issue.message}
+
+
+def render_validation_json(files: tuple[str, ...], issues: tuple[Any, ...], summary: str) -> str:
+    """``validate --format json`` (see docs/formats.md)."""
+    document = {"format_version": FORMAT_VERSION, "kind": "dtchat-validate", "valid": not issues,
+                "files": list(files), "errors": [_issue_json(i) for i in issues], "summary": summary}
+    return json.dumps(document, ensure_ascii=False, indent=2)
+
+
+def _gh_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def render_validation_github(issues: tuple[Any, ...], summary: str) -> str:
+    """``validate --format github``: one workflow-command annotation per problem, at file:line:col."""
+    lines = []
+    for issue in issues:
+        where = issue.location
+        props = [f"file={_gh_property(where.file)}"]
+        if where.line:
+            props += [f"line={where.line}", f"col={where.column or 1}"]
+        props.append("title=dtchat validate")
+        lines.append(f"::error {','.join(props)}::{_gh_data(issue.message)}")
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+# -- apply result -------------------------------------------------------------------------
+
+def render_apply_json(result: Any) -> str:
+    """``apply --format json``: per chat what was done (see docs/formats.md)."""
+    document = {
+        "format_version": FORMAT_VERSION,
+        "kind": "dtchat-apply",
+        "ok": result.ok,
+        "interrupted": result.interrupted,
+        "summary": result.summary(),
+        "calls": result.calls,
+        "chats": [
+            {"key": r.key, "action": r.action.value, "ok": r.ok, "chatid": r.chatid, "calls": r.calls,
+             "error": r.error, "warning": r.warning}
+            for r in result.results
+        ],
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2)

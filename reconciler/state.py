@@ -1,14 +1,22 @@
 """The state file: which DingTalk chatid each YAML chat key means.
 
 DingTalk has no "list chats" call, so this mapping is the only way dtchat can
-find a chat again. Losing or mangling it means creating chats twice, hence:
-atomic writes (temp file + fsync + rename), a lock so two applies cannot
-interleave, and a refusal to touch a file that is corrupt or not ours.
+find a chat again. Losing or mangling it means creating chats twice, hence
+(design §6):
 
-A key may also be recorded as *pending*: a create was sent but its outcome is
-unknown (the connection dropped). Such a key is never created again until a
-person says which chat it is (``dtchat import``) or that it does not exist
-(``dtchat forget``).
+* one rule for where it is, for every command (:func:`locate_state`), and no
+  command ever creates a missing folder for it;
+* atomic writes (temp file + fsync + rename) that keep the file's mode;
+* an exclusive lock taken on the file's *real* path, so ``./s.json``,
+  ``../x/s.json`` and a symlink to it are one lock;
+* write-ahead creates: before ``/chat/create`` is sent the key is durably
+  recorded as ``pending_create``; the chatid replaces it the moment the answer
+  arrives; a definite refusal clears it. A crash in between leaves it pending,
+  and no later run creates that chat again until a person runs ``dtchat import``
+  (it exists) or ``dtchat forget`` (it does not);
+* a refusal to touch a file that is corrupt or not ours.
+
+Writes are serialized by a lock, so chats applied in parallel share one writer.
 """
 from __future__ import annotations
 
@@ -17,12 +25,13 @@ import datetime as _dt
 import errno
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
 from .errors import DtchatError
-from .files import write_atomic
+from .files import TooDeep, loads_bounded, write_atomic
 
 try:  # POSIX advisory locks; Windows users get no lock (documented).
     import fcntl
@@ -32,10 +41,11 @@ except ImportError:  # pragma: no cover - not on our CI
 FORMAT = "dtchat-state"
 VERSION = 1
 DEFAULT_NAME = "dtchat.state.json"
+ENV_STATE = "DTCHAT_STATE"
 
 
 class StateError(DtchatError):
-    """The state file cannot be read, written or locked."""
+    """The state file cannot be found, read, written or locked."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,7 @@ class Binding:
 
     chatid: Optional[str]
     created_at: Optional[str] = None
-    #: True when a create was sent and its outcome is unknown.
+    #: True when a create was sent (or about to be) and its outcome is unknown.
     pending: bool = False
 
     def to_json(self) -> dict:
@@ -67,14 +77,84 @@ def default_path(first_path: "str | os.PathLike[str]") -> Path:
     return folder / DEFAULT_NAME
 
 
-class StateFile:
-    """A state file on disk. Reads are cheap; every write is atomic and immediate."""
+@dataclass(frozen=True)
+class StateLocation:
+    """Where this run's state file is, and how to say so in a hint."""
 
-    def __init__(self, path: "str | os.PathLike[str]") -> None:
+    path: Path
+    #: The ``--state F`` a follow-up command (import, forget, mv) needs to find the same file; "" if none.
+    flag: str = ""
+
+
+def locate_state(
+    given: Optional[str],
+    *,
+    first_path: Optional[str] = None,
+    env: Optional[Mapping[str, str]] = None,
+    sandbox_path: Optional[Path] = None,
+    must_exist: bool = False,
+) -> StateLocation:
+    """The one rule (design §6): ``--state F``, else ``$DTCHAT_STATE``, else beside the first PATH,
+    else ``./dtchat.state.json``.
+
+    ``sandbox_path`` replaces the environment and PATH defaults in ``--sandbox`` runs, so sandbox chat
+    ids never enter a real state file. ``must_exist`` (import, forget, mv) refuses to guess: with no
+    ``--state``, no ``$DTCHAT_STATE`` and no file in the working folder, a new file there would be one
+    that ``plan chats/`` never reads.
+    The folder must exist: no command creates one.
+    """
+    env = os.environ if env is None else env
+    from_env = (env.get(ENV_STATE) or "").strip()
+    if given:
+        path = Path(given)
+    elif sandbox_path is not None:
+        path = sandbox_path
+    elif from_env:
+        path = Path(from_env)
+    elif first_path:
+        path = default_path(first_path)
+    else:
+        path = Path(DEFAULT_NAME)
+        if must_exist and not path.exists():
+            raise StateError(
+                f"no state file: ./{DEFAULT_NAME} does not exist here; pass --state F "
+                f"(the file beside your YAML) or set {ENV_STATE}"
+            )
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise StateError(f"{path}: the folder {folder} does not exist (dtchat never creates folders); check --state")
+    return StateLocation(path, _flag_for(path, env))
+
+
+def _flag_for(path: Path, env: Mapping[str, str]) -> str:
+    """The ``--state`` a hint must carry: none when import/forget/mv would find this file by themselves."""
+    from_env = (env.get(ENV_STATE) or "").strip()
+    default = Path(from_env) if from_env else Path(DEFAULT_NAME)
+    with contextlib.suppress(OSError):
+        if os.path.realpath(default) == os.path.realpath(path):
+            return ""
+    return f" --state {_shell_word(str(path))}"
+
+
+def _shell_word(text: str) -> str:
+    safe = all(c.isalnum() or c in "-_./:@%+=," for c in text)
+    return text if safe and text else "'" + text.replace("'", "'\\''") + "'"
+
+
+class StateFile:
+    """A state file on disk. Reads are cheap; every write is atomic, immediate and serialized."""
+
+    def __init__(self, path: "str | os.PathLike[str]", *, flag: str = "") -> None:
         self.path = Path(path)
+        #: ``--state F`` for hints (see :class:`StateLocation`).
+        self.flag = flag
+        self._lock = threading.Lock()
         self._bindings: dict[str, Binding] = self._read()
 
     # -- reading -----------------------------------------------------------
+    def _refuse(self, why: str) -> StateError:
+        return StateError(f"{self.path}: {why}; refusing to use or overwrite it")
+
     def _read(self) -> dict[str, Binding]:
         try:
             raw = self.path.read_bytes()
@@ -83,89 +163,136 @@ class StateFile:
         except OSError as exc:
             raise StateError(f"{self.path}: cannot read state file: {exc.strerror}") from None
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = loads_bounded(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            raise StateError(f"{self.path}: state file is not UTF-8 text; refusing to use or overwrite it") from None
-        except json.JSONDecodeError as exc:
-            raise StateError(
-                f"{self.path}:{exc.lineno}:{exc.colno}: state file is not valid JSON ({exc.msg}); "
-                "refusing to use or overwrite it"
-            ) from None
+            raise self._refuse("state file is not UTF-8 text") from None
+        except TooDeep as exc:
+            raise self._refuse(f"state file is {exc}") from None
+        except ValueError as exc:  # json.JSONDecodeError
+            where = f":{exc.lineno}:{exc.colno}" if hasattr(exc, "lineno") else ""
+            raise StateError(f"{self.path}{where}: state file is not valid JSON ({getattr(exc, 'msg', exc)}); "
+                             "refusing to use or overwrite it") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise StateError(f"{self.path}: not a dtchat state file (no \"format\": \"{FORMAT}\"); refusing to use or overwrite it")
+            raise self._refuse(f'not a dtchat state file (no "format": "{FORMAT}")')
         if data.get("version") != VERSION:
             raise StateError(f"{self.path}: state file version {data.get('version')!r} is not supported (expected {VERSION})")
         chats = data.get("chats")
         if not isinstance(chats, dict):
-            raise StateError(f"{self.path}: \"chats\" must be an object")
+            raise self._refuse('"chats" must be an object')
         bindings: dict[str, Binding] = {}
         for key, entry in chats.items():
             if not isinstance(entry, dict):
-                raise StateError(f"{self.path}: chats.{key}: must be an object")
+                raise self._refuse(f"chats.{key}: must be an object")
             chatid = entry.get("chatid")
             pending = entry.get("pending_create", False)
             if chatid is not None and (not isinstance(chatid, str) or not chatid):
-                raise StateError(f"{self.path}: chats.{key}.chatid: must be a non-empty string")
+                raise self._refuse(f"chats.{key}.chatid: must be a non-empty string")
             if not isinstance(pending, bool) or (chatid is None and not pending):
-                raise StateError(f"{self.path}: chats.{key}: needs a chatid or \"pending_create\": true")
+                raise self._refuse(f'chats.{key}: needs a chatid or "pending_create": true')
             created = entry.get("created_at")
-            bindings[key] = Binding(chatid=chatid, created_at=created if isinstance(created, str) else None, pending=pending)
+            bindings[key] = Binding(chatid=chatid, created_at=created if isinstance(created, str) else None,
+                                    pending=pending)
         return bindings
 
     @property
     def bindings(self) -> Mapping[str, Binding]:
-        return dict(self._bindings)
-
-    def chatids(self) -> dict[str, str]:
-        """key -> chatid for every key with a known chatid."""
-        return {k: b.chatid for k, b in self._bindings.items() if b.chatid}
+        with self._lock:
+            return dict(self._bindings)
 
     def get(self, key: str) -> Optional[Binding]:
-        return self._bindings.get(key)
+        with self._lock:
+            return self._bindings.get(key)
 
     # -- writing -----------------------------------------------------------
+    def _write(self, key: str, binding: Optional[Binding]) -> None:
+        """Set (or drop) one key and save; on a failed save the memory copy is left as the file is."""
+        with self._lock:
+            old = self._bindings.get(key)
+            if binding is None:
+                self._bindings.pop(key, None)
+            else:
+                self._bindings[key] = binding
+            try:
+                self._save()
+            except StateError:
+                if old is None:
+                    self._bindings.pop(key, None)
+                else:
+                    self._bindings[key] = old
+                raise
+
     def record(self, key: str, chatid: str, *, created: bool = False) -> None:
         """Bind ``key`` to ``chatid`` and write the file now."""
-        old = self._bindings.get(key)
-        created_at = now_iso() if created else (old.created_at if old else None)
-        self._bindings[key] = Binding(chatid=chatid, created_at=created_at)
-        self.save()
+        old = self.get(key)
+        created_at = now_iso() if created else (old.created_at if old and not old.pending else None)
+        self._write(key, Binding(chatid=chatid, created_at=created_at))
 
-    def mark_pending(self, key: str) -> None:
-        """Remember that a create for ``key`` may have succeeded (outcome unknown)."""
-        self._bindings[key] = Binding(chatid=None, created_at=now_iso(), pending=True)
-        self.save()
+    def begin_create(self, key: str) -> None:
+        """Write-ahead: record that a create for ``key`` is about to be sent (design §6)."""
+        self._write(key, Binding(chatid=None, created_at=now_iso(), pending=True))
+
+    def abort_create(self, key: str) -> None:
+        """The create was definitely refused (an errcode answer): no chat exists, clear the pending mark."""
+        bound = self.get(key)
+        if bound is not None and bound.pending:
+            self._write(key, None)
 
     def forget(self, key: str) -> bool:
         """Stop managing ``key`` (the chat itself stays in DingTalk). True if it was known."""
-        if key not in self._bindings:
+        if self.get(key) is None:
             return False
-        del self._bindings[key]
-        self.save()
+        self._write(key, None)
         return True
 
-    def to_json(self) -> dict:
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "chats": {k: self._bindings[k].to_json() for k in sorted(self._bindings)},
-        }
+    def move(self, old: str, new: str) -> Binding:
+        """Rename a key (after renaming it in YAML) so no second chat is created; refused if ``new`` is bound."""
+        with self._lock:
+            binding = self._bindings.get(old)
+            if binding is None:
+                raise StateError(f"{self.path}: no chat key `{old}` in the state file")
+            if new in self._bindings:
+                raise StateError(f"{self.path}: `{new}` is already bound to {self._bindings[new].chatid or 'a pending create'}; "
+                                 f"run `dtchat forget {new}{self.flag}` first if that binding is wrong")
+            snapshot = dict(self._bindings)
+            del self._bindings[old]
+            self._bindings[new] = binding
+            try:
+                self._save()
+            except StateError:
+                self._bindings = snapshot
+                raise
+            return binding
 
-    def save(self) -> None:
-        """Atomic replace: a crash leaves the old file or the new one, never half of either."""
+    def to_json(self) -> dict:
+        with self._lock:
+            chats = {k: self._bindings[k].to_json() for k in sorted(self._bindings)}
+        return {"format": FORMAT, "version": VERSION, "chats": chats}
+
+    def _save(self) -> None:
+        """Atomic replace (caller holds the lock): a crash leaves the old file or the new one."""
+        data = {"format": FORMAT, "version": VERSION,
+                "chats": {k: self._bindings[k].to_json() for k in sorted(self._bindings)}}
         try:
-            write_atomic(self.path, json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n")
+            write_atomic(self.path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         except OSError as exc:
             raise StateError(f"{self.path}: cannot write state file: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager
-def locked(path: "str | os.PathLike[str]") -> Iterator[StateFile]:
-    """Open the state file under an exclusive lock (``<state>.lock``), failing fast if held."""
+def locked(path: "str | os.PathLike[str]", *, flag: str = "") -> Iterator[StateFile]:
+    """Open the state file under an exclusive lock on its real path, failing fast if another run holds it.
+
+    The folder must be writable now: a state file that cannot be written is found before the first
+    API call, never after a create succeeded.
+    """
     path = Path(path)
-    lock_path = path.with_name(path.name + ".lock")
+    real = Path(os.path.realpath(path))
+    lock_path = real.with_name(real.name + ".lock")
+    if not real.parent.is_dir():
+        raise StateError(f"{path}: the folder {real.parent} does not exist (dtchat never creates folders)")
+    if not os.access(real.parent, os.W_OK | os.X_OK) or (real.exists() and not os.access(real, os.R_OK)):
+        raise StateError(f"{path}: cannot write state file here (permission denied); nothing was changed")
     try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise StateError(f"{lock_path}: cannot create lock file: {exc.strerror}") from None
@@ -179,6 +306,6 @@ def locked(path: "str | os.PathLike[str]") -> Iterator[StateFile]:
                         f"{path}: another dtchat run holds the lock ({lock_path}); wait for it to finish"
                     ) from None
                 raise
-        yield StateFile(path)
+        yield StateFile(path, flag=flag)
     finally:
         os.close(fd)

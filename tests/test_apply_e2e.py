@@ -138,10 +138,11 @@ def test_apply_asks_on_a_terminal(emulator, cfg, monkeypatch):
 
     monkeypatch.setattr(cli_module, "_stdin_is_tty", lambda: True)
     write_config(cfg, chats_basic())
-    result = dtchat(emulator, "apply", str(cfg), input="n\n")
-    assert result.exit_code == 1 and "Cancelled" in result.output
+    for answer in ("n", "y", "Yes please"):  # only the word `yes` approves (Terraform's convention)
+        result = dtchat(emulator, "apply", str(cfg), input=answer + "\n")
+        assert result.exit_code == 1 and "Cancelled" in result.output
     assert emulator.calls_to("/chat/create") == []
-    result = dtchat(emulator, "apply", str(cfg), input="y\n")
+    result = dtchat(emulator, "apply", str(cfg), input="yes\n")
     assert result.exit_code == 0, result.output
     assert len(emulator.calls_to("/chat/create")) == 2
 
@@ -179,7 +180,7 @@ def test_target_limits_apply_and_unknown_target_is_an_error(emulator, cfg):
     assert result.exit_code == 1 and "did you mean `eng`" in result.output
 
 
-def test_removed_key_is_forgotten_not_dissolved(emulator, cfg):
+def test_removed_key_is_kept_as_an_orphan_and_forgotten_only_with_prune(emulator, cfg):
     chats = chats_basic()
     write_config(cfg, chats)
     dtchat(emulator, "apply", str(cfg), "--auto-approve")
@@ -188,5 +189,10 @@ def test_removed_key_is_forgotten_not_dissolved(emulator, cfg):
     write_config(cfg, chats)
     result = dtchat(emulator, "apply", str(cfg), "--auto-approve")
     assert result.exit_code == 0, result.output
+    assert f"? eng ({chatid})" in result.output and "in the state, not in the YAML: kept" in result.output
+    assert state_of(cfg / "dtchat.state.json")["eng"] == chatid
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--prune")
+    assert result.exit_code == 0, result.output
+    assert f"- forget eng ({chatid})" in result.output
     assert "eng" not in state_of(cfg / "dtchat.state.json")
     assert emulator.chat(chatid) is not None

@@ -5,13 +5,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.applier import send_call
 from reconciler.batching import CREATE, UPDATE, calls_for, minimum_calls
 from reconciler.dingtalk import DingTalkClient
 from reconciler.emulator import EmulatorServer
 from reconciler.model import DesiredChat, LiveChat
 from reconciler.plan import Action, ChatChange
-from reconciler.planner import create_chat, diff_chat
+from reconciler.planner import plan_create, plan_update
 from reconciler.rules import BATCH_SIZE, MEMBER_CAP
 
 
@@ -26,11 +25,11 @@ def update(add=(), remove=(), owner=None, live_count=100, settings=()):
 
 def test_create_300_is_one_create_then_seven_updates():
     chat = DesiredChat("k", "Big", "u0000", users(300))
-    calls = calls_for(create_chat(chat))
+    calls = calls_for(plan_create(chat))
     assert [c.endpoint for c in calls] == [CREATE] + [UPDATE] * 7
     assert calls[0].body["useridlist"][0] == "u0000" and len(calls[0].body["useridlist"]) == BATCH_SIZE
     assert all(len(c.body["add_useridlist"]) <= BATCH_SIZE for c in calls[1:])
-    assert len(calls) == minimum_calls(create_chat(chat)) == 8
+    assert len(calls) == minimum_calls(plan_create(chat)) == 8
 
 
 def test_churn_plus_200_minus_299_packs_40_and_40():
@@ -102,11 +101,11 @@ def test_any_update_converges_under_the_emulators_rules_with_the_minimum_calls(s
         current = LiveChat.from_api(client.get_chat(chatid))
         settings_decl = {} if muted is None else {"muted": muted}
         chat = DesiredChat("k", "Chat", owner, tuple(want), members_policy=policy, settings=settings_decl)
-        change = diff_chat(chat, current)
+        change = plan_update(chat, current)
         calls = calls_for(change)
         assert len(calls) == minimum_calls(change)
         for call in calls:
-            send_call(client, call)
+            client.write(call.endpoint, call.body)
         after = LiveChat.from_api(client.get_chat(chatid))
     expected = set(chat.members) if policy == "exact" else set(chat.members) | set(live_members)
     assert set(after.members) == expected

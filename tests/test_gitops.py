@@ -46,7 +46,7 @@ def test_drift_reports_stray_member_and_flipped_setting_in_all_formats_then_appl
 
     md = dtchat(emulator, "drift", str(cfg), "--format", "markdown")
     assert md.exit_code == 2
-    assert "| `eng` | drifted | 0 | 1 | muted: false (expected true) |" in md.output
+    assert "| `eng` | drifted | 0 | 1 |  | muted: false (expected true) |" in md.output
     assert "- mallory" in md.output
 
     assert dtchat(emulator, "apply", str(cfg), "--auto-approve").exit_code == 0
@@ -100,7 +100,10 @@ def test_saved_plan_is_refused_when_the_yaml_changed_since(emulator, applied, tm
     ("nope", "not a JSON plan file"),
     ('{"kind": "other"}', "not a dtchat plan"),
     ('{"kind": "dtchat-plan", "format_version": 1, "config": {"digest": "x"}, "changes": [{"key": "a", "action": "explode"}]}',
-     "changes[0].action: unknown action"),
+     "config.files: must be a list of strings"),
+    ('{"kind": "dtchat-plan", "format_version": 1, "config": {"digest": "x", "files": ["c.yaml"]}, "changes": {}}',
+     "changes: must be a list"),
+    ("[" * 100_000, "nested too deeply"),
 ])
 def test_bad_saved_plan_files_are_one_line_errors(emulator, tmp_path, content, message):
     path = tmp_path / "p.json"
@@ -183,7 +186,7 @@ def test_notify_sends_one_message_per_changed_chat_and_none_for_unchanged(emulat
     new_id = state_of(cfg / "dtchat.state.json")["new"]
     assert sorted(c.body["chatid"] for c in sends) == sorted([ids["eng"], new_id])
     (eng_msg,) = [c.body["text"]["content"] for c in sends if c.body["chatid"] == ids["eng"]]
-    assert "added dave" in eng_msg and "removed carol" in eng_msg
+    assert "加入 dave" in eng_msg and "移出 carol" in eng_msg
 
     result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify")
     assert result.exit_code == 0 and len(emulator.calls_to("/chat/send")) == 2
@@ -194,5 +197,5 @@ def test_markdown_plan_escapes_user_text(emulator, applied):
     chats["eng"]["name"] = "a|b ``` <img src=x>"
     write_config(cfg, chats)
     md = dtchat(emulator, "plan", str(cfg), "--format", "markdown").output
-    assert "| `eng` | update | 0 | 0 |  |" in md
+    assert "| `eng` | update | 0 | 0 | name: Eng \\| <b>核心</b> → a\\|b \\`\\`\\` \\<img src=x\\> |  |" in md
     assert "```diff\nname: Eng | <b>核心</b> → a|b ''' <img src=x>\n```" in md

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import users, write_config
 from reconciler.config import load_config
-from reconciler.manager import compute_plan
+from reconciler.manager import Manager
 from reconciler.plan import Action
 from reconciler.state import FORMAT, VERSION, StateFile
 
@@ -62,7 +62,7 @@ def plans(emulator, make_client, tmp_path):
     out = {}
     for parallelism in (1, 8, 16):
         client = make_client()
-        out[parallelism] = compute_plan(config, state, client, parallelism=parallelism)
+        out[parallelism] = Manager(client, parallelism=parallelism).plan(config, state)
         assert client.stats["calls"]["/chat/get"] == 4 * PER_KIND  # one read per bound chat, no more
     return out
 

@@ -65,9 +65,12 @@ def test_owner_and_name_change():
     assert c.owner == ("alice", "bob") and c.name == ("Team", "New")
 
 
-def test_key_gone_from_yaml_is_forget():
+def test_key_gone_from_yaml_is_an_orphan_that_is_kept_unless_pruned():
     plan = make_plan([], {"old": Binding("chat9")}, {})
-    assert [(c.key, c.action, c.chatid) for c in plan.changes] == [("old", Action.FORGET, "chat9")]
+    assert [(c.key, c.action, c.chatid) for c in plan.changes] == [("old", Action.ORPHAN, "chat9")]
+    assert not plan.has_changes
+    pruned = make_plan([], {"old": Binding("chat9")}, {}, prune=True)
+    assert [(c.key, c.action, c.chatid) for c in pruned.changes] == [("old", Action.FORGET, "chat9")]
 
 
 def test_unreadable_chat_is_an_error_for_that_chat_only():
