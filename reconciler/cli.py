@@ -588,8 +588,7 @@ def emulator(opts: Options, host, port, users_file, org_file, data_file, qps, la
 
 def _log_request(opts: Options):
     def log(call: Any) -> None:
-        opts.echo(f"{call.method} {call.endpoint} {json.dumps(call.params or call.body or {}, ensure_ascii=False)} "
-                  f"-> {call.status} errcode {call.errcode}", err=True)
+        opts.echo(call.describe(), err=True)
     return log
 
 

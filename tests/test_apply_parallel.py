@@ -1,0 +1,133 @@
+"""Parallel apply (design §7) and the apply workflow as a library entry point (no CLI)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import APP_KEY, APP_SECRET
+from helpers import dtchat, state_of, users, write_config
+
+from reconciler.config import load_config
+from reconciler.emulator import EmulatorServer
+from reconciler.errors import UsageError
+from reconciler.manager import ApplyOptions, Manager, Outcome
+from reconciler.plan import Action
+from reconciler.safety import Thresholds
+from reconciler.state import StateFile, locate_state
+
+
+def scenario(emulator, folder):
+    """Creates (one > 40 members), churn, two owner transfers, and one chat that fails permanently."""
+    churn = emulator.seed_chat("Churn", "o1", ["o1", *users(90, "c")])
+    swap = emulator.seed_chat("Swap", "alice", ["alice", "carol"])
+    swap2 = emulator.seed_chat("Swap2", "dan", ["dan", "erin"])
+    broken = emulator.seed_chat("Broken", "x", ["x"])
+    chats = {f"new{i}": {"name": f"New {i}", "owner": "n0", "members": users(3 + i * 20, f"m{i}")} for i in range(4)}
+    chats.update({
+        "churn": {"name": "Churn", "owner": "o1", "members": [*users(90, "c")[50:], *users(50, "n")],
+                  "chatid": churn},
+        "swap": {"name": "Swap", "owner": "bob", "members": ["carol"], "chatid": swap},
+        "swap2": {"name": "Swap2", "owner": "erin", "members": ["erin", "fay"], "chatid": swap2},
+        "broken": {"name": "Broken", "owner": "x", "members": ["ghost"], "chatid": broken},  # 60121 on apply
+    })
+    write_config(folder, chats)
+    return chats
+
+
+@pytest.fixture
+def strict():
+    """An emulator that knows every user of the scenario except `ghost` (a permanent per-chat failure)."""
+    known = ["n0", "o1", "x", "alice", "bob", "carol", "dan", "erin", "fay", *users(90, "c"), *users(50, "n"),
+             *(u for i in range(4) for u in users(3 + i * 20, f"m{i}"))]
+    server = EmulatorServer(host="127.0.0.1", port=0, app_key=APP_KEY, app_secret=APP_SECRET, users=known)
+    with server:
+        yield server
+
+
+def outcome_of(emulator, tmp_path, parallelism: int):
+    emulator.reset()
+    folder = tmp_path / f"p{parallelism}"
+    scenario(emulator, folder)
+    result = dtchat(emulator, "apply", str(folder), "--auto-approve", "--force", "--parallelism", str(parallelism),
+                    "--format", "json")
+    report = json.loads(result.stdout)
+    state = json.loads((folder / "dtchat.state.json").read_text())["chats"]
+    members = {key: sorted(emulator.chat(b["chatid"])["useridlist"]) for key, b in state.items()}
+    owners = {key: emulator.chat(b["chatid"])["owner"] for key, b in state.items()}
+    chatids = {key: b["chatid"] for key, b in state.items()}
+    for chat in report["chats"]:  # chat ids differ between runs; everything else must not
+        chat["chatid"] = "<id>" if chat["chatid"] else None
+    return result.exit_code, report, sorted(state), members, owners, chatids
+
+
+def test_results_state_and_exit_code_do_not_depend_on_the_parallelism(strict, tmp_path):
+    one = outcome_of(strict, tmp_path, 1)
+    sixteen = outcome_of(strict, tmp_path, 16)
+    assert one[0] == sixteen[0] == 1  # the broken chat fails the run
+    assert one[1] == sixteen[1]
+    assert one[2:5] == sixteen[2:5]
+    failed = [c["key"] for c in one[1]["chats"] if not c["ok"]]
+    assert failed == ["broken"] and "60121" in one[1]["chats"][0]["error"] and "ghost" in one[1]["chats"][0]["error"]
+    assert one[3]["swap"] == ["bob", "carol"] and one[4]["swap"] == "bob"
+    assert one[1]["summary"] == "Apply: 4 created, 3 updated, 0 forgotten, 1 failed (14 API calls)."
+
+
+def test_a_fatal_error_mid_apply_stops_new_chats_from_starting(emulator, tmp_path):
+    folder = tmp_path / "c"
+    write_config(folder, {f"k{i:02d}": {"name": f"K{i}", "owner": "x"} for i in range(12)})
+    emulator.faults.monthly_quota = 3
+    result = dtchat(emulator, "apply", str(folder), "--auto-approve", "--parallelism", "2", "--format", "json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    quota = [c for c in report["chats"] if c["error"] and "90020" in c["error"]]
+    not_attempted = [c for c in report["chats"] if c["error"] and c["error"].startswith("not attempted")]
+    assert quota and len(not_attempted) >= 12 - 3 - 2 - len(quota)  # at most the chats in flight still ran
+    assert len(emulator.calls_to("/chat/create")) <= 3 + 2
+
+
+def test_the_apply_workflow_runs_without_the_cli(emulator, make_client, tmp_path):
+    folder = tmp_path / "c"
+    write_config(folder, {"a": {"name": "A", "owner": "x", "members": users(60)},
+                          "b": {"name": "B", "owner": "y"}})
+    config = load_config([folder])
+    location = locate_state(None, first_path=str(folder), env={})
+    manager = Manager(make_client(), parallelism=4)
+    shown, finished = [], []
+    dry = manager.apply(config, location, ApplyOptions(dry_run=True), on_plan=lambda p, w: shown.append(p))
+    assert dry.outcome is Outcome.DRY_RUN and not location.path.exists() and emulator.calls_to("/chat/create") == []
+    declined = manager.apply(config, location, confirm=lambda plan: False)
+    assert declined.outcome is Outcome.CANCELLED and emulator.calls_to("/chat/create") == []
+    done = manager.apply(config, location, on_result=finished.append)
+    assert done.outcome is Outcome.APPLIED and done.result.ok
+    assert sorted(r.key for r in finished) == ["a", "b"]
+    assert {r.key: r.calls for r in done.result.results} == {"a": 2, "b": 1}
+    assert state_of(location.path).keys() == {"a", "b"}
+    again = manager.apply(config, location)
+    assert again.outcome is Outcome.NO_CHANGES and [c.action for c in again.plan.changes] == [Action.NOOP] * 2
+    write_config(folder, {"a": {"name": "A", "owner": "x"}, "b": {"name": "B", "owner": "y"}})
+    with pytest.raises(UsageError, match="would lose 60 of its 61 members"):
+        manager.apply(load_config([folder]), location, ApplyOptions(thresholds=Thresholds(30.0)))
+    assert len(emulator.calls_to("/chat/update")) == 1
+
+
+def test_dry_run_prints_exactly_the_bodies_the_real_apply_sends(emulator, tmp_path):
+    folder = tmp_path / "c"
+    chats = scenario(emulator, folder)
+    del chats["broken"]
+    write_config(folder, chats)
+    dry = dtchat(emulator, "apply", str(folder), "--dry-run", "--force", "--notify")
+    assert dry.exit_code == 0, dry.output
+    printed = [(m.group(1), m.group(2), json.loads(m.group(3)))
+               for m in re.finditer(r"^  ([a-z0-9-]+): POST (\S+) (\{.*\})$", dry.stdout, re.M)]
+    real = dtchat(emulator, "apply", str(folder), "--auto-approve", "--force", "--notify", "--parallelism", "1")
+    assert real.exit_code == 0, real.output
+    ids = state_of(folder / "dtchat.state.json")
+    sent = [(c.endpoint, c.body) for c in emulator.calls if c.endpoint in ("/chat/create", "/chat/update", "/chat/send")]
+    expected = []
+    for key, endpoint, body in printed:
+        if body.get("chatid") == f"<chatid of new chat {key}>":
+            body = {**body, "chatid": ids[key]}
+        expected.append((endpoint, body))
+    assert sent == expected

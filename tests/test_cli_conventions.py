@@ -1,0 +1,170 @@
+"""The terminal and CI conventions admins expect (issue 14) and the one-line-or-traceback rule (issue 13)."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import APP_KEY, APP_SECRET
+from helpers import dtchat, state_of, users, write_config
+
+from reconciler.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env_for(emulator) -> dict:
+    env = {**os.environ, "DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "NO_COLOR": "1",
+           "PYTHONPATH": str(ROOT), "DINGTALK_API_BASE": emulator.url}
+    env.pop("DTCHAT_STATE", None)
+    return env
+
+
+def test_global_options_work_after_the_command_name(emulator, tmp_path):
+    write_config(tmp_path, {"a": {"name": "A", "owner": "x"}})
+    runner = CliRunner()
+    env = {"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "NO_COLOR": "1"}
+    after = runner.invoke(cli, ["plan", str(tmp_path), "--api-base", emulator.url, "-v", "--max-qps", "500"], env=env)
+    before = runner.invoke(cli, ["--api-base", emulator.url, "-v", "--max-qps", "500", "plan", str(tmp_path)], env=env)
+    assert after.exit_code == before.exit_code == 0, after.output
+    assert after.stdout == before.stdout and "+ create a" in after.stdout
+    assert "GET /gettoken" in after.stderr  # -v after the command turned on the request log
+    assert runner.invoke(cli, ["validate", str(tmp_path), "--no-color", "--sandbox"]).exit_code == 0
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--max-qps", "nan"), ("--max-qps", "inf"), ("--max-qps", "-inf"), ("--max-removal-pct", "nan"),
+    ("--max-removal-pct", "inf"), ("--max-removal-pct", "101"),
+])
+def test_numeric_flags_reject_nan_and_infinity_naming_the_flag(emulator, tmp_path, flag, value):
+    write_config(tmp_path, {"a": {"name": "A", "owner": "x", "members": users(50)}})
+    result = dtchat(emulator, "apply", str(tmp_path), "--auto-approve", flag, value)
+    assert result.exit_code == 1 and flag in result.output and "Traceback" not in result.output
+    assert emulator.calls_to("/chat/create") == []
+
+
+def test_apply_prints_the_new_chat_ids_and_json_has_them(emulator, tmp_path):
+    write_config(tmp_path, {"a": {"name": "A", "owner": "x", "members": users(45)}})
+    result = dtchat(emulator, "apply", str(tmp_path), "--auto-approve")
+    chatid = state_of(tmp_path / "dtchat.state.json")["a"]
+    assert f"✓ a: created {chatid} (2 calls)" in result.stdout
+    write_config(tmp_path, {"a": {"name": "A2", "owner": "x"}, "b": {"name": "B", "owner": "y"}})
+    result = dtchat(emulator, "apply", str(tmp_path), "--auto-approve", "--force", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # stdout is the JSON alone; the plan went to stderr
+    ids = state_of(tmp_path / "dtchat.state.json")
+    assert report["kind"] == "dtchat-apply" and report["ok"] and report["format_version"] == 1
+    assert {c["key"]: (c["action"], c["chatid"], c["ok"]) for c in report["chats"]} == {
+        "a": ("update", ids["a"], True), "b": ("create", ids["b"], True)}
+    assert "~ update a" in result.stderr
+
+
+def test_ctrl_c_mid_apply_exits_130_with_an_account_and_a_consistent_state(emulator, tmp_path):
+    write_config(tmp_path / "chats", {f"k{i:02d}": {"name": f"K{i}", "owner": "x"} for i in range(30)})
+    emulator.faults.latency_ms = 100
+    seen = {"writes": 0}
+    proc_box: dict = {}
+
+    def interrupt(call):
+        if call.endpoint == "/chat/create":
+            seen["writes"] += 1
+            if seen["writes"] == 4:
+                os.kill(proc_box["proc"].pid, signal.SIGINT)
+
+    emulator.before_reply = interrupt
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "chats", "--auto-approve", "--parallelism", "2"],
+                            cwd=tmp_path, env=env_for(emulator), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc_box["proc"] = proc
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Interrupted:" in err and "Traceback" not in err
+    state = json.loads((tmp_path / "chats" / "dtchat.state.json").read_text())["chats"]
+    created = {info["name"]: cid for cid, info in emulator.chats().items()}
+    assert 4 <= len(created) < 30  # stopped early; the chats in flight finished
+    assert {key: b["chatid"] for key, b in state.items()} == {f"k{int(n[1:]):02d}": cid for n, cid in created.items()}
+    assert all(f"{key} ({cid})" in err for key, cid in ((k, b["chatid"]) for k, b in state.items()))
+    rerun = subprocess.run([sys.executable, "-m", "reconciler", "apply", "chats", "--auto-approve"], cwd=tmp_path,
+                           env=env_for(emulator), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0 and len(emulator.chats()) == 30
+
+
+def _apply_on_a_terminal(emulator, cwd: Path, answer: str) -> tuple[int, str]:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "chats"], cwd=cwd, env=env_for(emulator),
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    output = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+            if not answered and b"Only 'yes' is accepted" in output:
+                os.write(master, answer.encode() + b"\n")
+                answered = True
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(master)
+    return proc.returncode, output.decode("utf-8", "replace")
+
+
+def test_only_the_typed_word_yes_approves_on_a_terminal(emulator, tmp_path):
+    write_config(tmp_path / "chats", {"a": {"name": "A", "owner": "x"}})
+    code, output = _apply_on_a_terminal(emulator, tmp_path, "y")
+    assert code == 1 and "Cancelled; nothing was changed." in output
+    assert emulator.calls_to("/chat/create") == []
+    code, output = _apply_on_a_terminal(emulator, tmp_path, "yes")
+    assert code == 0 and "✓ a: created chat" in output, output
+    assert len(emulator.calls_to("/chat/create")) == 1
+
+
+def test_validate_formats_for_ci(tmp_path):
+    good = write_config(tmp_path / "good", {"a": {"name": "A", "owner": "x"}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nchats:\n  a:\n    name: A\n    owner: x\n    mute: true\n", encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["validate", str(bad), "--format", "github"])
+    assert result.exit_code == 1
+    annotations = result.stdout.splitlines()[:-1]
+    assert annotations and all(re.fullmatch(r"::error file=[^,:]+,line=\d+,col=\d+,title=dtchat validate::.+", a)
+                               for a in annotations), result.stdout
+    assert f"::error file={bad},line=6,col=5," in result.stdout
+    result = runner.invoke(cli, ["validate", str(bad), "--format", "json"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1 and report["valid"] is False and report["kind"] == "dtchat-validate"
+    assert report["errors"][0]["line"] == 6 and report["errors"][0]["file"] == str(bad)
+    result = runner.invoke(cli, ["validate", str(good), "--format", "json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["valid"] is True
+
+
+def test_an_unexpected_exception_keeps_its_traceback_while_expected_ones_are_one_line(emulator, tmp_path, monkeypatch):
+    write_config(tmp_path, {"a": {"name": "A", "owner": "x"}})
+    expected = dtchat(emulator, "plan", str(tmp_path / "missing.yaml"))
+    assert expected.exit_code == 1 and "Traceback" not in expected.output
+    import reconciler.manager as manager
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(manager, "make_plan", bug)
+    result = CliRunner().invoke(cli, ["--api-base", emulator.url, "plan", str(tmp_path)],
+                                env={"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET})
+    assert isinstance(result.exception, ValueError)  # not turned into a one-line "error" nobody reports
