@@ -100,7 +100,10 @@ class Options:
         """The state file, by design §6's one rule (the sandbox keeps its own)."""
         from .connect import SANDBOX_DIR
 
-        sandbox_path = SANDBOX_DIR / "dtchat.state.json" if self.sandbox and not given else None
+        sandbox_path = None
+        if self.sandbox and not given:
+            SANDBOX_DIR.mkdir(exist_ok=True)  # the sandbox's own folder, next to its emulator data
+            sandbox_path = SANDBOX_DIR / "dtchat.state.json"
         return locate_state(given, first_path=first_path, sandbox_path=sandbox_path, must_exist=must_exist)
 
 
@@ -217,6 +220,9 @@ class Group(click.Group):
             raise
         except DtchatError as exc:
             raise Failure(exc) from None
+        except KeyboardInterrupt:  # outside apply's writes (apply reports its own): nothing was changed
+            click.echo("Interrupted; nothing was changed.", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 _HANDLER: Optional[logging.Handler] = None

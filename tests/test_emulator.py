@@ -11,7 +11,9 @@ import pytest
 import requests
 
 from reconciler.emulator import Call, EmulatorServer, Faults, load_users
-from reconciler.rules import BATCH_SIZE, MEMBER_CAP, NAME_MAX, READ_LIST_PAGE_MAX, SETTING_FIELDS
+# DingTalk's numbers as the emulator states them, never the client's (reconciler.rules): see test_emulator_limits.py.
+from reconciler.emulator.limits import IDS_PER_CALL as BATCH_SIZE
+from reconciler.emulator.limits import MEMBER_CAP, NAME_MAX, READ_LIST_PAGE_MAX, SETTING_FIELDS
 
 KEY = "emu-key"
 SECRET = "emu-secret-NEVER-PRINTED"
@@ -441,6 +443,7 @@ def test_admin_routes(srv, api):
 
 def test_data_survives_a_restart_in_the_documented_format(tmp_path):
     path = tmp_path / "sandbox" / "emulator.json"
+    path.parent.mkdir()
     with EmulatorServer(data_path=str(path)) as first:
         client = Api(first)
         cid = client.create(searchable=1)
@@ -454,6 +457,13 @@ def test_data_survives_a_restart_in_the_documented_format(tmp_path):
         assert client.get("/chat/get", chatid=cid)["chat_info"]["searchable"] == 1
         assert client.get("/chat/getReadList", messageId=mid, cursor=0, size=10)["readUserIdList"] == ["alice", "bob"]
         client.http.close()
+
+
+def test_a_data_file_in_a_missing_folder_is_refused_at_start(tmp_path):
+    path = tmp_path / "nowhere" / "emulator.json"
+    with pytest.raises(ValueError, match="does not exist"):
+        EmulatorServer(data_path=str(path))
+    assert not path.parent.exists()
 
 
 @pytest.mark.parametrize("content", ["{truncated", "[]", '{"format": "other", "version": 1, "chats": {}}',

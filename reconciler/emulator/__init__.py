@@ -1,10 +1,16 @@
-"""A local DingTalk chat API emulator: the tests', the benchmarks' and ``--sandbox``'s DingTalk.
+"""A local DingTalk API emulator: the tests', the benchmarks' and ``--sandbox``'s DingTalk.
 
-It speaks the endpoints of ``dingtalk-api.md`` over real HTTP with the
-same rules and error codes, and can inject the failures a client must survive.
+It speaks the chat and contact (org directory) endpoints of
+``dingtalk-api.md`` over real HTTP with DingTalk's own rules (``limits``,
+never the client's) and error codes, and can inject the failures a client
+must survive. See docs/emulator.md.
 """
 from .faults import Faults
-from .server import Call, EmulatorServer
+from .org import SANDBOX_ORG, Department, Org, OrgError, Role, User, load_org
+from .server import Call, EmulatorServer, ListenError
 from .store import load_users
 
-__all__ = ["Call", "EmulatorServer", "Faults", "load_users"]
+__all__ = [
+    "Call", "Department", "EmulatorServer", "Faults", "ListenError", "Org", "OrgError", "Role",
+    "SANDBOX_ORG", "User", "load_org", "load_users",
+]

@@ -11,11 +11,22 @@ Choices where the brief leaves room:
   knobs changes, so "every 3rd" means the 3rd, 6th, ... request *after the
   knob was set*. When several hit the same request, IP ban wins over HTTP 500,
   which wins over "busy".
-* ``monthly_quota`` meters every API call that passes the token and rate
-  checks (failed validations cost quota too, as metering does); ``/gettoken``
-  is never metered, so an exhausted quota shows up as 90020 on the call itself.
+* ``monthly_quota`` meters every chat API call that passes the token and
+  rate checks (failed validations cost quota too, as metering does);
+  ``/gettoken`` and the directory (``/topapi``) are never metered, so an
+  exhausted quota shows up as 90020 on the chat call itself.
 * ``drop_after_create`` only drops *successful* creates (the point is a chat
   that exists although the client never heard so).
+* ``endpoint_latency_ms`` replaces ``latency_ms`` for the endpoints it names
+  (so one endpoint can be made slow enough to time a client out).
+* ``fail_lookups`` fails directory requests: key ``"dept:100"`` (listid,
+  listsubid and department/get of department 100), ``"role:3001"``
+  (simplelist), ``"mobile:13800000001"`` (getbymobile) or an endpoint path
+  (every call to it); value an errcode (``60003``) or ``"88:SUB"`` for an
+  errcode-88 answer with that ``sub_code`` (``"88:60011"`` = no permission).
+  It acts after the token and rate checks, like ``fail_chatids``.
+* ``string_errcode`` makes every ``/topapi`` answer print ``errcode`` as a
+  string (``"0"``), as some real DingTalk answers do.
 * The per-IP rule of dingtalk-api.md is on by default: more than
   ``ip_limit_calls`` requests (all endpoints, ``/gettoken`` included) within
   ``ip_limit_window`` seconds ban the caller for ``ip_ban_seconds``; every
@@ -24,11 +35,14 @@ Choices where the brief leaves room:
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional
+
+from .limits import IP_BAN_SECONDS, IP_LIMIT_CALLS, IP_LIMIT_WINDOW
 
 #: The endpoint no fault counter, rate limit or quota ever applies to.
 TOKEN_ENDPOINT = "/gettoken"
@@ -55,9 +69,16 @@ class Faults:
     drop_after_create: int = 0
     monthly_quota: int = -1
     #: The real per-egress-IP limit (on by default): 10,000 calls in 20 s, then a 5-minute ban.
-    ip_limit_calls: int = 10_000
-    ip_limit_window: float = 20.0
-    ip_ban_seconds: float = 300.0
+    ip_limit_calls: int = IP_LIMIT_CALLS
+    ip_limit_window: float = IP_LIMIT_WINDOW
+    ip_ban_seconds: float = IP_BAN_SECONDS
+    endpoint_latency_ms: dict[str, float] = field(default_factory=dict)
+    fail_lookups: "dict[str, int | str]" = field(default_factory=dict)
+    string_errcode: bool = False
+
+    def latency_for(self, endpoint: str) -> float:
+        """Milliseconds to wait before answering ``endpoint``."""
+        return self.endpoint_latency_ms.get(endpoint, self.latency_ms)
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Set the named fields (the admin route's ``POST faults``); unknown names or bad types raise ValueError."""
@@ -74,7 +95,17 @@ class Faults:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["fault_endpoints"] = sorted(self.fault_endpoints)
         out["fail_chatids"] = dict(self.fail_chatids)
+        out["endpoint_latency_ms"] = dict(self.endpoint_latency_ms)
+        out["fail_lookups"] = dict(self.fail_lookups)
         return out
+
+
+def lookup_failure(value: "int | str") -> tuple[int, Optional[str]]:
+    """A ``fail_lookups`` value as (errcode, sub_code or None)."""
+    if isinstance(value, int):
+        return value, None
+    code, _, sub = value.partition(":")
+    return int(code), sub
 
 
 def _convert(name: str, value: Any, current: Any) -> Any:
@@ -87,6 +118,17 @@ def _convert(name: str, value: Any, current: Any) -> Any:
         if not isinstance(value, dict) or not all(type(v) is int for v in value.values()):
             raise ValueError("fail_chatids must map chatid -> errcode (int)")
         return dict(value)
+    if name == "endpoint_latency_ms":
+        if not isinstance(value, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value.values()
+        ):
+            raise ValueError("endpoint_latency_ms must map endpoint path -> milliseconds (a number >= 0)")
+        return dict(value)
+    if name == "fail_lookups":
+        if not isinstance(value, dict) or not all(_is_failure(v) for v in value.values()):
+            raise ValueError('fail_lookups must map "dept:ID" / "role:ID" / "mobile:N" / endpoint -> '
+                             'errcode (int) or "88:SUB_CODE"')
+        return dict(value)
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false")
@@ -97,6 +139,13 @@ def _convert(name: str, value: Any, current: Any) -> Any:
     return value
 
 
+def _is_failure(value: Any) -> bool:
+    if type(value) is int:
+        return True
+    return isinstance(value, str) and bool(_SUB_CODE_RE.fullmatch(value))
+
+
+_SUB_CODE_RE = re.compile(r"-?[0-9]+:[0-9]+")
 _FLOAT_FIELDS = frozenset({"latency_ms", "qps_limit", "ip_limit_window", "ip_ban_seconds"})
 
 

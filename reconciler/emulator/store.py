@@ -37,12 +37,12 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import yaml
 
 from ..files import write_atomic
-from ..rules import BATCH_SIZE, MEMBER_CAP, NAME_MAX, NAME_MIN, READ_LIST_PAGE_MAX, SETTING_FIELDS
+from .limits import IDS_PER_CALL, MEMBER_CAP, NAME_MAX, NAME_MIN, READ_LIST_PAGE_MAX, SETTING_FIELDS
 
 DATA_FORMAT = "dtchat-emulator"
 DATA_VERSION = 1
@@ -109,8 +109,8 @@ def _check_ids(body: Mapping[str, Any], key: str, min_len: int) -> list[str]:
     value = [] if value is None else value
     if not isinstance(value, list) or not all(isinstance(u, str) and u for u in value):
         raise ApiError(40032, f"{key} must be a list of user ids")
-    if not min_len <= len(value) <= BATCH_SIZE:
-        raise ApiError(40032, f"{key} must hold {min_len}..{BATCH_SIZE} ids, got {len(value)}")
+    if not min_len <= len(value) <= IDS_PER_CALL:
+        raise ApiError(40032, f"{key} must hold {min_len}..{IDS_PER_CALL} ids, got {len(value)}")
     return list(dict.fromkeys(value))
 
 
@@ -154,14 +154,22 @@ def _new_info(chatid: str, name: str, owner: str, members: list[str], settings: 
 class ChatStore:
     """Chats and messages under one lock, optionally persisted to a JSON file after each change."""
 
-    def __init__(self, users: Optional[Iterable[str]] = None, data_path: "str | os.PathLike[str] | None" = None) -> None:
+    def __init__(self, users: Optional[Iterable[str]] = None, data_path: "str | os.PathLike[str] | None" = None,
+                 unknown_users: Optional[Callable[[Iterable[str]], list[str]]] = None) -> None:
+        """``users`` is a fixed directory; ``unknown_users`` a live one (the org), asked on every call."""
+        if users is not None and unknown_users is not None:
+            raise ValueError("give users or unknown_users, not both")
         self._lock = threading.Lock()
         self._users = None if users is None else frozenset(users)
+        self._unknown_users = unknown_users
         self._path = None if data_path is None else Path(data_path)
         self._chats: dict[str, dict[str, Any]] = {}
         self._messages: dict[str, dict[str, Any]] = {}
         if self._path is not None and self._path.exists():
             self._load(self._path)
+        elif self._path is not None and not self._path.parent.is_dir():
+            # Like every dtchat file, no folder is created: fail now, not on the first create.
+            raise ValueError(f"{self._path}: its folder {self._path.parent} does not exist; create it first")
 
     # ---- API calls -------------------------------------------------------
 
@@ -308,9 +316,12 @@ class ChatStore:
     # ---- internals ------------------------------------------------------
 
     def _check_known(self, ids: Iterable[str]) -> None:
-        if self._users is None:
+        if self._unknown_users is not None:
+            unknown = sorted(self._unknown_users(ids))
+        elif self._users is not None:
+            unknown = sorted(set(ids) - self._users)
+        else:
             return
-        unknown = sorted(set(ids) - self._users)
         if unknown:
             raise ApiError(60121, f"user not found: {', '.join(unknown)}")
 
