@@ -17,7 +17,7 @@ from .errors import DtchatError
 from .model import DesiredChat, LiveChat, MemberSource
 from .notify import message_for
 from .plan import Action, ChatChange, Plan, SettingChange, live_fingerprint
-from .rules import MEMBER_CAP
+from .rules import ADDITIVE, MEMBER_CAP
 from .state import Binding
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def plan_update(chat: DesiredChat, live: LiveChat) -> ChatChange:
     live_members = set(live.members)
     add = tuple(sorted(desired_members - live_members))
     extra = tuple(sorted(live_members - desired_members))
-    remove, kept = (extra, ()) if chat.members_policy == "exact" else ((), extra)
+    remove, kept = ((), extra) if chat.members_policy == ADDITIVE else (extra, ())
     settings = tuple(
         SettingChange(name, live.settings.get(name), value)
         for name, value in chat.settings.items()

@@ -28,7 +28,10 @@ RATE_HEADROOM = 0.05
 #: Token lifetime announced by ``/gettoken``.
 TOKEN_TTL_SECONDS = 7200
 
-MEMBERS_POLICIES = ("exact", "additive")
+#: ``members_policy``: exact (the default) removes who is not listed; additive never removes anyone.
+EXACT = "exact"
+ADDITIVE = "additive"
+MEMBERS_POLICIES = (EXACT, ADDITIVE)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("show_history", "showHistoryType", _BOOL, "New members see the chat history (showHistoryType)."),
 )
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
-SETTINGS_BY_FIELD: Mapping[str, Setting] = {s.api_field: s for s in SETTINGS}
 SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in SETTINGS)
 SETTING_FIELDS: tuple[str, ...] = tuple(s.api_field for s in SETTINGS)
 
@@ -78,8 +80,3 @@ def settings_to_api(settings: Mapping[str, Any]) -> dict[str, int]:
 def settings_from_api(chat_info: Mapping[str, Any]) -> dict[str, Any]:
     """API ``chat_info`` -> YAML-named settings (fields missing from the response are absent)."""
     return {s.name: s.from_api(chat_info[s.api_field]) for s in SETTINGS if chat_info.get(s.api_field) is not None}
-
-
-def chunks(items: "list[str] | tuple[str, ...]", size: int = BATCH_SIZE) -> list[list[str]]:
-    """Split ``items`` into lists of at most ``size`` (the API's per-call id limit)."""
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
