@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from itertools import islice
 from operator import lt
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Union
+from typing import Any, ClassVar, Mapping, Optional, Union
+
+from .rules import EXACT
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class Selector:
 
     ``value`` is the department or role id (an int) or the mobile number as written (a str).
     """
+
+    #: What each kind of selector is written as, in the order messages list them.
+    KINDS: ClassVar[tuple[str, ...]] = ("dept", "role", "mobile")
 
     kind: str  # "dept" | "role" | "mobile"
     value: Union[int, str]
@@ -75,26 +80,34 @@ def _freeze(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class DesiredChat:
-    """A chat as the YAML wants it, groups expanded, owner included in ``members``."""
+    """A chat as the YAML wants it, groups expanded, owner included in ``members``.
+
+    With directory selectors the chat is complete only after resolution:
+    ``members`` ∪ resolved(``selectors``) − ``exclude`` − resolved(``exclude_selectors``),
+    the owner always kept.
+    """
 
     key: str
     name: str
     owner: str
-    #: Sorted, deduplicated, owner included.
+    #: Sorted, deduplicated, owner included: the literal user ids (through groups too), minus ``exclude``.
     members: tuple[str, ...]
-    members_policy: str = "exact"
+    members_policy: str = EXACT
     #: Declared settings only (chat's own merged over ``defaults``).
     settings: Mapping[str, Any] = field(default_factory=dict)
     #: A pinned chatid (``chatid:`` in YAML), or None.
     chatid: Optional[str] = None
-    #: Directory selectors still to resolve (members', groups' and their own), sorted by ``sort_key``.
+    #: Directory selectors still to resolve (members', groups' and their own), deduplicated, sorted by ``sort_key``.
     #: ``members`` holds only the literal ids until the directory resolver fills them in.
     selectors: tuple[Selector, ...] = ()
-    #: ``exclude:`` literal user ids (already taken out of ``members``; applied again after resolution).
+    #: ``exclude:`` literal user ids, groups expanded, sorted; never the owner. Already taken out of
+    #: ``members``; the resolver takes them out again from what the selectors give.
     exclude: tuple[str, ...] = ()
-    #: ``exclude:`` selectors, resolved at plan time like ``selectors``.
+    #: ``exclude:`` selectors (written there or through its groups), resolved at plan time like ``selectors``.
     exclude_selectors: tuple[Selector, ...] = ()
-    location: Optional[Location] = field(default=None, compare=False)
+    #: The ``apply --notify`` message template (the chat's own, else ``defaults.notify``);
+    #: None: the built-in message. Placeholders are checked at load time.
+    notify: Optional[str] = None
 
     @property
     def needs_directory(self) -> bool:
@@ -105,6 +118,13 @@ class DesiredChat:
         if not _sorted_unique_with(self.members, self.owner):
             object.__setattr__(self, "members", tuple(sorted(set(self.members) | {self.owner})))
         object.__setattr__(self, "settings", _freeze(self.settings))
+        # Usually empty; sorted so that equal chats compare equal whoever built them.
+        for name in ("selectors", "exclude_selectors"):
+            value = getattr(self, name)
+            if value:
+                object.__setattr__(self, name, tuple(sorted(set(value), key=Selector.sort_key)))
+        if self.exclude:
+            object.__setattr__(self, "exclude", tuple(sorted(set(self.exclude))))
 
 
 def _sorted_unique_with(members: Any, owner: str) -> bool:

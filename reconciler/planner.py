@@ -120,7 +120,7 @@ def _unreachable(chat: DesiredChat, change: ChatChange) -> Optional[str]:
 
 def _with_message(change: ChatChange, chat: DesiredChat) -> ChatChange:
     """The change with its ``--notify`` text rendered from the chat's template."""
-    return replace(change, notify=message_for(change, getattr(chat, "notify", None), chat.name))
+    return replace(change, notify=message_for(change, chat.notify, chat.name))
 
 
 def plan_create(chat: DesiredChat) -> ChatChange:

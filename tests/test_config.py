@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from reconciler import rules
 from reconciler.config import Config, ConfigError, load_config
 from reconciler.config.fastcheck import UnsupportedSchema, compile_schema
-from reconciler.config.schema import chats_schema
+from reconciler.config.schema import chats_schema, validator_class
 from reconciler.config.yamlload import read_document
 from reconciler.model import DesiredChat, Location
 
@@ -129,8 +129,7 @@ chats:
     plain = config.chat("plain")
     assert plain.members == ("carol",) and plain.members_policy == "exact" and plain.chatid is None
     assert dict(plain.settings) == {"muted": False, "searchable": False}  # nothing else is managed
-    assert plain.location == Location(str(tmp_path / "chats.yaml"), 12, 3)
-    assert config.chat("eng-oncall").location == Location(str(tmp_path / "chats.yaml"), 5, 3)
+    assert not plain.needs_directory and plain.notify is None and plain.exclude == ()
     with pytest.raises(KeyError):
         config.chat("nope")
 
@@ -212,6 +211,39 @@ SAMPLES = [
     {"version": 1, "groups": {"g": ["a b"]}},
     {"version": 1, "groups": {"G": ["a"]}},
     {"version": 1, "defaults": {"other": 1}},
+    # directory selectors, exclusions, notify templates
+    {"version": 1, "groups": {"g": [{"dept": 1}, "a", {"role": 2}, {"mobile": "+86 138-0000 0000"}]}},
+    {"version": 1, "groups": {"g": [{"dept": 1, "recursive": True}, {"dept": 1.0, "recursive": False}]}},
+    {"version": 1, "groups": {"g": [{"dept": 0}]}},
+    {"version": 1, "groups": {"g": [{"dept": -3}]}},
+    {"version": 1, "groups": {"g": [{"dept": 1.5}]}},
+    {"version": 1, "groups": {"g": [{"dept": True}]}},
+    {"version": 1, "groups": {"g": [{"dept": "1"}]}},
+    {"version": 1, "groups": {"g": [{"dept": 2**63}]}},
+    {"version": 1, "groups": {"g": [{"dpt": 1}]}},
+    {"version": 1, "groups": {"g": [{}]}},
+    {"version": 1, "groups": {"g": [{"dept": 1, "role": 2}]}},
+    {"version": 1, "groups": {"g": [{"role": 2, "recursive": True}]}},
+    {"version": 1, "groups": {"g": [{"recursive": True}]}},
+    {"version": 1, "groups": {"g": [{"mobile": 13800000000}]}},
+    {"version": 1, "groups": {"g": [{"mobile": "1380"}]}},
+    {"version": 1, "groups": {"g": [{"mobile": "138x0000000"}]}},
+    {"version": 1, "groups": {"g": [{"mobile": "13800000000\n"}]}},
+    {"version": 1, "groups": {"g": [{"role": 1, "recursive": "yes"}]}},
+    {"version": 1, "groups": {"g": ["a", ["b"]]}},
+    {"version": 1, "groups": {"g": ["a", {"dept": 1}, "a b"]}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "exclude": ["b", "@g", {"role": 1}]}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "exclude": "b"}}},
+    {"version": 1, "chats": {"ok": {"name": "N\nM", "owner": "a"}}},
+    {"version": 1, "chats": {"ok": {"name": "N\t", "owner": "a"}}},
+    {"version": 1, "chats": {"ok": {"name": "N\u2028", "owner": "a"}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a\n"}}},
+    {"version": 1, "chats": {"ok\n": {"name": "N", "owner": "a"}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "notify": "{name}"}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "notify": ""}}},
+    {"version": 1, "chats": {"ok": {"name": "N", "owner": "a", "notify": "x" * 501}}},
+    {"version": 1, "defaults": {"notify": "{summary}", "settings": {}}},
+    {"version": 1, "defaults": {"notify": 1}},
 ]
 
 
@@ -219,9 +251,42 @@ SAMPLES = [
 def test_fast_check_agrees_with_jsonschema(document: Any) -> None:
     schema = chats_schema()
     is_valid = compile_schema(schema)
-    expected = jsonschema.Draft202012Validator(schema).is_valid(document)
+    expected = validator_class()(schema).is_valid(document)
     assert is_valid(document) is expected
     assert is_valid(document) is expected  # again, now with remembered strings
+
+
+@pytest.mark.parametrize(
+    "value, valid",
+    [("alice", True), ("alice\n", False), ("a$b", True), ("a b", False)],
+)
+def test_patterns_end_where_the_string_ends_as_in_ecma_262(value: str, valid: bool) -> None:
+    """Python's ``$`` also matches before a final newline; editors (ECMA-262) and dtchat do not."""
+    document = {"version": 1, "chats": {"ok": {"name": "N", "owner": value}}}
+    assert compile_schema(chats_schema())(document) is valid
+    assert validator_class()(chats_schema()).is_valid(document) is valid
+
+
+MINI_SCHEMAS = [
+    {"anyOf": [{"type": "string", "pattern": "^a"}, {"type": "integer", "minimum": 2}]},
+    {"oneOf": [{"type": "integer"}, {"type": "number", "maximum": 3}]},
+    {"oneOf": [{"required": ["a"]}, {"required": ["b"]}]},
+    {"type": "object", "dependentRequired": {"a": ["b", "c"]}},
+    {"exclusiveMinimum": 1, "exclusiveMaximum": 4},
+    {"type": "array", "items": {"anyOf": [{"type": "string", "maxLength": 2}, {"type": "object", "required": ["k"]}]}},
+    {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": ["string", "null"]}]}},
+]
+_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2, 5), st.floats(-2, 5), st.text("abc", max_size=3)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from("abck"), inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(MINI_SCHEMAS), _VALUES)
+def test_fast_check_agrees_with_jsonschema_on_the_combining_keywords(schema: dict, value: Any) -> None:
+    assert compile_schema(schema)(value) is jsonschema.Draft202012Validator(schema).is_valid(value)
 
 
 def test_fast_check_refuses_keywords_it_does_not_know() -> None:
@@ -288,7 +353,12 @@ def _member_document(members: list[Any]) -> dict[str, Any]:
     return {"version": 1, "groups": {"g": members[: len(members) // 2]}, "chats": {"c": chat}}
 
 
-_MEMBER = st.one_of(st.text("ab @\n\t-_.9", max_size=4), st.integers(0, 3), st.booleans())
+_SELECTOR = st.dictionaries(
+    st.sampled_from(["dept", "role", "mobile", "recursive", "dpt"]),
+    st.one_of(st.integers(-1, 3), st.booleans(), st.sampled_from(["13800000000", "1380", "x"])),
+    max_size=3,
+)
+_MEMBER = st.one_of(st.text("ab @\n\t-_.9", max_size=4), st.integers(0, 3), st.booleans(), _SELECTOR)
 
 
 @settings(max_examples=300, deadline=None)
@@ -297,7 +367,7 @@ def test_fast_check_agrees_with_jsonschema_on_member_lists(lists: list[list[Any]
     """The bulk check of new strings, and the memory of strings that passed, answer as jsonschema does."""
     schema = chats_schema()
     is_valid = compile_schema(schema)  # one predicate for all documents: its memory is exercised too
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = validator_class()(schema)
     for members in lists:
         document = _member_document(members)
         assert is_valid(document) is validator.is_valid(document), members

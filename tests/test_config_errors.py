@@ -193,6 +193,179 @@ CASES = {
             "(or to a mapping or list that contains it)"
         ],
     ),
+    # --- hostile input: one located, one-line error each (issue 11) ---
+    "name with a newline": (
+        {"a.yaml": CHAT.replace("name: Eng", 'name: "Eng\\nOps"')},
+        [
+            './a.yaml:4:11: `name` "Eng\\nOps" is not valid: a chat name is one line of text: '
+            "no newlines, tabs or other control characters"
+        ],
+    ),
+    "name as a block scalar (it ends with a newline)": (
+        {"a.yaml": CHAT.replace("name: Eng", "name: |\n      Eng")},
+        [
+            './a.yaml:4:11: `name` "Eng\\n" is not valid: a chat name is one line of text: '
+            "no newlines, tabs or other control characters"
+        ],
+    ),
+    "name with a tab": (
+        {"a.yaml": CHAT.replace("name: Eng", 'name: "E\\tng"')},
+        ['./a.yaml:4:11: `name` "E\\tng" is not valid: a chat name is one line of text: no newlines, tabs or other control characters'],
+    ),
+    "user id with a trailing newline": (
+        {"a.yaml": CHAT.replace("owner: alice", 'owner: "alice\\n"')},
+        [
+            './a.yaml:5:12: user id "alice\\n" is not valid: a userId has no spaces and does not start with \'@\' '
+            "(a group cannot own a chat)"
+        ],
+    ),
+    "mis-indented chat": (
+        {"a.yaml": "version: 1\nchats:\n  eng:\n  name: 工程\n  owner: alice\n"},
+        ["./a.yaml:3:3: chat `eng` is empty; its fields name, owner must be indented under it"],
+    ),
+    "mis-indented chat followed by a good one": (
+        {
+            "a.yaml": "version: 1\nchats:\n  eng:\n  name: 工程\n  owner: alice\n  members: [bob]\n"
+            "  members_policy: additive\n  settings: {muted: true}\n  ops:\n    name: Ops\n    owner: bob\n"
+            "    members: [1]\n"
+        },
+        [
+            "./a.yaml:3:3: chat `eng` is empty; its fields name, owner, members, members_policy, settings "
+            "must be indented under it",
+            './a.yaml:12:15: member 1 is read as a number, but DingTalk user ids are strings '
+            '(numeric ones often start with zeros that YAML drops): quote it: "1"',
+        ],
+    ),
+    "empty chat": (
+        {"a.yaml": "version: 1\nchats:\n  eng:\n  ops:\n    name: Ops\n    owner: bob\n"},
+        ["./a.yaml:3:3: chat `eng` is empty; it needs at least `name` and `owner`"],
+    ),
+    "misspelled required key: one error, not two": (
+        {"a.yaml": CHAT.replace("name: Eng", "nmae: Eng")},
+        ["./a.yaml:4:5: unknown key `nmae`; did you mean `name`?"],
+    ),
+    # --- directory selectors (issue 12) ---
+    "unknown selector key": (
+        {"a.yaml": CHAT + "    members: [{dpt: 1024}]\n"},
+        ["./a.yaml:6:16: unknown key `dpt`; did you mean `dept`?"],
+    ),
+    "unknown selector key in a block mapping": (
+        {"a.yaml": CHAT + "    members:\n      - bob\n      - rol: 3001\n"},
+        ["./a.yaml:8:9: unknown key `rol`; did you mean `role`?"],
+    ),
+    "selector with two kinds": (
+        {"a.yaml": CHAT + "    members: [bob, {dept: 1, role: 2}]\n"},
+        ["./a.yaml:6:20: a selector takes exactly one of `dept`, `role` or `mobile`, not both `dept` and `role`"],
+    ),
+    "selector with no kind": (
+        {"a.yaml": CHAT + "    members: [{}]\n"},
+        ["./a.yaml:6:15: a selector needs one of `dept`, `role` or `mobile`"],
+    ),
+    "recursive without dept": (
+        {"a.yaml": CHAT + "    members: [{role: 3001, recursive: true}]\n"},
+        ["./a.yaml:6:28: `recursive` can only be used with `dept`"],
+    ),
+    "recursive not a boolean": (
+        {"a.yaml": CHAT + "    members: [{dept: 1, recursive: maybe}]\n"},
+        ["./a.yaml:6:36: `recursive` must be true or false, not a string"],
+    ),
+    "department id zero": (
+        {"a.yaml": CHAT + "    members: [{dept: 0}]\n"},
+        ["./a.yaml:6:22: `dept` must be a positive whole number (got `0`)"],
+    ),
+    "department id quoted": (
+        {"a.yaml": CHAT + "    members: [{dept: '1024'}]\n"},
+        ["./a.yaml:6:22: `dept` must be a whole number, not a string: write it without quotes: 1024"],
+    ),
+    "role id a fraction": (
+        {"a.yaml": CHAT + "    exclude: [{role: 1.5}]\n"},
+        ["./a.yaml:6:22: `role` must be a whole number, not 1.5"],
+    ),
+    "mobile unquoted": (
+        {"a.yaml": CHAT + "    members: [{mobile: 13800000000}]\n"},
+        ['./a.yaml:6:24: `mobile` must be a string, not a number: quote it: "13800000000"'],
+    ),
+    "mobile with letters": (
+        {"a.yaml": "version: 1\ngroups:\n  vip: [{mobile: '138-CALL-ME'}]\n"},
+        [
+            "./a.yaml:3:18: `mobile` `138-CALL-ME` is not valid: a mobile number has 5 to 20 characters: "
+            "digits, spaces, '+', '-', '(' and ')'"
+        ],
+    ),
+    "mobile too short": (
+        {"a.yaml": CHAT + "    members: [{mobile: '110'}]\n"},
+        ["./a.yaml:6:24: `mobile` has 3 characters; it must have 5 to 20 characters"],
+    ),
+    "member that is a list": (
+        {"a.yaml": CHAT + "    members: [bob, [carol]]\n"},
+        ["./a.yaml:6:20: member must be a string or a mapping, not a list"],
+    ),
+    "exclude that is not a list": (
+        {"a.yaml": CHAT + "    exclude: bob\n"},
+        ["./a.yaml:6:14: `exclude` must be a list, not a string"],
+    ),
+    "owner excluded": (
+        {"a.yaml": CHAT + "    members: [bob]\n    exclude: [bob, alice]\n"},
+        ["./a.yaml:7:20: the owner cannot be excluded"],
+    ),
+    "owner excluded through a group": (
+        {"a.yaml": "version: 1\ngroups:\n  leads: [alice, {role: 1}]\n" + CHAT[11:] + "    exclude: ['@leads']\n"},
+        ["./a.yaml:8:15: the owner cannot be excluded: `@leads` includes `alice`"],
+    ),
+    "undefined group in exclude": (
+        {"a.yaml": CHAT + "    exclude: ['@interns']\n"},
+        ["./a.yaml:6:15: undefined group `@interns`; define it under `groups:`"],
+    ),
+    f"{MEMBER_CAP + 1} literal members with only excluded selectors": (
+        {
+            "a.yaml": "version: 1\ngroups:\n  big: ["
+            + ", ".join(f"u{i}" for i in range(MEMBER_CAP))
+            + "]\nchats:\n  eng:\n    name: Eng\n    owner: alice\n    members: ['@big']\n    exclude: [{dept: 1}]\n"
+        },
+        [
+            f"./a.yaml:8:5: chat `eng` has {MEMBER_CAP + 1} members after expanding groups (owner included); "
+            f"the limit is {MEMBER_CAP}"
+        ],
+    ),
+    # --- notify templates (issue 14) ---
+    "notify: unknown placeholder": (
+        {"a.yaml": CHAT + "    notify: '{nmae} 已更新'\n"},
+        ["./a.yaml:6:13: notify template: unknown placeholder `{nmae}`; did you mean `{name}`?"],
+    ),
+    "notify: attribute access": (
+        {"a.yaml": CHAT + "    notify: '{name.__class__}'\n"},
+        [
+            "./a.yaml:6:13: notify template: unknown placeholder `{name.__class__}`; use {key}, {name}, {summary}, "
+            "{added}, {removed}, {added_count}, {removed_count}"
+        ],
+    ),
+    "notify: positional placeholder": (
+        {"a.yaml": CHAT + "    notify: 'changed: {}'\n"},
+        [
+            "./a.yaml:6:13: notify template: unknown placeholder `{}`; use {key}, {name}, {summary}, "
+            "{added}, {removed}, {added_count}, {removed_count}"
+        ],
+    ),
+    "notify: format spec": (
+        {"a.yaml": CHAT + "    notify: '{added:>99999999}'\n"},
+        ["./a.yaml:6:13: notify template: placeholder `{added}` takes no format spec or conversion; write `{added}`"],
+    ),
+    "notify: unclosed brace": (
+        {"a.yaml": CHAT + "    notify: '{name 更新'\n"},
+        ["./a.yaml:6:13: notify template: a `{` is not closed by `}`; write `{{` for a literal brace"],
+    ),
+    "notify: lone closing brace": (
+        {"a.yaml": "version: 1\ndefaults:\n  notify: 'done :}'\n"},
+        ["./a.yaml:3:11: notify template: a `}` closes nothing; write `}}` for a literal brace"],
+    ),
+    "notify: too long": (
+        {"a.yaml": CHAT + "    notify: " + "x" * 501 + "\n"},
+        ["./a.yaml:6:13: `notify` has 501 characters; it must have 1 to 500 characters"],
+    ),
+    "default notify defined in two files": (
+        {"a.yaml": "version: 1\ndefaults:\n  notify: '{name}'\n", "b.yaml": "version: 1\ndefaults:\n  notify: '{key}'\n"},
+        ["./b.yaml:3:3: default `notify` is defined twice: first at ./a.yaml:3:3"],
+    ),
 }
 #: Cases that load other paths than the files they write.
 PATH_CASES = {

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from reconciler import rules
 from reconciler.config import dump_config, load_config
-from reconciler.model import DesiredChat
+from reconciler.config.semantics import NOTIFY_PLACEHOLDERS
+from reconciler.model import DesiredChat, Selector
 
 TRICKY_IDS = ["0412345678", "0312340001", "007", "true", "null", "~", "1e3", "0x1F", "2024-01-02", "yes", "#x", "a:b", "-"]
 user_ids = st.one_of(
@@ -24,7 +25,18 @@ user_ids = st.one_of(
 )
 group_names = st.from_regex(r"[a-z0-9]([a-z0-9_-]{0,6}[a-z0-9])?", fullmatch=True)
 chat_keys = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
-chat_names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=rules.NAME_MIN, max_size=rules.NAME_MAX)
+#: One line: no controls (Cc) and no line or paragraph separators (Zl, Zp).
+chat_names = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=rules.NAME_MIN, max_size=rules.NAME_MAX
+)
+templates = st.lists(
+    st.one_of(
+        st.sampled_from([f"{{{p}}}" for p in NOTIFY_PLACEHOLDERS] + ["{{", "}}", "\n", "[dtchat] "]),
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="{}"), max_size=5),
+    ),
+    min_size=1,
+    max_size=6,
+).map("".join).filter(bool)
 setting_maps = st.fixed_dictionaries(
     {}, optional={s.name: st.sampled_from(list(s.values)) for s in rules.SETTINGS}
 )
@@ -44,6 +56,11 @@ def configs(draw: Any) -> dict[str, Any]:
         if draw(st.booleans()):
             chat["members"] = draw(st.lists(member_items, max_size=8))
         if draw(st.booleans()):
+            excluded = draw(st.lists(member_items, max_size=3))
+            chat["exclude"] = [item for item in excluded if chat["owner"] not in expand([item], groups)]
+        if draw(st.booleans()):
+            chat["notify"] = draw(templates)
+        if draw(st.booleans()):
             chat["members_policy"] = draw(st.sampled_from(rules.MEMBERS_POLICIES))
         if draw(st.booleans()):
             chat["chatid"] = f"chat{index:04d}{draw(st.from_regex(r'[0-9a-f]{4}', fullmatch=True))}"
@@ -55,6 +72,8 @@ def configs(draw: Any) -> dict[str, Any]:
     defaults = draw(setting_maps)
     if defaults:
         document["defaults"] = {"settings": defaults}
+    if draw(st.booleans()):
+        document.setdefault("defaults", {})["notify"] = draw(templates)
     return document
 
 
@@ -68,15 +87,18 @@ def expand(items: list[str], groups: dict[str, list[str]]) -> set[str]:
 
 def expected_chats(document: dict[str, Any]) -> list[DesiredChat]:
     defaults = document.get("defaults", {}).get("settings", {})
+    groups = document["groups"]
     return [
         DesiredChat(
             key=key,
             name=chat["name"],
             owner=chat["owner"],
-            members=tuple(expand(chat.get("members", []), document["groups"])),
+            members=tuple(expand(chat.get("members", []), groups) - expand(chat.get("exclude", []), groups)),
             members_policy=chat.get("members_policy", "exact"),
             settings={**defaults, **chat.get("settings", {})},
             chatid=chat.get("chatid"),
+            exclude=tuple(expand(chat.get("exclude", []), groups)),
+            notify=chat.get("notify", document.get("defaults", {}).get("notify")),
         )
         for key, chat in sorted(document["chats"].items())
     ]
@@ -150,3 +172,20 @@ def test_dump_refuses_a_chat_that_defaults_would_change() -> None:
     chat = DesiredChat(key="c", name="C", owner="a", members=())
     with pytest.raises(ValueError, match="muted"):
         dump_config([chat], defaults={"muted": True})
+
+
+def test_dump_writes_exclusions_and_the_notify_template_so_they_load_back() -> None:
+    chat = DesiredChat(
+        key="eng", name="工程", owner="alice", members=("bob",), exclude=("zoe", "carl"), notify="{name}: {summary}"
+    )
+    text = dump_config([chat])
+    assert text.endswith(
+        "    members:\n    - alice\n    - bob\n    exclude:\n    - carl\n    - zoe\n    notify: '{name}: {summary}'\n"
+    )
+
+
+def test_dump_refuses_a_chat_whose_selectors_are_not_resolved() -> None:
+    """dump writes user ids only: writing such a chat would silently drop its directory members."""
+    chat = DesiredChat(key="c", name="C", owner="a", members=(), selectors=(Selector("dept", 1024, True),))
+    with pytest.raises(ValueError, match="selectors"):
+        dump_config([chat])

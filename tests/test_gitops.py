@@ -197,5 +197,5 @@ def test_markdown_plan_escapes_user_text(emulator, applied):
     chats["eng"]["name"] = "a|b ``` <img src=x>"
     write_config(cfg, chats)
     md = dtchat(emulator, "plan", str(cfg), "--format", "markdown").output
-    assert "| `eng` | update | 0 | 0 | name: Eng \\| <b>核心</b> → a\\|b \\`\\`\\` \\<img src=x\\> |  |" in md
+    assert "| `eng` | update | 0 | 0 | name: Eng \\| \\<b\\>核心\\</b\\> → a\\|b \\`\\`\\` \\<img src=x\\> |  |" in md
     assert "```diff\nname: Eng | <b>核心</b> → a|b ''' <img src=x>\n```" in md

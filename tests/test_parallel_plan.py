@@ -87,7 +87,7 @@ def test_plan_is_sorted_by_key_and_covers_every_kind(plans):
         "pending": {Action.ERROR},
         "new": {Action.CREATE},
         "pin": {Action.NOOP},
-        "forgotten": {Action.FORGET},
+        "forgotten": {Action.ORPHAN},
     }
     gone = next(c for c in changes if c.key.endswith("-gone"))
     assert "not found" in (gone.error or "")

@@ -8,5 +8,6 @@ from .dump import dump_config
 from .issues import ConfigError, ConfigIssue
 from .loader import Config, load_config
 from .schema import is_chat_key
+from .semantics import NOTIFY_PLACEHOLDERS
 
-__all__ = ["Config", "ConfigError", "ConfigIssue", "dump_config", "is_chat_key", "load_config"]
+__all__ = ["Config", "ConfigError", "ConfigIssue", "NOTIFY_PLACEHOLDERS", "dump_config", "is_chat_key", "load_config"]

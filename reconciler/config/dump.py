@@ -2,9 +2,13 @@
 
 Used by ``dtchat dump`` (live chats -> YAML to adopt) and to normalise
 files. Layout: ``version: 1`` first, chats sorted by key, members sorted
-one per line (clean diffs), settings in :data:`reconciler.rules.SETTINGS`
-order, ``members_policy`` only when not the default, ``chatid`` when
-pinned, non-ASCII names kept readable.
+one per line (clean diffs), ``exclude`` when some, settings in
+:data:`reconciler.rules.SETTINGS` order, ``members_policy`` only when not
+the default, ``chatid`` when pinned, ``notify`` when set, non-ASCII names
+kept readable.
+
+Members are written as literal user ids only: a chat whose directory
+selectors are not resolved yet cannot be written without changing what it means.
 """
 from __future__ import annotations
 
@@ -13,9 +17,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import yaml
 
 from ..model import DesiredChat
-from ..rules import SETTING_NAMES
+from ..rules import EXACT, SETTING_NAMES
 
-_DEFAULT_POLICY = "exact"
+_DEFAULT_POLICY = EXACT
 
 
 class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
@@ -39,7 +43,8 @@ def dump_config(
 
     A chat's settings that equal ``defaults`` are left to the defaults.
     Raises ValueError for a chat that leaves unmanaged a setting
-    ``defaults`` declares: loading would make it managed.
+    ``defaults`` declares (loading would make it managed), and for a chat
+    with unresolved directory selectors (only user ids are written).
     """
     defaults = dict(defaults or {})
     document: dict[str, Any] = {"version": 1}
@@ -59,6 +64,8 @@ def dump_config(
 
 
 def _chat(chat: DesiredChat, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    if chat.needs_directory:
+        raise ValueError(f"chat `{chat.key}` has directory selectors: resolve them to user ids before dumping it")
     unmanaged = sorted(defaults.keys() - chat.settings.keys())
     if unmanaged:
         raise ValueError(
@@ -66,10 +73,14 @@ def _chat(chat: DesiredChat, defaults: Mapping[str, Any]) -> dict[str, Any]:
             "dump without those defaults"
         )
     body: dict[str, Any] = {"name": chat.name, "owner": chat.owner, "members": list(chat.members)}
+    if chat.exclude:
+        body["exclude"] = list(chat.exclude)
     if chat.members_policy != _DEFAULT_POLICY:
         body["members_policy"] = chat.members_policy
     if chat.chatid is not None:
         body["chatid"] = chat.chatid
+    if chat.notify is not None:
+        body["notify"] = chat.notify
     own = {name: value for name, value in chat.settings.items() if name not in defaults or defaults[name] != value}
     if own:
         body["settings"] = _ordered_settings(own)

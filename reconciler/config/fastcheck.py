@@ -11,11 +11,18 @@ and the caller then always uses jsonschema.
 Lists of strings (members) are checked per distinct string: a string that
 passed an item schema once is remembered for the life of the predicate, and
 the new ones are checked together at C speed when the item schema is a
-plain string schema (type, pattern, lengths).
+plain string schema (type, pattern, lengths), or an ``anyOf``/``oneOf`` in
+which only one branch can hold a string (a member: a userId or a selector).
+
+Patterns follow ECMA-262, as the schema's other readers (editors) do: there
+``$`` is the end of the string, while Python's ``$`` also matches before a
+final newline, which would let ``"alice\\n"`` pass as a user id. Both this
+module and the jsonschema fallback compile patterns with :func:`search`.
 """
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Callable, Mapping, Optional
 
 Check = Callable[[Any], bool]
@@ -36,6 +43,38 @@ _TYPES: Mapping[str, Check] = {
 
 class UnsupportedSchema(ValueError):
     """The schema uses a keyword this compiler cannot evaluate."""
+
+
+@lru_cache(maxsize=None)
+def search(pattern: str) -> Callable[[str], Optional[re.Match[str]]]:
+    """``re.compile(pattern).search`` with ECMA-262's ``$``: the end of the string, not "before a final newline"."""
+    return re.compile(_ecma_to_python(pattern)).search
+
+
+def _ecma_to_python(pattern: str) -> str:
+    """Rewrite each ``$`` anchor (unescaped, outside a character class) as ``\\Z``."""
+    out: list[str] = []
+    in_class = False
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            out.append(pattern[index : index + 2])
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def compile_schema(root: Mapping[str, Any]) -> Check:
@@ -66,14 +105,17 @@ class _Compiler:
 
     def build_for_strings(self, schema: Any) -> Optional[Callable[[set[Any]], bool]]:
         """``schema`` applied to a set of values at once, if it is a plain string schema; else None."""
-        while isinstance(schema, dict) and set(schema) - _ANNOTATIONS == {"$ref"}:
-            schema = self._resolve(schema["$ref"])
-        if not isinstance(schema, dict):
+        keywords = self._keywords_of(schema)
+        if keywords is None:
             return None
-        keywords = {name: argument for name, argument in schema.items() if name not in _ANNOTATIONS}
+        branches = keywords.get("anyOf", keywords.get("oneOf"))
+        if branches is not None and len(keywords) == 1:
+            # A string can pass only the branches that allow strings; if that is one, it is the schema for strings.
+            for_strings = [branch for branch in branches if not self._rejects_strings(branch)]
+            return self.build_for_strings(for_strings[0]) if len(for_strings) == 1 else None
         if keywords.get("type") != "string" or not keywords.keys() <= {"type", "pattern", "minLength", "maxLength"}:
             return None
-        search = re.compile(keywords.get("pattern", "")).search
+        matches = search(keywords.get("pattern", ""))
         shortest, longest = keywords.get("minLength", 0), keywords.get("maxLength")
 
         def strings(values: set[Any]) -> bool:
@@ -84,9 +126,25 @@ class _Compiler:
             lengths = set(map(len, values))
             if min(lengths) < shortest or (longest is not None and max(lengths) > longest):
                 return False
-            return all(map(search, values))
+            return all(map(matches, values))
 
         return strings
+
+    def _keywords_of(self, schema: Any) -> Optional[dict[str, Any]]:
+        """The keywords that affect validity, after following plain ``$ref``s; None for a boolean schema."""
+        while isinstance(schema, dict) and set(schema) - _ANNOTATIONS == {"$ref"}:
+            schema = self._resolve(schema["$ref"])
+        if not isinstance(schema, dict):
+            return None
+        return {name: argument for name, argument in schema.items() if name not in _ANNOTATIONS}
+
+    def _rejects_strings(self, schema: Any) -> bool:
+        """True when ``schema`` has a ``type`` that excludes strings (so no string can pass it)."""
+        keywords = self._keywords_of(schema)
+        if keywords is None or "type" not in keywords:
+            return schema is False
+        types = keywords["type"]
+        return "string" not in ([types] if isinstance(types, str) else types)
 
     def _keyword(self, name: str, argument: Any, schema: Mapping[str, Any]) -> Check:
         if name == "$ref":
@@ -102,14 +160,33 @@ class _Compiler:
                 raise UnsupportedSchema(f"{name} with a mapping or list")
             return _one_of(allowed)
         if name == "pattern":
-            search = re.compile(argument).search
-            return lambda value: not isinstance(value, str) or search(value) is not None
+            matches = search(argument)
+            return lambda value: not isinstance(value, str) or matches(value) is not None
         if name == "minLength":
             return lambda value: not isinstance(value, str) or len(value) >= argument
         if name == "maxLength":
             return lambda value: not isinstance(value, str) or len(value) <= argument
+        if name == "minimum":
+            return lambda value: not _is_number(value) or value >= argument
+        if name == "maximum":
+            return lambda value: not _is_number(value) or value <= argument
+        if name == "exclusiveMinimum":
+            return lambda value: not _is_number(value) or value > argument
+        if name == "exclusiveMaximum":
+            return lambda value: not _is_number(value) or value < argument
         if name == "required":
             return lambda value: not isinstance(value, dict) or all(key in value for key in argument)
+        if name == "dependentRequired":
+            rules = [(key, tuple(needed)) for key, needed in argument.items()]
+            return lambda value: not isinstance(value, dict) or all(
+                all(other in value for other in needed) for key, needed in rules if key in value
+            )
+        if name == "anyOf":
+            branches = [self.build(branch) for branch in argument]
+            return lambda value: any(branch(value) for branch in branches)
+        if name == "oneOf":
+            branches = [self.build(branch) for branch in argument]
+            return lambda value: sum(1 for branch in branches if branch(value)) == 1
         if name == "properties":
             return _properties({key: self.build(sub) for key, sub in argument.items()})
         if name == "additionalProperties":
@@ -149,8 +226,10 @@ def _items(check: Check, strings: Optional[Callable[[set[Any]], bool]]) -> Check
             return True
         try:
             new = set(value) - passed
-        except TypeError:  # an unhashable item (a mapping or list)
-            return all(check(item) for item in value)
+        except TypeError:  # an unhashable item (a selector mapping, a list): check those one by one
+            if not all(check(item) for item in value if item.__class__ is not str):
+                return False
+            new = {item for item in value if item.__class__ is str} - passed
         if strings is not None and strings(new):
             passed.update(new)
             return True

@@ -13,19 +13,17 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
-import re
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
-    import jsonschema
     from jsonschema.exceptions import ValidationError
 
-from .fastcheck import UnsupportedSchema, compile_schema
+from .fastcheck import UnsupportedSchema, compile_schema, search
 from ..model import Location
-from .issues import ConfigIssue
+from .issues import ConfigIssue, quoted
 from .yamlload import Document
 
 #: Why a string failed a pattern, by the ``$defs`` entry (or property) it failed.
@@ -35,9 +33,22 @@ _PATTERN_RULES = {
     "userId": "a userId has no spaces and does not start with '@' (a group cannot own a chat)",
     "member": "a member is a userId (no spaces) or a `@group` reference",
     "chatid": "a chatid has no spaces",
+    "name": "a chat name is one line of text: no newlines, tabs or other control characters",
+    "mobile": "a mobile number has 5 to 20 characters: digits, spaces, '+', '-', '(' and ')'",
 }
 #: What a value is called in messages, by the ``$defs`` entry it is checked against.
-_DEF_NOUNS = {"chatKey": "chat key", "groupName": "group name", "userId": "user id", "member": "member"}
+_DEF_NOUNS = {
+    "chatKey": "chat key",
+    "groupName": "group name",
+    "userId": "user id",
+    "member": "member",
+    "memberItem": "member",
+    "selector": "selector",
+}
+#: Keywords about one value (not about a mapping's keys): one message per value is enough.
+_VALUE_KEYWORDS = frozenset(
+    {"type", "enum", "const", "pattern", "minLength", "maxLength", "minimum", "maximum"}
+)
 
 
 @cache
@@ -48,7 +59,20 @@ def chats_schema() -> Mapping[str, Any]:
 
 def is_chat_key(key: str) -> bool:
     """Whether ``key`` is a valid chat key, by the schema's own ``chatKey`` pattern (for ``dtchat import``)."""
-    return re.fullmatch(chats_schema()["$defs"]["chatKey"]["pattern"], key) is not None
+    return search(chats_schema()["$defs"]["chatKey"]["pattern"])(key) is not None
+
+
+@cache
+def validator_class() -> Any:
+    """jsonschema's 2020-12 validator with ECMA-262 patterns (see :func:`.fastcheck.search`), as editors read them."""
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
+
+    def pattern(validator: Any, regex: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+        if validator.is_type(instance, "string") and search(regex)(instance) is None:
+            yield ValidationError(f"{instance!r} does not match {regex!r}")
+
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": pattern})
 
 
 @dataclass(frozen=True)
@@ -79,11 +103,9 @@ class SchemaChecker:
             self._is_valid = self._validator.is_valid
 
     @cached_property
-    def _validator(self) -> "jsonschema.Draft202012Validator":
+    def _validator(self) -> Any:
         """jsonschema, imported only when a file fails the fast check (it costs ~70 ms of start-up)."""
-        import jsonschema
-
-        return jsonschema.Draft202012Validator(chats_schema())
+        return validator_class()(chats_schema())
 
     def check(self, document: Document) -> SchemaResult:
         try:
@@ -97,19 +119,31 @@ class SchemaChecker:
             return SchemaResult((), frozenset())
         issues: list[ConfigIssue] = []
         broken: set[tuple[Any, ...]] = set()
+        empty = _empty_chats(document.data, self._defs["chat"]["properties"])
+        for key, fields in empty.items():
+            issues.append(ConfigIssue(document.locate(("chats", key), key=True), _empty_chat(key, fields)))
+            broken.update(("chats", name) for name in (key, *fields))
+        explained = frozenset(broken)  # errors inside these: said by the "is empty; indent its fields" issue
+        seen: set[tuple[Any, ...]] = set()
         for error in self._validator.iter_errors(document.data):
-            path = tuple(error.absolute_path)
-            if "propertyNames" in error.absolute_schema_path:
-                path += (error.instance,)  # the failing key itself
+            path = _path_of(error)
+            if path[:2] in explained:
+                continue
             if error.validator != "additionalProperties":  # later checks read known keys only
                 broken.add(path[:2])
-            issues.extend(self._explain(document, error, path))
+            issues.extend(self._explain(document, error, path, seen))
         return SchemaResult(tuple(issues), frozenset(broken))
 
-    def _explain(self, document: Document, error: ValidationError, path: tuple[Any, ...]) -> Iterator[ConfigIssue]:
+    def _explain(
+        self, document: Document, error: ValidationError, path: tuple[Any, ...], seen: set[tuple[Any, ...]]
+    ) -> Iterator[ConfigIssue]:
+        kind = error.validator
+        if kind in _VALUE_KEYWORDS:
+            if path in seen:
+                return  # e.g. a mobile number both too short and with letters: the first rule says enough
+            seen.add(path)
         is_key = "propertyNames" in error.absolute_schema_path
         where = document.locate(path, key=is_key)
-        kind = error.validator
         definition = next((name for name, sub in self._defs.items() if sub == error.schema), None)
         if kind == "additionalProperties":
             known = list(error.schema.get("properties", {}))
@@ -119,52 +153,173 @@ class SchemaChecker:
         if kind == "required":
             missing = [name for name in error.validator_value if name not in error.instance]
             at = document.locate(path, key=True) if path else where
+            suggested = _suggestions(error.instance, list(error.schema.get("properties", {})))
             for name in missing:
-                yield ConfigIssue(at, f"missing required key `{name}`" + (f" in `{path[-1]}`" if path else ""))
+                if name not in suggested:  # else "unknown key `nmae`; did you mean `name`?" already says it
+                    yield ConfigIssue(at, f"missing required key `{name}`" + (f" in `{path[-1]}`" if path else ""))
+            return
+        if kind == "dependentRequired":
+            for name, needs in error.validator_value.items():
+                absent = [need for need in needs if need not in error.instance]
+                if name in error.instance and absent:
+                    with_ = " and ".join(f"`{need}`" for need in absent)
+                    at = document.locate(path + (name,), key=True)
+                    yield ConfigIssue(at, f"`{name}` can only be used with {with_}")
             return
         what = _DEF_NOUNS.get(definition or "", f"`{path[-1]}`" if path else "the top level")
+        if kind in ("anyOf", "oneOf"):
+            yield from self._explain_alternatives(document, error, path, what, seen)
+            return
         written = document.written(path, key=is_key)
-        shown = written if written is not None else _yaml_text(error.instance)
+        shown = quoted(written if written is not None else _yaml_text(error.instance))
         if kind == "type":
             yield ConfigIssue(where, _wrong_type(what, error.validator_value, error.instance, written, path))
         elif kind == "enum":
             allowed = ", ".join(_yaml_text(v) for v in error.validator_value)
-            yield ConfigIssue(where, f"{what} must be one of: {allowed} (got `{shown}`)")
+            yield ConfigIssue(where, f"{what} must be one of: {allowed} (got {shown})")
         elif kind == "const":
-            yield ConfigIssue(where, f"{what} must be {_yaml_text(error.validator_value)} (got `{shown}`)")
+            yield ConfigIssue(where, f"{what} must be {_yaml_text(error.validator_value)} (got {shown})")
         elif kind == "pattern":
             rule = _PATTERN_RULES.get(definition or str(path[-1]), f"it must match {error.validator_value}")
-            yield ConfigIssue(where, f"{what} `{error.instance}` is not valid: {rule}")
+            yield ConfigIssue(where, f"{what} {quoted(error.instance)} is not valid: {rule}")
         elif kind in ("minLength", "maxLength"):
             limits = f"{error.schema.get('minLength', 0)} to {error.schema['maxLength']} characters"
             length = len(error.instance)
             detail = "is empty" if length == 0 else f"has {length} characters"
             yield ConfigIssue(where, f"{what} {detail}; it must have {limits}")
+        elif kind == "minimum":
+            bound = error.validator_value
+            positive = bound == 1 and error.schema.get("type") == "integer"
+            wanted = "a positive whole number" if positive else f"at least {bound}"
+            yield ConfigIssue(where, f"{what} must be {wanted} (got {shown})")
+        elif kind == "maximum":
+            yield ConfigIssue(where, f"{what} must be at most {error.validator_value} (got {shown})")
         else:  # a keyword this module has no wording for yet: jsonschema's own message
             yield ConfigIssue(where, error.message)
+
+    def _explain_alternatives(
+        self, document: Document, error: ValidationError, path: tuple[Any, ...], what: str, seen: set[tuple[Any, ...]]
+    ) -> Iterator[ConfigIssue]:
+        """A value that may take one of several forms: explained as the form it is closest to.
+
+        ``oneOf`` of ``required`` alone (a selector's one of ``dept``/``role``/``mobile``)
+        says which keys; otherwise the form whose ``type`` the value has explains
+        its own failures (a mapping in a member list is a selector; a string, a userId).
+        """
+        branches = error.validator_value
+        if all(isinstance(branch, dict) and set(branch) == {"required"} for branch in branches):
+            names = [name for branch in branches for name in branch["required"]]
+            present = [name for name in names if name in error.instance]
+            choices = _alternatives(names)
+            if not present:
+                if not _suggestions(error.instance, list(error.schema.get("properties", {}))) & set(names):
+                    yield ConfigIssue(document.locate(path), f"a {what} needs one of {choices}")
+            else:
+                both = ("both " if len(present) == 2 else "") + _alternatives(present, "and")
+                yield ConfigIssue(document.locate(path), f"a {what} takes exactly one of {choices}, not {both}")
+            return
+        if not error.context:  # valid under several branches of a oneOf that is not about keys
+            yield ConfigIssue(document.locate(path), error.message)
+            return
+        by_branch: dict[int, list[ValidationError]] = {}
+        for sub in error.context:
+            by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
+        fitting = [
+            errors
+            for _, errors in sorted(by_branch.items())
+            if not any(sub.validator == "type" and not sub.relative_path for sub in errors)
+        ]
+        if not fitting:  # the value has none of the types: say which ones it may have
+            types = [sub.validator_value for errors in by_branch.values() for sub in errors if sub.validator == "type"]
+            expected = [name for value in types for name in ([value] if isinstance(value, str) else value)]
+            written = document.written(path)
+            yield ConfigIssue(document.locate(path), _wrong_type(what, expected, error.instance, written, path))
+            return
+        for errors in fitting:
+            for sub in errors:
+                yield from self._explain(document, sub, _path_of(sub), seen)
+
+
+def _path_of(error: ValidationError) -> tuple[Any, ...]:
+    path = tuple(error.absolute_path)
+    if "propertyNames" in error.absolute_schema_path:
+        path += (error.instance,)  # the failing key itself
+    return path
+
+
+def _empty_chats(data: Any, chat_fields: Mapping[str, Any]) -> dict[Any, list[Any]]:
+    """Chats written with no value, each with the chat fields that follow it at its own indentation.
+
+    ``eng:`` then ``name: 工程`` on the next line at the same indentation reads
+    as an empty chat ``eng`` and a chat ``name``; the fix is to indent, and one
+    issue saying so beats one per misplaced field. A following key counts as a
+    misplaced field when it is a chat field's name and its value is not a chat
+    (a mapping with a ``name`` or ``owner``).
+    """
+    chats = data.get("chats") if isinstance(data, dict) else None
+    if not isinstance(chats, dict):
+        return {}
+    empty: dict[Any, list[Any]] = {}
+    current: Optional[list[Any]] = None
+    for key, value in chats.items():
+        is_chat = isinstance(value, dict) and ("name" in value or "owner" in value)
+        if current is not None and isinstance(key, str) and key in chat_fields and not is_chat:
+            current.append(key)
+            continue
+        current = empty.setdefault(key, []) if value is None else None
+    return empty
+
+
+def _empty_chat(key: Any, fields: list[Any]) -> str:
+    if not fields:
+        return f"chat {quoted(key)} is empty; it needs at least `name` and `owner`"
+    return f"chat {quoted(key)} is empty; its fields {', '.join(map(str, fields))} must be indented under it"
+
+
+def _alternatives(names: list[str], joined_by: str = "or") -> str:
+    shown = [f"`{name}`" for name in names]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + f" {joined_by} " + shown[-1]
+
+
+def _suggestions(instance: Any, known: list[str]) -> set[str]:
+    """The known keys that unknown keys of ``instance`` look like typos of (what "did you mean" offers)."""
+    if not isinstance(instance, dict):
+        return set()
+    return {
+        close[0]
+        for key in instance
+        if key not in known
+        for close in [difflib.get_close_matches(str(key), known, n=1)]
+        if close
+    }
 
 
 def _unknown_key(key: Any, known: list[str]) -> str:
     close = difflib.get_close_matches(str(key), known, n=1)
     if close:
-        return f"unknown key `{key}`; did you mean `{close[0]}`?"
-    return f"unknown key `{key}`; expected one of: {', '.join(known)}"
+        return f"unknown key {quoted(key)}; did you mean `{close[0]}`?"
+    return f"unknown key {quoted(key)}; expected one of: {', '.join(known)}"
 
 
 def _wrong_type(what: str, expected: Any, value: Any, written: Any, path: tuple[Any, ...]) -> str:
-    wanted = " or ".join(_TYPE_WORDS[t] for t in ([expected] if isinstance(expected, str) else expected))
+    types = [expected] if isinstance(expected, str) else list(dict.fromkeys(expected))
+    wanted = " or ".join(_TYPE_WORDS[t] for t in types)
     got = _describe(value)
+    if types == ["integer"] and isinstance(value, float):
+        got = _yaml_text(value)  # "not 1.5": "not a number" would puzzle
     if not path:
         return f"the top level must be a mapping (version, defaults, groups, chats), not {got}"
     message = f"{what} must be {wanted}, not {got}"
-    if expected == "string" and value is not None and not isinstance(value, (dict, list)):
-        text = written if written is not None else _yaml_text(value)
+    text = written if written is not None else _yaml_text(value)
+    if "string" in types and value is not None and not isinstance(value, (dict, list)):
         if what in ("user id", "member") and isinstance(value, (int, float)):
             return (
                 f"{what} {text} is read as a number, but DingTalk user ids are strings "
                 f'(numeric ones often start with zeros that YAML drops): quote it: "{text}"'
             )
         message += f': quote it: "{text}"'
+    elif types == ["integer"] and isinstance(value, str) and value.strip().isdigit():
+        message += f": write it without quotes: {value.strip()}"
     return message
 
 

@@ -1,21 +1,24 @@
-"""The rules a JSON Schema cannot express: across files, groups, and the member cap.
+"""The rules a JSON Schema cannot express: across files, groups, exclusions, templates and the member cap.
 
 Runs after the schema check, skipping only the entries the schema found
-broken, so one run reports as much as possible. Groups are expanded here,
-defaults merged, and the immutable :class:`~reconciler.model.DesiredChat`
-values built.
+broken, so one run reports as much as possible. Groups are expanded here
+(into user ids and directory selectors), defaults merged, and the immutable
+:class:`~reconciler.model.DesiredChat` values built. Selectors stay
+unresolved: ``validate`` is offline, the directory is read at plan time.
 """
 from __future__ import annotations
 
 import difflib
+import string
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from ..model import DesiredChat, Location
-from ..rules import MEMBER_CAP
-from .issues import ConfigIssue
+from ..notify import PLACEHOLDERS
+from ..model import DesiredChat, Location, Selector
+from ..rules import EXACT, MEMBER_CAP
+from .issues import ConfigIssue, quoted
 from .schema import SchemaResult
 from .yamlload import Document
 
@@ -40,29 +43,40 @@ class Resolved:
     """The merged, expanded content of all files, and what was wrong with it."""
 
     chats: tuple[DesiredChat, ...]
+    #: Group name -> its literal user ids (nested groups expanded), sorted; selectors are in ``group_selectors``.
     groups: Mapping[str, tuple[str, ...]]
     defaults: Mapping[str, Any]
     issues: tuple[ConfigIssue, ...]
+    #: Group name -> its directory selectors (nested groups expanded), sorted; only groups that have some.
+    group_selectors: Mapping[str, tuple[Selector, ...]] = field(default_factory=dict)
+    #: ``defaults.notify``, or None.
+    default_notify: Optional[str] = None
+
+
+#: The placeholders a notify template may use; the applier fills them in.
+NOTIFY_PLACEHOLDERS = PLACEHOLDERS  # notify.py fills them; one list
 
 
 def resolve(checked: Sequence[tuple[Document, SchemaResult]]) -> Resolved:
     """Merge the files' defaults, groups and chats, then expand groups and build the chats."""
     issues: list[ConfigIssue] = []
     defaults = _merge_defaults(checked, issues)
+    default_notify = _default_notify(checked, issues)
     groups = _collect("groups", checked, issues)
     chats = _collect("chats", checked, issues)
     expander = _Expander(groups, issues)
-    desired = [expander.chat(entry, defaults) for entry in chats.values() if not entry.broken]
+    desired = [expander.chat(entry, defaults, default_notify) for entry in chats.values() if not entry.broken]
     _check_pinned_chatids(chats, issues)
+    expanded = sorted(
+        ((name, members) for name, members in expander.expanded.items() if members is not None), key=_by_name
+    )
     return Resolved(
         chats=tuple(sorted((c for c in desired if c is not None), key=lambda c: c.key)),
-        groups={
-            name: tuple(sorted(users))
-            for name, users in sorted(expander.expanded.items(), key=_by_name)
-            if users is not None
-        },
+        groups={name: tuple(sorted(members.users)) for name, members in expanded},
         defaults=defaults,
         issues=tuple(issues),
+        group_selectors={name: _sorted_selectors(members.selectors) for name, members in expanded if members.selectors},
+        default_notify=default_notify,
     )
 
 
@@ -80,6 +94,57 @@ def _merge_defaults(checked: Sequence[tuple[Document, SchemaResult]], issues: li
             else:
                 merged[name], first[name] = value, where
     return merged
+
+
+def _default_notify(checked: Sequence[tuple[Document, SchemaResult]], issues: list[ConfigIssue]) -> Optional[str]:
+    """``defaults.notify`` of all files (defined once at most), if it is a valid template."""
+    found: Optional[tuple[str, Location]] = None
+    valid = True
+    for document, result in checked:
+        path = ("defaults", "notify")
+        if result.is_broken(path) or "notify" not in (document.data.get("defaults") or {}):
+            continue
+        where = document.locate(path, key=True)
+        if found is not None:
+            issues.append(ConfigIssue(where, f"default `notify` is defined twice: first at {found[1]}"))
+            continue
+        found = (document.data["defaults"]["notify"], where)
+        valid = _check_template(found[0], document.locate(path), issues)
+    return found[0] if found is not None and valid else None
+
+
+def _check_template(template: str, where: Location, issues: list[ConfigIssue]) -> bool:
+    """Whether ``template`` is a notify template the applier can fill in; if not, why, at ``where``."""
+    problem = _template_problem(template)
+    if problem is not None:
+        issues.append(ConfigIssue(where, f"notify template: {problem}"))
+    return problem is None
+
+
+def _template_problem(template: str) -> Optional[str]:
+    """Checked with the parser ``str.format`` uses, so a template that passes here cannot fail at apply time.
+
+    Attribute access, indexing, conversions and format specs are refused:
+    ``{name.__class__}`` or ``{added:>999999999}`` in a pull request must not
+    reach ``str.format``.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        if str(error).startswith("Single '}'"):
+            return "a `}` closes nothing; write `}}` for a literal brace"
+        return "a `{` is not closed by `}`; write `{{` for a literal brace"
+    for _, name, spec, conversion in parsed:
+        if name is None:  # literal text only
+            continue
+        if name not in NOTIFY_PLACEHOLDERS:
+            close = difflib.get_close_matches(name, NOTIFY_PLACEHOLDERS, n=1)
+            every = ", ".join(f"{{{p}}}" for p in NOTIFY_PLACEHOLDERS)
+            hint = f"did you mean `{{{close[0]}}}`?" if close else f"use {every}"
+            return f"unknown placeholder {quoted('{' + name + '}')}; {hint}"
+        if spec or conversion:
+            return f"placeholder `{{{name}}}` takes no format spec or conversion; write `{{{name}}}`"
+    return None
 
 
 def _collect(section: str, checked: Sequence[tuple[Document, SchemaResult]], issues: list[ConfigIssue]) -> dict[str, _Entry]:
@@ -117,31 +182,50 @@ def _check_pinned_chatids(chats: Mapping[str, _Entry], issues: list[ConfigIssue]
             pinned[chatid] = entry
 
 
+@dataclass(frozen=True)
+class _Members:
+    """A member list with its groups expanded: literal user ids, and directory selectors to resolve later."""
+
+    users: frozenset[str]
+    selectors: frozenset[Selector]
+
+
 class _Expander:
     """Expands ``@group`` references; groups in a cycle or with errors expand to None (already reported)."""
 
     def __init__(self, groups: Mapping[str, _Entry], issues: list[ConfigIssue]) -> None:
         self._groups = groups
         self._issues = issues
-        self.expanded: dict[str, Optional[frozenset[str]]] = {}
+        self.expanded: dict[str, Optional[_Members]] = {}
         #: "@name" of every group; names that are not strings are broken (the schema reported them).
         self._references = frozenset("@" + name for name in groups if isinstance(name, str))
         for name in self._order_without_cycles():
             entry = groups[name]
-            users = None if entry.broken or name in self.expanded else self._expand(entry.value, entry, ())
-            self.expanded[name] = None if users is None else frozenset(users)
+            members = None if entry.broken or name in self.expanded else self._expand(entry.value, entry, ())
+            self.expanded[name] = None if members is None else _Members(frozenset(members[0]), frozenset(members[1]))
 
-    def chat(self, entry: _Entry, defaults: Mapping[str, Any]) -> Optional[DesiredChat]:
-        """The chat's desired value, or None when its members could not be worked out."""
+    def chat(self, entry: _Entry, defaults: Mapping[str, Any], default_notify: Optional[str]) -> Optional[DesiredChat]:
+        """The chat's desired value, or None when its members or template could not be worked out."""
         chat = entry.value
-        users = self._expand(chat.get("members", ()), entry, ("members",))
-        if users is None:
+        members = self._expand(chat.get("members", ()), entry, ("members",))
+        excluded = self._expand(chat.get("exclude", ()), entry, ("exclude",))
+        notify = chat.get("notify", default_notify)
+        if "notify" in chat and not _check_template(notify, entry.locate("notify"), self._issues):
             return None
+        if members is None or excluded is None:
+            return None
+        users, selectors = members
+        excluded_users, excluded_selectors = excluded
         owner = chat["owner"]
+        if owner in excluded_users:
+            self._owner_excluded(entry, owner)
+            return None
+        if excluded_users:
+            users = [user for user in users if user not in excluded_users]  # stays sorted
         at = bisect_left(users, owner)
         if users[at : at + 1] != [owner]:
             users.insert(at, owner)
-        if len(users) > MEMBER_CAP:
+        if not selectors and len(users) > MEMBER_CAP:  # with selectors, the cap is checked once they are resolved
             self._issues.append(
                 ConfigIssue(
                     entry.locate("members", key=True),
@@ -155,11 +239,27 @@ class _Expander:
             name=chat["name"],
             owner=owner,
             members=tuple(users),  # sorted, deduplicated, owner in: DesiredChat need not sort again
-            members_policy=chat.get("members_policy", "exact"),
+            members_policy=chat.get("members_policy", EXACT),
             settings={**defaults, **chat.get("settings", {})},
             chatid=chat.get("chatid"),
-            location=entry.locate(key=True),
+            selectors=_sorted_selectors(selectors),
+            exclude=tuple(sorted(excluded_users)),
+            exclude_selectors=_sorted_selectors(excluded_selectors),
+            notify=notify,
         )
+
+    def _owner_excluded(self, entry: _Entry, owner: str) -> None:
+        """Each place in ``exclude`` that names the owner, directly or through a group."""
+        for index, item in enumerate(entry.value["exclude"]):
+            where = entry.locate("exclude", index)
+            if item == owner:
+                self._issues.append(ConfigIssue(where, "the owner cannot be excluded"))
+            elif isinstance(item, str) and item in self._references:
+                group = self.expanded.get(item[1:])
+                if group is not None and owner in group.users:
+                    self._issues.append(
+                        ConfigIssue(where, f"the owner cannot be excluded: `{item}` includes {quoted(owner)}")
+                    )
 
     def _order_without_cycles(self) -> Iterable[str]:
         """Groups, included ones first; each cycle is reported and its groups marked None."""
@@ -182,12 +282,20 @@ class _Expander:
                     self.expanded[name] = None
                     del graph[name]
 
-    def _expand(self, items: Sequence[str], entry: _Entry, path: tuple[Any, ...]) -> Optional[list[str]]:
-        """User ids of ``items`` with groups expanded, sorted; None if a reference cannot be expanded.
+    def _expand(
+        self, items: Sequence[Any], entry: _Entry, path: tuple[Any, ...]
+    ) -> Optional[tuple[list[str], set[Selector]]]:
+        """User ids (sorted) and selectors of ``items``, groups expanded; None if a reference cannot be expanded.
 
-        Runs for every chat (10,000 x 200 ids): set operations and one sort, no Python loop over the ids.
+        Runs for every chat (10,000 x 200 ids): set operations and one sort, no Python loop over the ids
+        unless the list holds selectors.
         """
-        users = set(items)
+        try:
+            users = set(items)
+            selectors: set[Selector] = set()
+        except TypeError:  # selector mappings are unhashable: take them out
+            users = {item for item in items if item.__class__ is str}
+            selectors = {_selector(item) for item in items if item.__class__ is dict}
         references = users & self._references
         users -= references
         complete = True
@@ -196,22 +304,34 @@ class _Expander:
             if expanded is None:
                 complete = False  # broken or cyclic: reported where it is defined
             else:
-                users |= expanded
+                users |= expanded.users
+                selectors |= expanded.selectors
         ordered = sorted(users)
         # "@name" sorts between "@" and "A", and user ids never start with "@" (schema): these are undefined.
         for reference in ordered[bisect_left(ordered, "@") : bisect_left(ordered, "A")]:
             where = entry.locate(*path, list(items).index(reference))
             self._issues.append(ConfigIssue(where, _undefined_group(reference[1:], self._groups)))
             complete = False
-        return ordered if complete else None
+        return (ordered, selectors) if complete else None
+
+
+def _selector(written: Mapping[str, Any]) -> Selector:
+    """A selector mapping the schema accepted: exactly one kind; ids as ints (``1024.0`` is ``1024``)."""
+    kind = next(kind for kind in Selector.KINDS if kind in written)
+    value = written[kind]
+    return Selector(kind, str(value) if kind == "mobile" else int(value), bool(written.get("recursive", False)))
+
+
+def _sorted_selectors(selectors: Iterable[Selector]) -> tuple[Selector, ...]:
+    return tuple(sorted(selectors, key=Selector.sort_key))
 
 
 def _by_name(item: tuple[Any, Any]) -> str:
     return str(item[0])  # a broken group's name may be a number
 
 
-def _references(items: Sequence[str]) -> list[str]:
-    return [item[1:] for item in items if item.startswith("@")]
+def _references(items: Sequence[Any]) -> list[str]:
+    return [item[1:] for item in items if isinstance(item, str) and item.startswith("@")]
 
 
 def _reference_index(items: Sequence[str], group: str) -> int:
