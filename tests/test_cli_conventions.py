@@ -168,3 +168,29 @@ def test_an_unexpected_exception_keeps_its_traceback_while_expected_ones_are_one
     result = CliRunner().invoke(cli, ["--api-base", emulator.url, "plan", str(tmp_path)],
                                 env={"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET})
     assert isinstance(result.exception, ValueError)  # not turned into a one-line "error" nobody reports
+
+
+def test_notify_posts_the_yaml_template_filled_in_and_the_dry_run_shows_it(emulator, tmp_path):
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "chats.yaml").write_text(
+        "version: 1\n"
+        "defaults:\n  notify: \"{name}: +{added_count} -{removed_count} ({summary})\"\n"
+        "chats:\n"
+        "  eng:\n    name: 工程\n    owner: alice\n    members: [bob]\n"
+        "    notify: \"群 {key} 已更新，新成员：{added}\"\n"
+        "  ops:\n    name: 运维\n    owner: carol\n", encoding="utf-8")
+    dry = dtchat(emulator, "apply", str(folder), "--dry-run", "--notify")
+    assert "群 eng 已更新，新成员：alice、bob" in dry.stdout and "运维: +1 -0 (创建本群，共 1 名成员)" in dry.stdout
+    result = dtchat(emulator, "apply", str(folder), "--auto-approve", "--notify")
+    assert result.exit_code == 0, result.output
+    sent = {c.body["chatid"]: c.body["text"]["content"] for c in emulator.calls_to("/chat/send")}
+    ids = state_of(folder / "dtchat.state.json")
+    assert sent == {ids["eng"]: "群 eng 已更新，新成员：alice、bob", ids["ops"]: "运维: +1 -0 (创建本群，共 1 名成员)"}
+    (folder / "chats.yaml").write_text((folder / "chats.yaml").read_text().replace("members: [bob]", "members: [dave]"))
+    assert dtchat(emulator, "apply", str(folder), "--auto-approve", "--notify").exit_code == 0
+    assert emulator.calls_to("/chat/send")[-1].body["text"]["content"] == "群 eng 已更新，新成员：dave"
+    bad = folder / "chats.yaml"
+    bad.write_text(bad.read_text().replace("{added}", "{adde}"))
+    result = dtchat(emulator, "validate", str(folder))
+    assert result.exit_code == 1 and "chats.yaml:9:" in result.output and "{adde}" in result.output
