@@ -62,6 +62,12 @@ class ApplyResult:
     #: Ctrl-C stopped the run: what is in ``results`` is what was done.
     interrupted: bool = False
 
+    @classmethod
+    def unchanged(cls, plan: Plan) -> "ApplyResult":
+        """The result of a plan with nothing to apply (its errors still fail it)."""
+        return cls(tuple(ChatResult(c.key, c.action, ok=c.action is not Action.ERROR, chatid=c.chatid, error=c.error)
+                         for c in plan.changes))
+
     @property
     def ok(self) -> bool:
         return not self.interrupted and all(r.ok for r in self.results)

@@ -397,6 +397,7 @@ def _write_text(path: Path, text: str) -> None:
 def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, max_removal_pct, max_removals,
           force, notify, prune, targets, parallelism, fmt) -> None:
     """Converge DingTalk to the YAML (PATH...), or apply a saved plan (--plan F)."""
+    from .applier import ApplyResult
     from .manager import ApplyOptions, Outcome, saved_plan_options
     from .planfile import read_plan
 
@@ -430,10 +431,9 @@ def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, ma
     if outcome.outcome is Outcome.CANCELLED:
         opts.echo("Cancelled; nothing was changed.", err=True)
         raise click.exceptions.Exit(1)
-    if outcome.outcome is Outcome.NO_CHANGES:
+    if outcome.outcome is Outcome.NO_CHANGES and not as_json:
         raise click.exceptions.Exit(1 if outcome.plan.has_errors else 0)
-    result = outcome.result
-    assert result is not None
+    result = outcome.result or ApplyResult.unchanged(outcome.plan)
     if as_json:
         opts.echo(render_apply_json(result))
     else:

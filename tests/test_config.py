@@ -81,7 +81,9 @@ def test_examples_validate() -> None:
     config = load_config([EXAMPLES])
     assert config.summary() == f"{len(config.files)} files, {len(config.chats)} chats, {len(config.groups)} groups: valid"
     assert len(config.files) >= 4 and len(config.chats) >= 6
-    assert max(len(chat.members) for chat in config.chats) > rules.BATCH_SIZE
+    assert max(len(chat.members) for chat in config.chats) > rules.BATCH_SIZE / 5  # literal ids; selectors add more
+    assert {s.kind for chat in config.chats for s in chat.selectors} == {"dept", "role", "mobile"}
+    assert any(chat.exclude_selectors for chat in config.chats)
     assert any(chat.members_policy == "additive" for chat in config.chats)
     assert config.defaults and all(chat.chatid is None for chat in config.chats)
     assert any(not chat.name.isascii() for chat in config.chats) and any(chat.name.isascii() for chat in config.chats)
