@@ -1,4 +1,4 @@
-"""The token bucket: even spacing, thread safety, unlimited mode (fake clock, no real sleeping)."""
+"""The token bucket and the adaptive per-endpoint rate (fake clock, no real sleeping)."""
 from __future__ import annotations
 
 import threading
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from reconciler.dingtalk.ratelimit import TokenBucket
+from reconciler.dingtalk.ratelimit import AdaptiveRate, TokenBucket
 
 
 class FakeClock:
@@ -115,3 +115,54 @@ def test_non_positive_rate_means_unlimited(rate):
 def test_capacity_below_one_is_refused():
     with pytest.raises(ValueError):
         TokenBucket(rate=1, capacity=0.5)
+
+
+# ------------------------------------------------------------ adaptive rate (AIMD)
+
+def test_set_rate_spaces_later_calls_at_the_new_rate():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=20, capacity=1, clock=clock, sleep=clock.sleep)
+    bucket.acquire()
+    bucket.set_rate(4)
+    assert bucket.acquire() == pytest.approx(0.25)
+
+
+def test_a_throttling_answer_halves_the_rate_once_per_round():
+    clock = FakeClock()
+    limiter = AdaptiveRate(40, clock=clock, sleep=clock.sleep)
+    tickets = [limiter.acquire() for _ in range(5)]  # five calls in flight at 40/s
+    assert limiter.throttled(tickets[0]) == 20
+    # The other four were sent before the cut: the same overload, seen late. No second halving.
+    assert [limiter.throttled(t) for t in tickets[1:]] == [None] * 4
+    assert limiter.rate == 20
+    assert limiter.throttled(limiter.acquire()) == 10  # a call sent at the new rate still refused
+
+
+def test_the_rate_never_drops_below_the_floor():
+    limiter = AdaptiveRate(8, floor=1.0, clock=FakeClock(), sleep=lambda s: None)
+    for _ in range(10):
+        limiter.throttled(limiter.acquire())
+    assert limiter.rate == 1.0
+    assert limiter.throttled(limiter.acquire()) is None
+
+
+def test_successes_bring_the_rate_back_gradually_to_the_maximum():
+    limiter = AdaptiveRate(20, clock=FakeClock(), sleep=lambda s: None)
+    limiter.throttled(limiter.acquire())
+    assert limiter.rate == 10
+    limiter.succeeded()
+    assert 10 < limiter.rate < 10.2  # one success: +1/rate calls/s, about +1 call/s per second
+    steps = 0
+    while limiter.rate < 20:
+        limiter.succeeded()
+        steps += 1
+    assert limiter.rate == 20 and 100 < steps < 400  # back to the maximum, never above it
+    limiter.succeeded()
+    assert limiter.rate == 20
+
+
+def test_unlimited_never_adapts():
+    limiter = AdaptiveRate(0, clock=FakeClock(), sleep=lambda s: pytest.fail("slept"))
+    assert limiter.throttled(limiter.acquire()) is None
+    limiter.succeeded()
+    assert limiter.rate == 0

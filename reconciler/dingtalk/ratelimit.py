@@ -1,15 +1,28 @@
-"""A thread-safe token bucket that spaces calls evenly.
+"""Client-side rate limiting shaped like DingTalk's own limits.
 
-With ``capacity=1`` calls leave at most ``rate`` per second and never in a
-burst, which is what a server counting calls in 1-second windows wants.
-Each caller reserves its slot under the lock and then sleeps outside it, so
-waiting threads queue in order without polling.
+DingTalk counts calls per API per app (20/s by default) and, separately, all
+calls from one egress IP (10,000 in 20 s, then a 5-minute ban). The client
+therefore keeps one :class:`AdaptiveRate` per endpoint (so directory lookups
+and chat reads proceed side by side) in front of one per-IP
+:class:`TokenBucket`.
+
+A :class:`TokenBucket` with ``capacity=1`` lets calls leave at most ``rate``
+per second and never in a burst, which is what a server counting calls in
+1-second windows wants. Each caller reserves its slot under the lock and then
+sleeps outside it, so waiting threads queue in order without polling.
 """
 from __future__ import annotations
 
 import threading
 import time
 from typing import Callable
+
+#: DingTalk's per-egress-IP ceiling over all APIs: this many calls ...
+IP_LIMIT_CALLS = 10_000
+#: ... within this many seconds (else the IP is banned for 5 minutes).
+IP_LIMIT_WINDOW = 20.0
+#: Calls the per-IP bucket may save up. ``capacity + rate * window`` stays under the ceiling.
+IP_BURST = 100
 
 
 class TokenBucket:
@@ -46,3 +59,72 @@ class TokenBucket:
         if wait > 0:
             self._sleep(wait)
         return wait
+
+    def set_rate(self, rate: float) -> None:
+        """Change the rate from now on (positive to positive); slots already reserved keep their time."""
+        with self._lock:
+            if self.rate > 0:
+                now = self._clock()
+                self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+            self.rate = float(rate)
+
+
+class AdaptiveRate:
+    """One endpoint's limiter: ``max_rate`` until the server says "too fast", then AIMD.
+
+    A throttling answer halves the rate (not below ``floor``), once per round:
+    answers to calls reserved before the last cut are the same overload seen
+    late and are ignored, or a burst of refusals would collapse the rate to the
+    floor. Each success then adds ``1 / rate`` calls/s, so the rate climbs back
+    by about one call/s per second of clean traffic, up to ``max_rate``.
+    ``max_rate <= 0`` is unlimited and never adapts.
+    """
+
+    def __init__(
+        self,
+        max_rate: float,
+        *,
+        floor: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.max_rate = float(max_rate)
+        self.floor = min(float(floor), self.max_rate) if self.max_rate > 0 else 0.0
+        self._bucket = TokenBucket(self.max_rate, 1, clock=clock, sleep=sleep)
+        self._lock = threading.Lock()
+        self._round = 0
+
+    @property
+    def rate(self) -> float:
+        """The rate calls are paced at now."""
+        return self._bucket.rate
+
+    def acquire(self) -> int:
+        """Wait for this endpoint's next slot; returns a ticket for :meth:`throttled`."""
+        ticket = self._round
+        self._bucket.acquire()
+        return ticket
+
+    def throttled(self, ticket: int) -> "float | None":
+        """The server refused a call as too fast: the new (lower) rate, or None if unchanged."""
+        if self.max_rate <= 0:
+            return None
+        with self._lock:
+            if ticket != self._round:
+                return None
+            self._round += 1
+            rate = max(self.floor, self._bucket.rate / 2)
+            if rate >= self._bucket.rate:
+                return None
+            self._bucket.set_rate(rate)
+            return rate
+
+    def succeeded(self) -> None:
+        """The server accepted a call at this rate: creep back towards ``max_rate``."""
+        if self._bucket.rate >= self.max_rate:  # the common case: nothing to do, no lock
+            return
+        with self._lock:
+            rate = self._bucket.rate
+            if rate < self.max_rate:
+                self._bucket.set_rate(min(self.max_rate, rate + 1.0 / rate))

@@ -16,11 +16,19 @@ MASK = "***"
 MIN_SECRET_LEN = 6
 
 _QUERY_SECRET = re.compile(r"(?i)\b(access_token|appsecret|corpsecret)=[^&\s'\"#<>)]*")
+#: ``scheme://user:password@`` (or ``scheme://token@``): the whole userinfo goes, whatever its length.
+#: Greedy up to the last ``@`` of the authority, as URL parsers split it.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#'\"<>]*@")
 _lock = threading.Lock()
 _secrets: set[str] = set()
 
 #: Loggers that write request URLs (with their query strings) at DEBUG.
 _URL_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry")
+
+
+def strip_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: the form of an API base or proxy fit to print."""
+    return _USERINFO.sub(lambda m: m.group(1), url)
 
 
 def register_secret(secret: str) -> None:
@@ -31,8 +39,11 @@ def register_secret(secret: str) -> None:
 
 
 def redact(text: str) -> str:
-    """Mask secret query parameters and every registered secret in ``text``."""
-    text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={MASK}", text)
+    """Mask secret query parameters, URL credentials and every registered secret in ``text``."""
+    if "=" in text:
+        text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={MASK}", text)
+    if "@" in text:
+        text = _USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
     with _lock:
         secrets = sorted(_secrets, key=len, reverse=True)
     for secret in secrets:

@@ -1,0 +1,71 @@
+"""CPU the client spends per API call, through ``requests``, against an emulator in another process.
+
+Design target (design.md §7): under 0.7 ms of CPU per API call. The emulator
+runs in a subprocess so its CPU is not counted; this process only reads chats.
+Run from the repository root: ``python3 bench/bench_client_cpu.py [--calls N] [--threads T]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reconciler.dingtalk import DingTalkClient  # noqa: E402
+
+APP_KEY = "bench-app-key"
+APP_SECRET = "bench-app-secret-not-for-output"
+TARGET_MS = 0.7
+
+#: Started with ``python3 -c``: an emulator seeded with N chats; prints its URL and the chatids, then serves.
+_SERVER = """
+import json, sys, time
+from reconciler.emulator import EmulatorServer
+n = int(sys.argv[1])
+server = EmulatorServer(host="127.0.0.1", port=0, app_key=%r, app_secret=%r).start()
+ids = [server.seed_chat(f"chat {i}", "u0", [f"u{j}" for j in range(30)]) for i in range(n)]
+print(json.dumps({"url": server.url, "chatids": ids}), flush=True)
+sys.stdin.read()  # serve until the parent closes our stdin
+server.stop()
+""" % (APP_KEY, APP_SECRET)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000, help="chats to read (one /chat/get each)")
+    parser.add_argument("--threads", type=int, default=4, help="concurrent readers sharing one client")
+    args = parser.parse_args()
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(args.calls)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        with DingTalkClient(APP_KEY, APP_SECRET, api_base=info["url"], max_qps=0) as client:
+            client.get_chat(info["chatids"][0])  # token, connection pool and imports warmed up
+            usage0, cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+            with ThreadPoolExecutor(args.threads) as pool:
+                for _ in pool.map(client.get_chat, info["chatids"]):
+                    pass
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            user, system = usage.ru_utime - usage0.ru_utime, usage.ru_stime - usage0.ru_stime
+            calls = sum(client.stats["calls"].values()) - 2
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        proc.wait(timeout=10)
+    per_call = cpu / calls * 1000
+    print(f"{calls} calls, {args.threads} threads: client CPU {cpu:.3f} s (user {user:.3f} s, "
+          f"system {system:.3f} s: loopback TCP is charged to the sender), wall {wall:.3f} s")
+    print(f"CPU per API call: {per_call:.3f} ms (target < {TARGET_MS} ms): {'met' if per_call < TARGET_MS else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

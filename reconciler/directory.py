@@ -1,0 +1,357 @@
+"""Members from the org directory: ``{dept: …}``, ``{role: …}`` and ``{mobile: …}`` selectors into user ids.
+
+Why it is shaped this way (design §8):
+
+* Every directory call (``listid`` of one department, ``listsubid`` of one
+  department, one role, one mobile, …) is made at most once per run and
+  shared between selectors, so a recursive selector on 1 and a direct one on
+  100 cost one ``listid(100)``, and 50 chats sharing 10 selectors cost what
+  10 selectors cost.
+* Calls go to one small thread pool per API ("lane"). DingTalk limits each
+  API separately, and so does the client, so a lane waiting for its own rate
+  budget never holds up another API's calls: a tree walk runs at the speed of
+  its slowest API, not at the sum of them.
+* The caller's thread coordinates: it walks department trees as ``listsubid``
+  answers land and hands each newly found department to the lanes. No pool
+  worker ever waits for another call, so no parallelism can deadlock.
+* A failed or empty answer is never a member list: it becomes an error for
+  every chat that uses it (members are never removed on the strength of one).
+  Only an error that would hit every call (``is_fatal``) stops the run.
+"""
+from __future__ import annotations
+
+import sys
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+from .dingtalk import DingTalkClient, DingTalkError, InvalidUserError, NotFoundError, is_fatal
+from .dingtalk.client import normalize_mobile
+from .model import DesiredChat, MemberSource, Selector
+from .rules import MEMBER_CAP
+
+#: errcodes meaning "no such department / role / user", whatever class the client maps them to.
+_NOT_FOUND_CODES = frozenset({60003, 33011, 60121})
+_EMPTY = "refusing to plan members from an empty directory answer"
+@dataclass(frozen=True)
+class Lookup:
+    """One selector's answer."""
+
+    selector: Selector
+    #: The distinct user ids it stands for; None when the lookup failed.
+    users: Optional[frozenset[str]]
+    #: The department's or role's name, or the normalised mobile number: what plans show.
+    label: str
+    #: Why it cannot be used (``"{dept: 100}: department 100 not found (errcode 60003)"``); None when usable.
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        """Usable: answered, and not empty (an empty answer is never trusted as "nobody")."""
+        return self.error is None and bool(self.users)
+
+
+@dataclass(frozen=True)
+class DirectoryResult:
+    """Chats with their selectors resolved, or the reason they could not be."""
+
+    #: Same order as given; resolved chats have their final members and no selectors left.
+    chats: tuple[DesiredChat, ...]
+    #: chat key -> one-line reason; those chats are returned unchanged (still ``needs_directory``).
+    errors: Mapping[str, str]
+    #: chat key -> where its members came from, one per selector, sorted by selector.
+    sources: Mapping[str, tuple[MemberSource, ...]]
+    lookups: Mapping[Selector, Lookup]
+
+
+# ---------------------------------------------------------------------------- the calls
+
+_Key = tuple[str, Any]
+
+LISTID = "listid"
+LISTSUBID = "listsubid"
+DEPT = "dept"
+ROLE = "role"
+ROLES = "roles"
+MOBILE = "mobile"
+
+
+def _user_set(ids: Iterable[Any]) -> frozenset[str]:
+    # interned: the same ids come back from /chat/get (LiveChat interns too), so big plans share strings
+    return frozenset(sys.intern(str(u)) for u in ids)
+
+
+#: lane -> the one client call it makes for an argument.
+_CALLS: Mapping[str, Callable[[DingTalkClient, Any], Any]] = {
+    LISTID: lambda c, dept: _user_set(c.list_department_user_ids(dept)),
+    LISTSUBID: lambda c, dept: tuple(c.list_sub_department_ids(dept)),
+    DEPT: lambda c, dept: str(c.get_department(dept).get("name") or ""),
+    ROLE: lambda c, role: _user_set(c.list_role_user_ids(role)),
+    ROLES: lambda c, _: dict(c.list_roles()),
+    MOBILE: lambda c, mobile: sys.intern(str(c.get_user_id_by_mobile(mobile))),
+}
+
+
+class _Stopped(Exception):
+    """A queued call skipped because the run is stopping."""
+
+
+class _Calls:
+    """Memoised directory calls on per-API lanes; ``drive`` waits for them and reacts as each lands."""
+
+    def __init__(self, client: DingTalkClient, parallelism: int) -> None:
+        self._client = client
+        self._parallelism = max(1, parallelism)
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._futures: dict[_Key, Future] = {}
+        self._keys: dict[Future, _Key] = {}
+        self._pending: set[Future] = set()
+        self._stopping = False
+
+    def request(self, lane: str, arg: Any = None) -> None:
+        """Start the call unless this run already started it."""
+        key = (lane, arg)
+        if key in self._futures:
+            return
+        pool = self._pools.get(lane)
+        if pool is None:
+            pool = self._pools[lane] = ThreadPoolExecutor(self._parallelism, thread_name_prefix=f"dtchat-dir-{lane}")
+        future = pool.submit(self._run, lane, arg)
+        self._futures[key] = future
+        self._keys[future] = key
+        self._pending.add(future)
+
+    def _run(self, lane: str, arg: Any) -> Any:
+        if self._stopping:
+            raise _Stopped()
+        return _CALLS[lane](self._client, arg)
+
+    def drive(self, on_answer: Callable[[str, Any, Any], None]) -> None:
+        """Wait until every call (including those ``on_answer`` starts) is done; fatal errors raise at once."""
+        while self._pending:
+            done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: repr(self._keys[f])):
+                self._pending.discard(future)
+                exc = future.exception()
+                if exc is not None:
+                    if not isinstance(exc, DingTalkError) or is_fatal(exc):
+                        raise exc
+                    continue
+                lane, arg = self._keys[future]
+                on_answer(lane, arg, future.result())
+
+    def answer(self, lane: str, arg: Any = None) -> Union[Any, DingTalkError]:
+        """A finished call's result, or the (non-fatal) error it raised."""
+        future = self._futures[(lane, arg)]
+        exc = future.exception()
+        return exc if exc is not None else future.result()
+
+    def close(self) -> None:
+        """Skip queued calls and wait for the ones in flight (bounded by the client's timeouts)."""
+        self._stopping = True
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------- lookups
+
+
+def lookup_selectors(
+    client: DingTalkClient, selectors: Iterable[Selector], *, parallelism: int = 8
+) -> dict[Selector, Lookup]:
+    """Resolve each distinct selector once, concurrently, sharing every call between them.
+
+    ``parallelism`` is the number of calls in flight per API. A fatal error
+    (``is_fatal``: credentials, quota, unreachable, long IP ban) is raised;
+    any other failure, and any empty answer, is a :class:`Lookup` with ``error``.
+    """
+    wanted = sorted(set(selectors), key=Selector.sort_key)
+    if not wanted:
+        return {}
+    mobiles: dict[Selector, Union[str, ValueError]] = {}
+    calls = _Calls(client, parallelism)
+    try:
+        if any(s.kind == ROLE for s in wanted):
+            calls.request(ROLES)
+        for sel in wanted:
+            if sel.kind == DEPT:
+                calls.request(DEPT, sel.value)
+                calls.request(LISTID, sel.value)
+                if sel.recursive:
+                    calls.request(LISTSUBID, sel.value)
+            elif sel.kind == ROLE:
+                calls.request(ROLE, sel.value)
+            elif sel.kind == MOBILE:
+                try:
+                    mobiles[sel] = normalize_mobile(str(sel.value))
+                except ValueError as exc:
+                    mobiles[sel] = exc
+                    continue
+                calls.request(MOBILE, mobiles[sel])
+
+        def walk(lane: str, arg: Any, result: Any) -> None:
+            # only recursive walks ask for sub-departments, so every child found belongs to one
+            if lane == LISTSUBID:
+                for child in result:
+                    calls.request(LISTSUBID, child)
+                    calls.request(LISTID, child)
+
+        calls.drive(walk)
+    finally:
+        calls.close()
+    out: dict[Selector, Lookup] = {}
+    for sel in wanted:
+        if sel.kind == DEPT:
+            out[sel] = _dept_lookup(sel, calls)
+        elif sel.kind == ROLE:
+            out[sel] = _role_lookup(sel, calls)
+        elif sel.kind == MOBILE:
+            out[sel] = _mobile_lookup(sel, calls, mobiles[sel])
+        else:
+            out[sel] = Lookup(sel, None, str(sel.value), f"{sel}: unknown selector kind {sel.kind!r}")
+    return out
+
+
+def _dept_lookup(sel: Selector, calls: _Calls) -> Lookup:
+    root = sel.value
+    name = calls.answer(DEPT, root)
+    label = f"department {root}" if isinstance(name, DingTalkError) or not name else name
+    if isinstance(name, DingTalkError):
+        return Lookup(sel, None, label, f"{sel}: {_reason(name, f'department {root}')}")
+    users: set[str] = set()
+    queue, seen = deque([root]), {root}
+    while queue:  # breadth-first over the answers the walk collected; each department once
+        dept = queue.popleft()
+        direct = calls.answer(LISTID, dept)
+        if isinstance(direct, DingTalkError):
+            return Lookup(sel, None, label, f"{sel}: {_reason(direct, f'department {dept}')}")
+        users |= direct
+        if not sel.recursive:
+            break
+        children = calls.answer(LISTSUBID, dept)
+        if isinstance(children, DingTalkError):
+            return Lookup(sel, None, label, f"{sel}: {_reason(children, f'department {dept}')}")
+        for child in children:
+            if child not in seen:
+                seen.add(child)
+                queue.append(child)
+    if not users:
+        where = "the department and the departments below it have" if sel.recursive else "the department has"
+        return Lookup(sel, frozenset(), label, f"{sel}: {where} no members; {_EMPTY}")
+    return Lookup(sel, frozenset(users), label)
+
+
+def _role_lookup(sel: Selector, calls: _Calls) -> Lookup:
+    names = calls.answer(ROLES)
+    # the role list only names things: if it failed, the holders' own answer still decides
+    name = names.get(sel.value) if isinstance(names, dict) else None
+    label = str(name) if name else f"role {sel.value}"
+    holders = calls.answer(ROLE, sel.value)
+    if isinstance(holders, DingTalkError):
+        return Lookup(sel, None, label, f"{sel}: {_reason(holders, f'role {sel.value}')}")
+    if not holders:
+        return Lookup(sel, frozenset(), label, f"{sel}: nobody holds the role; {_EMPTY}")
+    return Lookup(sel, holders, label)
+
+
+def _mobile_lookup(sel: Selector, calls: _Calls, mobile: Union[str, ValueError]) -> Lookup:
+    if isinstance(mobile, ValueError):
+        return Lookup(sel, None, str(sel.value), f"{sel}: {mobile}")
+    user = calls.answer(MOBILE, mobile)
+    if isinstance(user, DingTalkError):
+        if isinstance(user, InvalidUserError) or user.errcode == 60121:
+            reason = f"no active user has mobile {mobile} (errcode {user.errcode}: unknown, left or not yet joined)"
+        else:
+            reason = _reason(user, f"mobile {mobile}")
+        return Lookup(sel, None, mobile, f"{sel}: {reason}")
+    return Lookup(sel, frozenset({user}), mobile)
+
+
+def _reason(exc: DingTalkError, what: str) -> str:
+    """One line: "department 100 not found (errcode 60003)", or what the client said."""
+    if isinstance(exc, NotFoundError) or exc.errcode in _NOT_FOUND_CODES:
+        return f"{what} not found (errcode {exc.errcode})"
+    return f"cannot read {what}: {exc}"
+
+
+# ---------------------------------------------------------------------------- expansion
+
+
+def expand_chats(chats: Sequence[DesiredChat], lookups: Mapping[Selector, Lookup]) -> DirectoryResult:
+    """Turn each chat's selectors into members with ``lookups`` (pure: no I/O).
+
+    members = literal members ∪ selectors' users − ``exclude`` ids − exclude
+    selectors' users, owner always in. A chat that uses a failed or empty
+    lookup, excludes its owner, or ends above the member cap is an error and
+    is returned unchanged.
+    """
+    out: list[DesiredChat] = []
+    errors: dict[str, str] = {}
+    sources: dict[str, tuple[MemberSource, ...]] = {}
+    for chat in chats:
+        if not chat.needs_directory:
+            out.append(chat)
+            continue
+        used = sorted({*chat.selectors, *chat.exclude_selectors}, key=Selector.sort_key)
+        problems = [_unusable(sel, lookups.get(sel)) for sel in used]
+        problems = [p for p in problems if p]
+        if problems:
+            errors[chat.key] = "; ".join(problems)
+            out.append(chat)
+            continue
+        sources[chat.key] = tuple(sorted(
+            [MemberSource(s, lookups[s].label, len(lookups[s].users or ()), False) for s in set(chat.selectors)]
+            + [MemberSource(s, lookups[s].label, len(lookups[s].users or ()), True) for s in set(chat.exclude_selectors)],
+            key=lambda m: (m.selector.sort_key(), m.excluded),
+        ))
+        error = _owner_excluded(chat, lookups)
+        members: set[str] = set(chat.members)
+        for sel in chat.selectors:
+            members |= lookups[sel].users or frozenset()
+        members.difference_update(chat.exclude)
+        for sel in chat.exclude_selectors:
+            members -= lookups[sel].users or frozenset()
+        members.add(chat.owner)
+        if error is None and len(members) > MEMBER_CAP:
+            error = (f"{len(members):,} members after resolving the directory selectors, "
+                     f"more than the {MEMBER_CAP:,} a chat may have (owner included)")
+        if error is not None:
+            errors[chat.key] = error
+            out.append(chat)
+            continue
+        out.append(replace(chat, members=tuple(sorted(members)), selectors=(), exclude_selectors=()))
+    return DirectoryResult(
+        chats=tuple(out),
+        errors=MappingProxyType(errors),
+        sources=MappingProxyType(sources),
+        lookups=MappingProxyType(dict(lookups)),
+    )
+
+
+def _unusable(sel: Selector, lookup: Optional[Lookup]) -> Optional[str]:
+    if lookup is None:
+        return f"{sel}: was not looked up"
+    if lookup.error is not None:
+        return lookup.error
+    if not lookup.users:
+        return f"{sel}: the directory answered no users; {_EMPTY}"
+    return None
+
+
+def _owner_excluded(chat: DesiredChat, lookups: Mapping[Selector, Lookup]) -> Optional[str]:
+    if chat.owner in chat.exclude:
+        return f"the owner {chat.owner} cannot be excluded; exclude: lists them"
+    for sel in sorted(chat.exclude_selectors, key=Selector.sort_key):
+        if chat.owner in (lookups[sel].users or ()):
+            return f"the owner {chat.owner} cannot be excluded; {sel} contains them"
+    return None
+
+
+def resolve_directory(
+    client: DingTalkClient, chats: Sequence[DesiredChat], *, parallelism: int = 8
+) -> DirectoryResult:
+    """Look up every selector the chats use (once each) and expand the chats with the answers."""
+    wanted = {sel for chat in chats for sel in (*chat.selectors, *chat.exclude_selectors)}
+    return expand_chats(chats, lookup_selectors(client, wanted, parallelism=parallelism))
