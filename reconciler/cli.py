@@ -286,7 +286,10 @@ def command(*args, **kwargs):
     """A dtchat command: global options accepted after its name too, logging on stderr."""
 
     def decorate(f):
-        return cli.command(*args, **kwargs)(global_options(click.pass_obj(_with_logging(f))))
+        cmd = cli.command(*args, **kwargs)(global_options(click.pass_obj(_with_logging(f))))
+        own = [p for p in cmd.params if p.expose_value]
+        cmd.params = own + [p for p in cmd.params if not p.expose_value]  # the command's own options first in --help
+        return cmd
 
     return decorate
 
