@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import APP_KEY, APP_SECRET
 from reconciler.dingtalk import DingTalkClient
 from reconciler.emulator import EmulatorServer
-
-APP_KEY = "test-app-key"
-APP_SECRET = "test-app-secret-DO-NOT-LEAK"
 
 
 @pytest.fixture

@@ -1,21 +1,28 @@
-"""Test helpers: write YAML configs and run the real CLI against the emulator."""
+"""Test helpers: the test app's credentials, YAML configs, the real CLI and raw HTTP against the emulator.
+
+Test files import from here (``from helpers import ...``); ``conftest.py`` holds only fixtures.
+"""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
+import requests
 import yaml
 from click.testing import CliRunner, Result
 
 from reconciler.cli import cli
 
-from conftest import APP_KEY, APP_SECRET
+#: The credentials the ``emulator`` fixture requires (and ``dtchat()`` passes).
+APP_KEY = "test-app-key"
+APP_SECRET = "test-app-secret-DO-NOT-LEAK"
 
 
 def write_config(folder: Path, chats: Mapping[str, Mapping[str, Any]], *, name: str = "chats.yaml",
-                 groups: Optional[Mapping[str, Sequence[str]]] = None,
-                 defaults: Optional[Mapping[str, Any]] = None) -> Path:
+                 groups: Mapping[str, Sequence[str]] | None = None,
+                 defaults: Mapping[str, Any] | None = None) -> Path:
     doc: dict[str, Any] = {"version": 1}
     if defaults:
         doc["defaults"] = {"settings": dict(defaults)}
@@ -28,7 +35,7 @@ def write_config(folder: Path, chats: Mapping[str, Mapping[str, Any]], *, name: 
     return path
 
 
-def dtchat(emulator, *args: str, input: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> Result:
+def dtchat(emulator, *args: str, input: str | None = None, env: Mapping[str, str] | None = None) -> Result:
     """Run ``dtchat --api-base <emulator> ARGS`` in-process with the test app's credentials."""
     full_env = {"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "NO_COLOR": "1"}
     full_env.update(env or {})
@@ -44,3 +51,73 @@ def state_of(path: Path) -> dict[str, str]:
 
 def users(n: int, prefix: str = "u") -> list[str]:
     return [f"{prefix}{i:04d}" for i in range(n)]
+
+
+class RawApi:
+    """Raw ``requests`` against one emulator, no DingTalkClient in between, with a token fetched up front.
+
+    ``get``/``post``/``gettoken``/``admin`` return the whole ``requests.Response`` so faults (HTTP 500,
+    HTML pages, bans) stay visible; ``get_json``/``post_json`` are the shorthand for the usual JSON answer.
+    ``appkey``/``appsecret`` default to any non-empty pair, which an emulator without credentials accepts.
+    """
+
+    def __init__(self, server: Any, appkey: str = "k", appsecret: str = "s") -> None:
+        self.base = server.url
+        self.appkey, self.appsecret = appkey, appsecret
+        self.http = requests.Session()
+        self.token: str = self.new_token()
+
+    def gettoken(self, appkey: str | None = None, appsecret: str | None = None) -> requests.Response:
+        params = {"appkey": self.appkey if appkey is None else appkey,
+                  "appsecret": self.appsecret if appsecret is None else appsecret}
+        return self.http.get(self.base + "/gettoken", params=params)
+
+    def new_token(self) -> str:
+        """Fetch a fresh token, use it from now on, and return it."""
+        self.token = self.gettoken().json()["access_token"]
+        return self.token
+
+    def get(self, endpoint: str, **params: Any) -> requests.Response:
+        """GET with this token unless ``access_token`` is given."""
+        params.setdefault("access_token", self.token)
+        return self.http.get(self.base + endpoint, params=params)
+
+    def post(self, endpoint: str, body: Any, token: str | None = None, **kw: Any) -> requests.Response:
+        """POST ``body`` as JSON with this token (or ``token``); ``kw`` goes to requests (e.g. ``timeout``)."""
+        return self.http.post(self.base + endpoint, params={"access_token": token or self.token}, json=body, **kw)
+
+    def get_json(self, endpoint: str, **params: Any) -> Any:
+        return self.get(endpoint, **params).json()
+
+    def post_json(self, endpoint: str, body: Any, token: str | None = None, **kw: Any) -> Any:
+        return self.post(endpoint, body, token, **kw).json()
+
+    @staticmethod
+    def errcode(response: requests.Response) -> Any:
+        return response.json().get("errcode")
+
+    def create(self, name: str = "工程值班", owner: str = "alice", members: list[str] | None = None,
+               **extra: Any) -> str:
+        """Create a chat over the API (asserting it worked) and return its chatid."""
+        reply = self.post_json("/chat/create", {"name": name, "owner": owner,
+                                                "useridlist": members or ["alice", "bob"], **extra})
+        assert reply["errcode"] == 0, reply
+        return reply["chatid"]
+
+    def admin(self, name: str, body: Any = None, **kw: Any) -> requests.Response:
+        """``/__emulator__/NAME``: GET without a body, POST with one."""
+        if body is None:
+            return self.http.get(self.base + "/__emulator__/" + name, **kw)
+        return self.http.post(self.base + "/__emulator__/" + name, json=body, **kw)
+
+    def stored_chats(self) -> dict[str, Any]:
+        return self.admin("chats").json()["chats"]
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> RawApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

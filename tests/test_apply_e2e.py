@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from conftest import APP_SECRET
-from helpers import dtchat, state_of, users, write_config
+from helpers import APP_SECRET, dtchat, state_of, users, write_config
 
 from reconciler.rules import SETTING_FIELDS
 

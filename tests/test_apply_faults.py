@@ -10,8 +10,7 @@ import time
 
 import requests
 
-from conftest import APP_KEY, APP_SECRET
-from helpers import dtchat, state_of, users, write_config
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
 
 from reconciler.applier import apply_plan
 from reconciler.config import load_config

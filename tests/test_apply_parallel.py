@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from conftest import APP_KEY, APP_SECRET
-from helpers import dtchat, state_of, users, write_config
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
 
 from reconciler.config import load_config
 from reconciler.emulator import EmulatorServer

@@ -31,8 +31,7 @@ import yaml
 
 from reconciler.cli import cli
 
-from conftest import APP_KEY, APP_SECRET
-from helpers import state_of, write_config
+from helpers import APP_KEY, APP_SECRET, state_of, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CI = ROOT / "examples" / "ci"

@@ -6,8 +6,7 @@ import socket
 
 from click.testing import CliRunner
 
-from conftest import APP_KEY, APP_SECRET
-from helpers import dtchat, state_of, write_config
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, write_config
 
 from reconciler.cli import cli
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import APP_KEY, APP_SECRET
-from helpers import dtchat, state_of, users, write_config
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
 
 from reconciler.cli import cli
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import APP_KEY, APP_SECRET
+from helpers import APP_KEY, APP_SECRET
 from reconciler import rules
 from reconciler.dingtalk import (
     AuthError,
@@ -135,9 +135,15 @@ def test_stats_count_calls_per_endpoint(client, chat):
     assert client.stats["calls"]["/chat/get"] == 2
 
 
-def test_context_manager_closes(emulator, chat):
+def test_context_manager_closes_the_pooled_connections(emulator, chat):
     with DingTalkClient(APP_KEY, APP_SECRET, api_base=emulator.url, max_qps=0) as c:
         assert c.get_chat(chat)["chatid"] == chat
+        pools = c._adapter.poolmanager.pools  # requests' HTTPAdapter -> urllib3 PoolManager
+        pooled = [conn for key in list(pools.keys()) for conn in list(pools[key].pool.queue) if conn is not None]
+        sockets = [conn.sock for conn in pooled if conn.sock is not None]
+        assert len(sockets) == 1 and sockets[0].fileno() >= 0  # /gettoken and /chat/get shared one keep-alive
+    assert len(c._adapter.poolmanager.pools) == 0
+    assert all(conn.sock is None for conn in pooled) and sockets[0].fileno() == -1  # the socket itself is closed
 
 
 # -------------------------------------------------------------------- token

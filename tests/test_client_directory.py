@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import APP_KEY, APP_SECRET
+from helpers import APP_KEY, APP_SECRET
 from reconciler.dingtalk import (
     AuthError,
     DingTalkClient,

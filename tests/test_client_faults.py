@@ -13,11 +13,12 @@ import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 import requests
 
-from conftest import APP_KEY, APP_SECRET
+from helpers import APP_KEY, APP_SECRET
 from reconciler.dingtalk import (
     AmbiguousCreateError,
     AuthError,
@@ -28,6 +29,19 @@ from reconciler.dingtalk import (
 )
 
 DROP = object()
+
+
+@pytest.fixture
+def client_sleeps(monkeypatch) -> list[float]:
+    """Every wait the client takes (backoff, honouring a ban); it still sleeps. Empty = it gave up at once."""
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr("reconciler.dingtalk.client.time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    return slept
 
 
 class CannedServer:
@@ -177,14 +191,13 @@ def test_ip_ban_json_and_html_are_survived_by_honouring_wait(client, emulator, c
     assert [c.errcode for c in emulator.calls_to("/chat/get")] == [0, None, 0, None, 0]
 
 
-def test_ban_longer_than_the_budget_gives_up_at_once(make_client, emulator, chat):
+def test_ban_longer_than_the_budget_gives_up_at_once(make_client, emulator, chat, client_sleeps):
     client = make_client(max_retry_seconds=5)
     emulator.faults.ip_ban_every = 1
     emulator.faults.ban_wait = 300
-    started = time.monotonic()
     with pytest.raises(ThrottledError, match="300 s") as info:
         client.get_chat(chat)
-    assert time.monotonic() - started < 1
+    assert client_sleeps == []  # neither a backoff nor a wait on the ban before giving up
     assert info.value.errcode is None
     assert len(emulator.calls_to("/chat/get")) == 1
 
@@ -421,7 +434,7 @@ def test_no_secret_in_logs_or_errors_across_fault_paths(make_client, emulator, c
     assert any(r.name == "reconciler.dingtalk" and r.levelno == logging.WARNING for r in caplog.records)
 
 
-def test_client_waits_out_a_real_ip_ban_and_gives_up_at_once_on_a_long_one(emulator, make_client):
+def test_client_waits_out_a_real_ip_ban_and_gives_up_at_once_on_a_long_one(emulator, make_client, client_sleeps):
     chatid = emulator.seed_chat("c", "owner", ["owner"])
     client = make_client(max_qps=0)
     client.get_chat(chatid)  # token + 1 call
@@ -429,10 +442,9 @@ def test_client_waits_out_a_real_ip_ban_and_gives_up_at_once_on_a_long_one(emula
     emulator.faults.ip_ban_seconds = 1.0
     started = time.monotonic()
     client.get_chat(chatid)  # 3rd call in the window: banned, told to wait 1 s, then served
-    assert time.monotonic() - started >= 1.0
+    assert time.monotonic() - started >= 1.0 and client_sleeps == [1.0]
     emulator.faults.ip_limit_calls = 1
     emulator.faults.ip_ban_seconds = 300.0
-    started = time.monotonic()
     with pytest.raises(ThrottledError, match="300"):
         client.get_chat(chatid)
-    assert time.monotonic() - started < 5
+    assert client_sleeps == [1.0]  # the 300 s ban: given up at once, not one more wait

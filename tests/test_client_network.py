@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import http.client
 import pytest
 
-from conftest import APP_KEY, APP_SECRET
+from helpers import APP_KEY, APP_SECRET
 from reconciler.dingtalk import (
     AmbiguousCreateError,
     AuthError,

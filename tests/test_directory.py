@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import APP_KEY, APP_SECRET
-from helpers import write_config
+from helpers import APP_KEY, APP_SECRET, write_config
 
 from reconciler.config import load_config
 from reconciler.dingtalk import AuthError, DingTalkClient, TransportError

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import APP_KEY, APP_SECRET
-from helpers import dtchat, state_of, write_config
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, write_config
 
 from reconciler.emulator import EmulatorServer, Org
 

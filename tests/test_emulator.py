@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from helpers import RawApi
 from reconciler.emulator import Call, EmulatorServer, Faults, load_users
 # DingTalk's numbers as the emulator states them, never the client's (reconciler.rules): see test_emulator_limits.py.
 from reconciler.emulator.limits import IDS_PER_CALL as BATCH_SIZE
@@ -17,30 +18,6 @@ from reconciler.emulator.limits import MEMBER_CAP, NAME_MAX, READ_LIST_PAGE_MAX,
 
 KEY = "emu-key"
 SECRET = "emu-secret-NEVER-PRINTED"
-
-
-class Api:
-    """Raw ``requests`` against one emulator, with a token fetched up front."""
-
-    def __init__(self, srv: EmulatorServer) -> None:
-        self.base = srv.url
-        self.http = requests.Session()
-        self.token = self.gettoken()["access_token"]
-
-    def gettoken(self, appkey: str = KEY, appsecret: str = SECRET) -> dict[str, Any]:
-        return self.http.get(self.base + "/gettoken", params={"appkey": appkey, "appsecret": appsecret}).json()
-
-    def get(self, endpoint: str, **params: Any) -> dict[str, Any]:
-        params.setdefault("access_token", self.token)
-        return self.http.get(self.base + endpoint, params=params).json()
-
-    def post(self, endpoint: str, body: Any, token: "str | None" = None) -> dict[str, Any]:
-        return self.http.post(self.base + endpoint, params={"access_token": token or self.token}, json=body).json()
-
-    def create(self, name: str = "工程值班", owner: str = "alice", members: "list[str] | None" = None, **extra: Any) -> str:
-        reply = self.post("/chat/create", {"name": name, "owner": owner, "useridlist": members or ["alice", "bob"], **extra})
-        assert reply["errcode"] == 0, reply
-        return reply["chatid"]
 
 
 @pytest.fixture
@@ -51,9 +28,8 @@ def srv():
 
 @pytest.fixture
 def api(srv):
-    client = Api(srv)
-    yield client
-    client.http.close()
+    with RawApi(srv, KEY, SECRET) as client:
+        yield client
 
 
 def ids(n: int, prefix: str = "u") -> list[str]:
@@ -63,7 +39,7 @@ def ids(n: int, prefix: str = "u") -> list[str]:
 # ---- /gettoken and tokens ------------------------------------------------------------------
 
 def test_gettoken_issues_a_random_token_with_the_ttl(srv, api):
-    first, second = api.gettoken(), api.gettoken()
+    first, second = api.gettoken().json(), api.gettoken().json()
     assert first["errcode"] == 0 and first["expires_in"] == 7200
     assert len(first["access_token"]) == 32 and first["access_token"] != second["access_token"]
 
@@ -92,31 +68,27 @@ def test_missing_or_unknown_token_is_40014(srv, api, token, errcode):
 
 
 def test_token_expires_after_its_ttl():
-    with EmulatorServer(token_ttl=0.2) as server:
-        client = Api(server)
-        try:
-            assert client.get("/chat/get", chatid="chat00")["errcode"] == 34013
-            time.sleep(0.25)
-            assert client.get("/chat/get", chatid="chat00")["errcode"] == 42001
-            client.token = client.gettoken()["access_token"]
-            assert client.get("/chat/get", chatid="chat00")["errcode"] == 34013
-        finally:
-            client.http.close()
+    with EmulatorServer(token_ttl=0.2) as server, RawApi(server) as client:
+        assert client.get_json("/chat/get", chatid="chat00")["errcode"] == 34013
+        time.sleep(0.25)
+        assert client.get_json("/chat/get", chatid="chat00")["errcode"] == 42001
+        client.new_token()
+        assert client.get_json("/chat/get", chatid="chat00")["errcode"] == 34013
 
 
 def test_expire_tokens_expires_every_issued_token_but_not_new_ones(srv, api):
-    other = api.gettoken()["access_token"]
+    other = api.gettoken().json()["access_token"]
     srv.expire_tokens()
-    assert api.get("/chat/get", chatid="chat00")["errcode"] == 42001
-    assert api.get("/chat/get", chatid="chat00", access_token=other)["errcode"] == 42001
-    api.token = api.gettoken()["access_token"]
-    assert api.get("/chat/get", chatid="chat00")["errcode"] == 34013
+    assert api.get_json("/chat/get", chatid="chat00")["errcode"] == 42001
+    assert api.get_json("/chat/get", chatid="chat00", access_token=other)["errcode"] == 42001
+    api.new_token()
+    assert api.get_json("/chat/get", chatid="chat00")["errcode"] == 34013
 
 
 # ---- /chat/create ---------------------------------------------------------------------------
 
 def test_create_answers_ids_and_stores_the_chat(srv, api):
-    reply = api.post("/chat/create", {"name": "工程值班", "owner": "alice", "useridlist": ["alice", "bob", "alice"],
+    reply = api.post_json("/chat/create", {"name": "工程值班", "owner": "alice", "useridlist": ["alice", "bob", "alice"],
                                       "searchable": 1, "chatBannedType": 0})
     assert reply["errcode"] == 0 and reply["conversationTag"] == 2
     assert reply["chatid"].startswith("chat") and len(reply["chatid"]) == 4 + 32
@@ -152,30 +124,26 @@ def test_create_counts_characters_not_bytes_and_accepts_the_limits(srv, api):
 ])
 def test_create_rules(srv, api, change, errcode):
     body = {"name": "ok", "owner": "alice", "useridlist": ["alice", "bob"], **change}
-    reply = api.post("/chat/create", body)
+    reply = api.post_json("/chat/create", body)
     assert reply["errcode"] == errcode and reply["errmsg"]
     assert srv.chat(reply.get("chatid", "")) is None and "chatid" not in reply
 
 
 def test_create_and_update_reject_users_outside_the_directory_naming_them():
-    with EmulatorServer(users=["alice", "bob", "carol"]) as server:
-        client = Api(server)
-        try:
-            reply = client.post("/chat/create", {"name": "x", "owner": "alice", "useridlist": ["alice", "zed", "yan"]})
-            assert reply["errcode"] == 60121 and "zed" in reply["errmsg"] and "yan" in reply["errmsg"]
-            cid = client.create(members=["alice", "bob"])
-            reply = client.post("/chat/update", {"chatid": cid, "add_useridlist": ["carol", "zed"]})
-            assert reply["errcode"] == 60121 and "zed" in reply["errmsg"] and "carol" not in reply["errmsg"]
-            assert server.chat(cid)["useridlist"] == ["alice", "bob"]
-        finally:
-            client.http.close()
+    with EmulatorServer(users=["alice", "bob", "carol"]) as server, RawApi(server) as client:
+        reply = client.post_json("/chat/create", {"name": "x", "owner": "alice", "useridlist": ["alice", "zed", "yan"]})
+        assert reply["errcode"] == 60121 and "zed" in reply["errmsg"] and "yan" in reply["errmsg"]
+        cid = client.create(members=["alice", "bob"])
+        reply = client.post_json("/chat/update", {"chatid": cid, "add_useridlist": ["carol", "zed"]})
+        assert reply["errcode"] == 60121 and "zed" in reply["errmsg"] and "carol" not in reply["errmsg"]
+        assert server.chat(cid)["useridlist"] == ["alice", "bob"]
 
 
 # ---- /chat/update ---------------------------------------------------------------------------
 
 def test_update_changes_what_is_sent_and_nothing_else(srv, api):
     cid = api.create(members=["alice", "bob", "dave"], searchable=1, validationType=1)
-    reply = api.post("/chat/update", {
+    reply = api.post_json("/chat/update", {
         "chatid": cid, "name": "新名字", "owner": "bob", "add_useridlist": ["carol"], "del_useridlist": ["dave"],
         "icon": "@media", "chatBannedType": 1, "searchable": None,
         "add_extidlist": ["x"], "del_extidlist": [], "isBan": True,
@@ -190,29 +158,29 @@ def test_update_changes_what_is_sent_and_nothing_else(srv, api):
 
 def test_update_with_only_chatid_or_empty_icon_changes_nothing(srv, api):
     cid = api.create(searchable=1)
-    api.post("/chat/update", {"chatid": cid, "icon": "@media"})
+    api.post_json("/chat/update", {"chatid": cid, "icon": "@media"})
     before = srv.chat(cid)
-    assert api.post("/chat/update", {"chatid": cid})["errcode"] == 0
-    assert api.post("/chat/update", {"chatid": cid, "icon": "", "name": None, "owner": None,
+    assert api.post_json("/chat/update", {"chatid": cid})["errcode"] == 0
+    assert api.post_json("/chat/update", {"chatid": cid, "icon": "", "name": None, "owner": None,
                                      "add_useridlist": [], "del_useridlist": None})["errcode"] == 0
     assert srv.chat(cid) == before
 
 
 def test_a_setting_sent_as_zero_is_set_to_zero(srv, api):
     cid = api.create(searchable=1)
-    assert api.post("/chat/update", {"chatid": cid, "searchable": 0})["errcode"] == 0
+    assert api.post_json("/chat/update", {"chatid": cid, "searchable": 0})["errcode"] == 0
     assert srv.chat(cid)["searchable"] == 0
 
 
 def test_adding_a_member_or_deleting_a_non_member_is_harmless(srv, api):
     cid = api.create(members=["alice", "bob"])
-    reply = api.post("/chat/update", {"chatid": cid, "add_useridlist": ["bob", "carol"], "del_useridlist": ["nobody"]})
+    reply = api.post_json("/chat/update", {"chatid": cid, "add_useridlist": ["bob", "carol"], "del_useridlist": ["nobody"]})
     assert reply["errcode"] == 0 and srv.chat(cid)["useridlist"] == ["alice", "bob", "carol"]
 
 
 def test_update_may_fill_a_chat_to_exactly_the_member_cap(srv, api):
     cid = srv.seed_chat("big", "u0000", ids(MEMBER_CAP - BATCH_SIZE))
-    reply = api.post("/chat/update", {"chatid": cid, "add_useridlist": ids(BATCH_SIZE, "n")})
+    reply = api.post_json("/chat/update", {"chatid": cid, "add_useridlist": ids(BATCH_SIZE, "n")})
     assert reply["errcode"] == 0 and len(srv.chat(cid)["useridlist"]) == MEMBER_CAP
 
 
@@ -240,25 +208,25 @@ def test_update_rules_reject_the_whole_call(srv, api, change, errcode):
     cid = api.create(members=["alice", "bob"], searchable=1)
     before = srv.chat(cid)
     body = {"chatid": cid, "name": "changed", "add_useridlist": ["dave"], "managementType": 1, **change}
-    reply = api.post("/chat/update", body)
+    reply = api.post_json("/chat/update", body)
     assert reply["errcode"] == errcode and reply["errmsg"]
     assert srv.chat(cid) == before  # all or nothing
 
 
 def test_update_over_the_member_cap_is_40035_and_says_so(srv, api):
     cid = srv.seed_chat("big", "u0000", ids(MEMBER_CAP - 5))
-    reply = api.post("/chat/update", {"chatid": cid, "add_useridlist": ids(6, "n"), "del_useridlist": ["u0001"]})
+    reply = api.post_json("/chat/update", {"chatid": cid, "add_useridlist": ids(6, "n"), "del_useridlist": ["u0001"]})
     assert reply["errcode"] == 0
-    reply = api.post("/chat/update", {"chatid": cid, "add_useridlist": ["one-too-many"]})
+    reply = api.post_json("/chat/update", {"chatid": cid, "add_useridlist": ["one-too-many"]})
     assert reply["errcode"] == 40035 and str(MEMBER_CAP) in reply["errmsg"]
     assert len(srv.chat(cid)["useridlist"]) == MEMBER_CAP
 
 
 def test_owner_transfer_then_removal_in_separate_calls_works(srv, api):
     cid = api.create(members=["alice", "bob"])
-    assert api.post("/chat/update", {"chatid": cid, "add_useridlist": ["carol"]})["errcode"] == 0
-    assert api.post("/chat/update", {"chatid": cid, "owner": "carol"})["errcode"] == 0
-    assert api.post("/chat/update", {"chatid": cid, "del_useridlist": ["alice"]})["errcode"] == 0
+    assert api.post_json("/chat/update", {"chatid": cid, "add_useridlist": ["carol"]})["errcode"] == 0
+    assert api.post_json("/chat/update", {"chatid": cid, "owner": "carol"})["errcode"] == 0
+    assert api.post_json("/chat/update", {"chatid": cid, "del_useridlist": ["alice"]})["errcode"] == 0
     info = srv.chat(cid)
     assert info["owner"] == "carol" and info["useridlist"] == ["bob", "carol"]
 
@@ -267,7 +235,7 @@ def test_owner_transfer_then_removal_in_separate_calls_works(srv, api):
 
 def test_get_returns_chat_info_exactly_as_documented(srv, api):
     cid = api.create(members=["alice", "bob"], showHistoryType=1)
-    reply = api.get("/chat/get", chatid=cid)
+    reply = api.get_json("/chat/get", chatid=cid)
     assert reply["errcode"] == 0 and reply["errmsg"] == "ok"
     assert reply["chat_info"] == {
         "chatid": cid, "name": "工程值班", "owner": "alice", "useridlist": ["alice", "bob"],
@@ -280,7 +248,7 @@ def test_get_returns_chat_info_exactly_as_documented(srv, api):
 @pytest.mark.parametrize("params, errcode", [({}, 34001), ({"chatid": "oops"}, 34001),
                                              ({"chatid": "chat" + "f" * 32}, 34013)])
 def test_get_unknown_or_malformed_chatid(srv, api, params, errcode):
-    assert api.get("/chat/get", **params)["errcode"] == errcode
+    assert api.get_json("/chat/get", **params)["errcode"] == errcode
 
 
 # ---- /chat/send and /chat/getReadList -----------------------------------------------------------
@@ -288,12 +256,12 @@ def test_get_unknown_or_malformed_chatid(srv, api, params, errcode):
 def test_send_then_read_list_pages_through_members_at_send_time(srv, api):
     members = ids(250)
     cid = srv.seed_chat("many", members[0], list(reversed(members)))
-    reply = api.post("/chat/send", {"chatid": cid, "msgtype": "text", "text": {"content": "hello"}})
+    reply = api.post_json("/chat/send", {"chatid": cid, "msgtype": "text", "text": {"content": "hello"}})
     assert reply["errcode"] == 0 and reply["messageId"]
-    api.post("/chat/update", {"chatid": cid, "add_useridlist": ["late"]})
+    api.post_json("/chat/update", {"chatid": cid, "add_useridlist": ["late"]})
     pages, cursor = [], 0
     while True:
-        page = api.get("/chat/getReadList", messageId=reply["messageId"], cursor=cursor, size=READ_LIST_PAGE_MAX)
+        page = api.get_json("/chat/getReadList", messageId=reply["messageId"], cursor=cursor, size=READ_LIST_PAGE_MAX)
         assert page["errcode"] == 0
         pages.append(page["readUserIdList"])
         if "next_cursor" not in page:
@@ -310,7 +278,7 @@ def test_send_then_read_list_pages_through_members_at_send_time(srv, api):
 ])
 def test_send_accepts_other_message_types(srv, api, message):
     cid = api.create()
-    assert api.post("/chat/send", {"chatid": cid, **message})["errcode"] == 0
+    assert api.post_json("/chat/send", {"chatid": cid, **message})["errcode"] == 0
 
 
 @pytest.mark.parametrize("message, errcode", [
@@ -324,7 +292,7 @@ def test_send_accepts_other_message_types(srv, api, message):
 ])
 def test_send_rules(srv, api, message, errcode):
     cid = api.create()
-    assert api.post("/chat/send", {"chatid": cid, **message})["errcode"] == errcode
+    assert api.post_json("/chat/send", {"chatid": cid, **message})["errcode"] == errcode
 
 
 @pytest.mark.parametrize("params", [
@@ -334,10 +302,10 @@ def test_send_rules(srv, api, message, errcode):
 ])
 def test_read_list_rules_are_40035(srv, api, params):
     cid = api.create()
-    mid = api.post("/chat/send", {"chatid": cid, "msgtype": "text", "text": {"content": "x"}})["messageId"]
+    mid = api.post_json("/chat/send", {"chatid": cid, "msgtype": "text", "text": {"content": "x"}})["messageId"]
     query = {"messageId": mid, "cursor": 0, "size": 10, **params}
     query = {k: v for k, v in query.items() if v is not None}
-    assert api.get("/chat/getReadList", **query)["errcode"] == 40035
+    assert api.get_json("/chat/getReadList", **query)["errcode"] == 40035
 
 
 # ---- protocol edges ------------------------------------------------------------------------------
@@ -363,7 +331,7 @@ def test_chunked_request_bodies_are_read(srv, api):
 def test_keep_alive_serves_many_requests_on_one_connection(srv, api):
     cid = api.create()
     for _ in range(20):
-        assert api.get("/chat/get", chatid=cid)["errcode"] == 0
+        assert api.get_json("/chat/get", chatid=cid)["errcode"] == 0
     assert srv.counters()["/chat/get"] == 20
 
 
@@ -371,8 +339,8 @@ def test_keep_alive_serves_many_requests_on_one_connection(srv, api):
 
 def test_call_log_and_counters_record_every_api_request_without_secrets(srv, api):
     cid = api.create()
-    api.get("/chat/get", chatid=cid)
-    api.get("/chat/get", chatid="bad")
+    api.get_json("/chat/get", chatid=cid)
+    api.get_json("/chat/get", chatid="bad")
     calls = srv.calls
     assert [c.endpoint for c in calls] == ["/gettoken", "/chat/create", "/chat/get", "/chat/get"]
     assert [c.seq for c in calls] == [1, 2, 3, 4]
@@ -392,7 +360,7 @@ def test_reset_forgets_chats_tokens_calls_counters_and_faults(srv, api):
     srv.reset()
     assert srv.chat(cid) is None and srv.calls == [] and srv.counters() == {}
     assert srv.faults == Faults()
-    assert api.get("/chat/get", chatid=cid)["errcode"] == 40014
+    assert api.get_json("/chat/get", chatid=cid)["errcode"] == 40014
 
 
 def test_seed_and_set_chat_edit_directly_and_are_not_logged(srv, api):
@@ -400,7 +368,7 @@ def test_seed_and_set_chat_edit_directly_and_are_not_logged(srv, api):
     assert cid == "chat0123abcd"
     assert srv.chat(cid)["useridlist"] == ["alice", "bob"] and srv.chat(cid)["searchable"] == 1
     srv.set_chat(cid, searchable=0, useridlist=["alice", "bob", "carol"], owner="bob", name="by hand")
-    info = api.get("/chat/get", chatid=cid)["chat_info"]
+    info = api.get_json("/chat/get", chatid=cid)["chat_info"]
     assert (info["owner"], info["name"], info["searchable"]) == ("bob", "by hand", 0)
     assert info["useridlist"] == ["alice", "bob", "carol"]
     assert [c.endpoint for c in srv.calls] == ["/gettoken", "/chat/get"]
@@ -427,12 +395,12 @@ def test_admin_routes(srv, api):
     reply = http.post(admin + "faults", json={"busy_every": 1, "fault_endpoints": ["/chat/get"]}).json()
     assert reply["ok"] and srv.faults.busy_every == 1 and srv.faults.fault_endpoints == frozenset({"/chat/get"})
     assert http.get(admin + "faults").json()["faults"]["fault_endpoints"] == ["/chat/get"]
-    assert api.get("/chat/get", chatid=cid)["errcode"] == -1
+    assert api.get_json("/chat/get", chatid=cid)["errcode"] == -1
     assert http.post(admin + "faults", json={"no_such": 1}).status_code == 400
     assert http.post(admin + "faults", json={"busy_every": "x"}).status_code == 400
     assert http.post(admin + "faults", data=b"[]").status_code == 400
     assert http.post(admin + "expire-tokens").json()["ok"]
-    assert api.post("/chat/update", {"chatid": cid})["errcode"] == 42001
+    assert api.post_json("/chat/update", {"chatid": cid})["errcode"] == 42001
     assert http.post(admin + "reset").json()["ok"]
     assert srv.chat(cid) is None and srv.faults == Faults()
     assert http.get(admin + "nothing").status_code == 404
@@ -444,19 +412,15 @@ def test_admin_routes(srv, api):
 def test_data_survives_a_restart_in_the_documented_format(tmp_path):
     path = tmp_path / "sandbox" / "emulator.json"
     path.parent.mkdir()
-    with EmulatorServer(data_path=str(path)) as first:
-        client = Api(first)
+    with EmulatorServer(data_path=str(path)) as first, RawApi(first) as client:
         cid = client.create(searchable=1)
-        mid = client.post("/chat/send", {"chatid": cid, "msgtype": "text", "text": {"content": "x"}})["messageId"]
-        client.http.close()
+        mid = client.post_json("/chat/send", {"chatid": cid, "msgtype": "text", "text": {"content": "x"}})["messageId"]
     data = json.loads(path.read_text(encoding="utf-8"))
     assert (data["format"], data["version"]) == ("dtchat-emulator", 1) and list(data["chats"]) == [cid]
     assert os.listdir(path.parent) == ["emulator.json"]  # no temp files left behind
-    with EmulatorServer(data_path=str(path)) as second:
-        client = Api(second)
-        assert client.get("/chat/get", chatid=cid)["chat_info"]["searchable"] == 1
-        assert client.get("/chat/getReadList", messageId=mid, cursor=0, size=10)["readUserIdList"] == ["alice", "bob"]
-        client.http.close()
+    with EmulatorServer(data_path=str(path)) as second, RawApi(second) as client:
+        assert client.get_json("/chat/get", chatid=cid)["chat_info"]["searchable"] == 1
+        assert client.get_json("/chat/getReadList", messageId=mid, cursor=0, size=10)["readUserIdList"] == ["alice", "bob"]
 
 
 def test_a_data_file_in_a_missing_folder_is_refused_at_start(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import requests
 import yaml
 
+from helpers import RawApi
 from reconciler.emulator import SANDBOX_ORG, EmulatorServer, Faults, Org, OrgError, load_org
 
 LISTID = "/topapi/user/listid"
@@ -42,23 +43,6 @@ ORG: dict[str, Any] = {
 }
 
 
-class Api:
-    """Raw ``requests`` with a token fetched up front."""
-
-    def __init__(self, srv: EmulatorServer) -> None:
-        self.base = srv.url
-        self.http = requests.Session()
-        self.token = self.http.get(self.base + "/gettoken", params={"appkey": "k", "appsecret": "s"}).json()["access_token"]
-
-    def post(self, endpoint: str, body: Any, token: "str | None" = None, **kw: Any) -> dict[str, Any]:
-        return self.http.post(self.base + endpoint, params={"access_token": token or self.token}, json=body, **kw).json()
-
-    def admin(self, name: str, body: Any = None) -> requests.Response:
-        if body is None:
-            return self.http.get(self.base + "/__emulator__/" + name)
-        return self.http.post(self.base + "/__emulator__/" + name, json=body)
-
-
 @pytest.fixture
 def srv():
     with EmulatorServer(org=Org.from_data(ORG)) as server:
@@ -67,9 +51,8 @@ def srv():
 
 @pytest.fixture
 def api(srv):
-    client = Api(srv)
-    yield client
-    client.http.close()
+    with RawApi(srv) as client:
+        yield client
 
 
 def result(answer: dict[str, Any]) -> Any:
@@ -80,23 +63,23 @@ def result(answer: dict[str, Any]) -> Any:
 # ---- the six endpoints -------------------------------------------------------------------------
 
 def test_listid_lists_direct_members_only_in_file_order(api):
-    assert result(api.post(LISTID, {"dept_id": 110})) == {"userid_list": ["alice", "bob"]}
-    assert result(api.post(LISTID, {"dept_id": 100})) == {"userid_list": ["alice"]}  # not bob: he is one level down
-    assert result(api.post(LISTID, {"dept_id": 1})) == {"userid_list": ["erin"]}
-    answer = api.post(LISTID, {"dept_id": 120})
+    assert result(api.post_json(LISTID, {"dept_id": 110})) == {"userid_list": ["alice", "bob"]}
+    assert result(api.post_json(LISTID, {"dept_id": 100})) == {"userid_list": ["alice"]}  # not bob: he is one level down
+    assert result(api.post_json(LISTID, {"dept_id": 1})) == {"userid_list": ["erin"]}
+    answer = api.post_json(LISTID, {"dept_id": 120})
     assert answer["errmsg"] == "ok" and answer["request_id"]
 
 
 def test_listsubid_lists_the_next_level_and_a_leaf_is_empty(api):
-    assert result(api.post(LISTSUBID, {"dept_id": 1})) == {"dept_id_list": [100, 200]}
-    assert result(api.post(LISTSUBID, {"dept_id": 100})) == {"dept_id_list": [110, 120]}
-    assert result(api.post(LISTSUBID, {"dept_id": 110})) == {"dept_id_list": []}
+    assert result(api.post_json(LISTSUBID, {"dept_id": 1})) == {"dept_id_list": [100, 200]}
+    assert result(api.post_json(LISTSUBID, {"dept_id": 100})) == {"dept_id_list": [110, 120]}
+    assert result(api.post_json(LISTSUBID, {"dept_id": 110})) == {"dept_id_list": []}
 
 
 def test_department_get_names_the_parent_except_for_the_root(api):
-    root = result(api.post(DEPT_GET, {"dept_id": 1, "language": "zh_CN"}))
+    root = result(api.post_json(DEPT_GET, {"dept_id": 1, "language": "zh_CN"}))
     assert (root["dept_id"], root["name"]) == (1, "公司") and "parent_id" not in root
-    sub = result(api.post(DEPT_GET, {"dept_id": 110}))
+    sub = result(api.post_json(DEPT_GET, {"dept_id": 110}))
     assert (sub["dept_id"], sub["name"], sub["parent_id"]) == (110, "后端组", 100)
     assert set(sub) - {"dept_id", "name", "parent_id"}, "real answers carry extra keys; so does the emulator"
 
@@ -105,13 +88,13 @@ def test_department_get_names_the_parent_except_for_the_root(api):
 @pytest.mark.parametrize("dept_id", ["110", None, 0, -1, True, 1.5])
 def test_department_ids_must_be_positive_integers(api, endpoint, invalid, dept_id):
     body = {} if dept_id is None else {"dept_id": dept_id}
-    answer = api.post(endpoint, body)
+    answer = api.post_json(endpoint, body)
     assert answer["errcode"] == invalid and answer["errmsg"] and answer["request_id"]
 
 
 @pytest.mark.parametrize("endpoint", [LISTID, LISTSUBID, DEPT_GET])
 def test_an_unknown_department_is_60003(api, endpoint):
-    assert api.post(endpoint, {"dept_id": 999})["errcode"] == 60003
+    assert api.post_json(endpoint, {"dept_id": 999})["errcode"] == 60003
 
 
 def many_holders_org(n: int) -> Org:
@@ -122,11 +105,10 @@ def many_holders_org(n: int) -> Org:
 
 
 def test_simplelist_pages_with_offset_and_size_and_has_no_errmsg():
-    with EmulatorServer(org=many_holders_org(45)) as server:
-        api = Api(server)
+    with EmulatorServer(org=many_holders_org(45)) as server, RawApi(server) as api:
         pages, offset = [], 0
         while True:
-            answer = api.post(SIMPLELIST, {"role_id": 4000, "offset": offset, "size": 20})
+            answer = api.post_json(SIMPLELIST, {"role_id": 4000, "offset": offset, "size": 20})
             assert answer["errcode"] == 0 and "errmsg" not in answer and answer["request_id"]
             pages.append([u["userid"] for u in answer["result"]["list"]])
             if not answer["result"]["hasMore"]:
@@ -134,29 +116,26 @@ def test_simplelist_pages_with_offset_and_size_and_has_no_errmsg():
             offset += 20
         assert [len(p) for p in pages] == [20, 20, 5]
         assert sum(pages, []) == [f"u{i:02d}" for i in range(45)]
-        whole = api.post(SIMPLELIST, {"role_id": 4000, "offset": 0, "size": 100})["result"]
+        whole = api.post_json(SIMPLELIST, {"role_id": 4000, "offset": 0, "size": 100})["result"]
         assert len(whole["list"]) == 45 and whole["hasMore"] is False
-        api.http.close()
 
 
 @pytest.mark.parametrize("paging", [{}, {"size": 100}, {"offset": 40}, {"size": 500}, {"offset": -1}])
 def test_simplelist_ignores_offset_and_size_unless_both_are_sent(paging):
-    with EmulatorServer(org=many_holders_org(45)) as server:
-        api = Api(server)
-        answer = api.post(SIMPLELIST, {"role_id": 4000, **paging})
+    with EmulatorServer(org=many_holders_org(45)) as server, RawApi(server) as api:
+        answer = api.post_json(SIMPLELIST, {"role_id": 4000, **paging})
         assert answer["errcode"] == 0
         assert [u["userid"] for u in answer["result"]["list"]] == [f"u{i:02d}" for i in range(20)]
         assert answer["result"]["hasMore"] is True
-        api.http.close()
 
 
 def test_simplelist_entries_carry_userid_name_and_manage_scopes(api):
-    listed = result(api.post(SIMPLELIST, {"role_id": 3001, "offset": 0, "size": 100}))
+    listed = result(api.post_json(SIMPLELIST, {"role_id": 3001, "offset": 0, "size": 100}))
     assert listed == {"hasMore": False, "list": [
         {"userid": "alice", "name": "Alice", "manageScopes": []},
         {"userid": "bob", "name": "bob", "manageScopes": []},
     ]}
-    assert result(api.post(SIMPLELIST, {"role_id": 3003})) == {"hasMore": False, "list": []}
+    assert result(api.post_json(SIMPLELIST, {"role_id": 3003})) == {"hasMore": False, "list": []}
 
 
 @pytest.mark.parametrize("body, errcode", [
@@ -170,28 +149,28 @@ def test_simplelist_entries_carry_userid_name_and_manage_scopes(api):
     ({"role_id": 3001, "offset": 0, "size": "20"}, 40069),
 ])
 def test_simplelist_errors(api, body, errcode):
-    answer = api.post(SIMPLELIST, body)
+    answer = api.post_json(SIMPLELIST, body)
     assert answer["errcode"] == errcode and answer["request_id"]
 
 
 def test_role_list_groups_roles_and_pages_over_groups(api):
-    listed = result(api.post(ROLE_LIST, {"offset": 0, "size": 200}))
+    listed = result(api.post_json(ROLE_LIST, {"offset": 0, "size": 200}))
     assert listed == {"hasMore": False, "list": [
         {"groupId": 1, "name": "默认", "roles": [{"id": 3001, "name": "值班"}, {"id": 3003, "name": "空"}]},
         {"groupId": 2, "name": "业务", "roles": [{"id": 3002, "name": "销售"}]},
     ]}
-    first = result(api.post(ROLE_LIST, {"offset": 0, "size": 1}))
+    first = result(api.post_json(ROLE_LIST, {"offset": 0, "size": 1}))
     assert first["hasMore"] is True and [g["groupId"] for g in first["list"]] == [1]
-    second = result(api.post(ROLE_LIST, {"offset": 1, "size": 1}))
+    second = result(api.post_json(ROLE_LIST, {"offset": 1, "size": 1}))
     assert second["hasMore"] is False and [g["groupId"] for g in second["list"]] == [2]
-    assert len(result(api.post(ROLE_LIST, {}))["list"]) == 2
+    assert len(result(api.post_json(ROLE_LIST, {}))["list"]) == 2
 
 
 @pytest.mark.parametrize("body, errcode", [
     ({"offset": -1, "size": 10}, 40068), ({"offset": 0, "size": 201}, 40069), ({"size": 0}, 40069),
 ])
 def test_role_list_errors(api, body, errcode):
-    assert api.post(ROLE_LIST, body)["errcode"] == errcode
+    assert api.post_json(ROLE_LIST, body)["errcode"] == errcode
 
 
 @pytest.mark.parametrize("mobile, answer", [
@@ -208,7 +187,7 @@ def test_role_list_errors(api, body, errcode):
 ])
 def test_getbymobile_finds_active_users_by_normalised_number(api, mobile, answer):
     body = {} if mobile is None else {"mobile": mobile}
-    reply = api.post(BY_MOBILE, body)
+    reply = api.post_json(BY_MOBILE, body)
     if isinstance(answer, str):
         assert result(reply) == {"userid": answer}
     else:
@@ -236,31 +215,28 @@ def test_a_bad_token_on_topapi_is_88_with_sub_code_40014(srv, api, endpoint, tok
 
 def test_an_expired_token_on_topapi_is_88_40014_but_on_the_chat_api_42001(srv, api):
     srv.expire_tokens()
-    answer = api.post(LISTID, {"dept_id": 1})
+    answer = api.post_json(LISTID, {"dept_id": 1})
     assert (answer["errcode"], answer["sub_code"]) == (88, "40014")
-    assert api.http.get(srv.url + "/chat/get", params={"access_token": api.token, "chatid": "chat00"}).json()[
-        "errcode"] == 42001
+    assert api.get_json("/chat/get", chatid="chat00")["errcode"] == 42001
     srv.faults.token_uses = 1
-    api.token = api.http.get(srv.url + "/gettoken", params={"appkey": "k", "appsecret": "s"}).json()["access_token"]
-    assert api.post(LISTID, {"dept_id": 1})["errcode"] == 0
-    assert api.post(LISTID, {"dept_id": 1})["sub_code"] == "40014"
+    api.new_token()
+    assert api.post_json(LISTID, {"dept_id": 1})["errcode"] == 0
+    assert api.post_json(LISTID, {"dept_id": 1})["sub_code"] == "40014"
 
 
 def test_without_an_org_the_contact_api_says_no_permission():
-    with EmulatorServer() as server:
-        api = Api(server)
-        answer = api.post(LISTID, {"dept_id": 1})
+    with EmulatorServer() as server, RawApi(server) as api:
+        answer = api.post_json(LISTID, {"dept_id": 1})
         assert (answer["errcode"], answer["sub_code"]) == (88, "60011")
         assert answer["sub_msg"].startswith("应用尚未开通所需的权限：[") and "no org loaded" in answer["sub_msg"]
-        api.http.close()
 
 
 def test_string_errcode_prints_every_topapi_errcode_as_a_string(srv, api):
     srv.faults.string_errcode = True
-    assert api.post(LISTID, {"dept_id": 1})["errcode"] == "0"
-    assert api.post(LISTID, {"dept_id": 999})["errcode"] == "60003"
-    assert api.post(LISTID, {"dept_id": 1}, token="bad")["errcode"] == "88"
-    chat = api.http.get(srv.url + "/chat/get", params={"access_token": api.token, "chatid": "chat00"}).json()
+    assert api.post_json(LISTID, {"dept_id": 1})["errcode"] == "0"
+    assert api.post_json(LISTID, {"dept_id": 999})["errcode"] == "60003"
+    assert api.post_json(LISTID, {"dept_id": 1}, token="bad")["errcode"] == "88"
+    chat = api.get_json("/chat/get", chatid="chat00")
     assert chat["errcode"] == 34013  # the chat API is not affected
     logged = srv.calls_to(LISTID)
     assert [(c.errcode, c.sub_code) for c in logged] == [(0, None), (60003, None), (88, "40014")]  # integers
@@ -272,28 +248,28 @@ def test_string_errcode_prints_every_topapi_errcode_as_a_string(srv, api):
 def test_fail_lookups_fails_exactly_the_named_lookup(srv, api):
     srv.faults.fail_lookups = {"dept:110": 60003, "role:3001": 33011, "mobile:13800000002": 60121}
     for endpoint in (LISTID, LISTSUBID, DEPT_GET):
-        assert api.post(endpoint, {"dept_id": 110})["errcode"] == 60003
-        assert api.post(endpoint, {"dept_id": 100})["errcode"] == 0
-    assert api.post(SIMPLELIST, {"role_id": 3001})["errcode"] == 33011
-    assert api.post(SIMPLELIST, {"role_id": 3002})["errcode"] == 0
-    assert api.post(BY_MOBILE, {"mobile": "13800000002"})["errcode"] == 60121
-    assert result(api.post(BY_MOBILE, {"mobile": "13800000001"})) == {"userid": "alice"}
+        assert api.post_json(endpoint, {"dept_id": 110})["errcode"] == 60003
+        assert api.post_json(endpoint, {"dept_id": 100})["errcode"] == 0
+    assert api.post_json(SIMPLELIST, {"role_id": 3001})["errcode"] == 33011
+    assert api.post_json(SIMPLELIST, {"role_id": 3002})["errcode"] == 0
+    assert api.post_json(BY_MOBILE, {"mobile": "13800000002"})["errcode"] == 60121
+    assert result(api.post_json(BY_MOBILE, {"mobile": "13800000001"})) == {"userid": "alice"}
 
 
 def test_fail_lookups_can_deny_permission_or_fail_a_whole_endpoint(srv, api):
     srv.faults.fail_lookups = {"dept:200": "88:60011", ROLE_LIST: -1}
-    answer = api.post(LISTID, {"dept_id": 200})
+    answer = api.post_json(LISTID, {"dept_id": 200})
     assert (answer["errcode"], answer["sub_code"]) == (88, "60011")
     assert answer["sub_msg"].startswith("应用尚未开通所需的权限：[") and answer["request_id"]
-    assert api.post(LISTID, {"dept_id": 1})["errcode"] == 0
-    assert api.post(ROLE_LIST, {})["errcode"] == -1
+    assert api.post_json(LISTID, {"dept_id": 1})["errcode"] == 0
+    assert api.post_json(ROLE_LIST, {})["errcode"] == -1
 
 
 def test_fail_lookups_is_set_over_the_admin_route_and_checked(srv, api):
     reply = api.admin("faults", {"fail_lookups": {"dept:110": "88:60011"}, "endpoint_latency_ms": {LISTID: 5}})
     assert reply.status_code == 200 and reply.json()["faults"]["fail_lookups"] == {"dept:110": "88:60011"}
     assert srv.faults.endpoint_latency_ms == {LISTID: 5}
-    assert api.post(LISTID, {"dept_id": 110})["sub_code"] == "60011"
+    assert api.post_json(LISTID, {"dept_id": 110})["sub_code"] == "60011"
     for bad in ({"fail_lookups": {"dept:1": "60003"}}, {"fail_lookups": {"dept:1": 1.5}},
                 {"fail_lookups": ["dept:1"]}, {"endpoint_latency_ms": {LISTID: -1}},
                 {"endpoint_latency_ms": {LISTID: "5"}}, {"string_errcode": 1}):
@@ -302,38 +278,37 @@ def test_fail_lookups_is_set_over_the_admin_route_and_checked(srv, api):
 
 def test_directory_calls_are_rate_limited_per_endpoint(srv, api):
     srv.faults.qps_limit = 2
-    codes = [api.post(LISTID, {"dept_id": 1})["errcode"] for _ in range(3)]
+    codes = [api.post_json(LISTID, {"dept_id": 1})["errcode"] for _ in range(3)]
     assert codes == [0, 0, 90018]
-    assert api.post(LISTSUBID, {"dept_id": 1})["errcode"] == 0  # its own window
+    assert api.post_json(LISTSUBID, {"dept_id": 1})["errcode"] == 0  # its own window
 
 
 def test_directory_calls_are_not_metered_but_chat_calls_are(srv, api):
     srv.faults.monthly_quota = 1
-    assert all(api.post(LISTID, {"dept_id": 1})["errcode"] == 0 for _ in range(5))
+    assert all(api.post_json(LISTID, {"dept_id": 1})["errcode"] == 0 for _ in range(5))
     assert srv.faults.monthly_quota == 1
-    get = {"access_token": api.token, "chatid": "chat00"}
-    assert api.http.get(srv.url + "/chat/get", params=get).json()["errcode"] == 34013
-    assert api.http.get(srv.url + "/chat/get", params=get).json()["errcode"] == 90020
-    assert api.post(LISTID, {"dept_id": 1})["errcode"] == 0
+    assert api.get_json("/chat/get", chatid="chat00")["errcode"] == 34013
+    assert api.get_json("/chat/get", chatid="chat00")["errcode"] == 90020
+    assert api.post_json(LISTID, {"dept_id": 1})["errcode"] == 0
 
 
 def test_gateway_faults_hit_directory_endpoints(srv, api):
     srv.faults.fault_endpoints = {LISTID}
     srv.faults.busy_every = 1
-    assert api.post(LISTID, {"dept_id": 1})["errcode"] == -1
-    assert api.post(LISTSUBID, {"dept_id": 1})["errcode"] == 0
+    assert api.post_json(LISTID, {"dept_id": 1})["errcode"] == -1
+    assert api.post_json(LISTSUBID, {"dept_id": 1})["errcode"] == 0
     srv.faults.busy_every, srv.faults.http500_every = 0, 1
-    response = api.http.post(srv.url + LISTID, params={"access_token": api.token}, json={"dept_id": 1})
+    response = api.post(LISTID, {"dept_id": 1})
     assert response.status_code == 500
     srv.faults.http500_every, srv.faults.ip_ban_every = 0, 1
-    banned = api.post(LISTID, {"dept_id": 1})
+    banned = api.post_json(LISTID, {"dept_id": 1})
     assert "errcode" not in banned and banned["status"] == 1111
 
 
 def test_endpoint_latency_can_time_a_client_out_on_one_endpoint(srv, api):
     srv.faults.endpoint_latency_ms = {LISTID: 400}
     with pytest.raises(requests.ReadTimeout):
-        api.post(LISTID, {"dept_id": 1}, timeout=(5, 0.05))
+        api.post_json(LISTID, {"dept_id": 1}, timeout=(5, 0.05))
     assert Faults(latency_ms=7, endpoint_latency_ms={LISTID: 400}).latency_for(LISTSUBID) == 7
     assert Faults(latency_ms=7, endpoint_latency_ms={LISTID: 0}).latency_for(LISTID) == 0
 
@@ -342,12 +317,12 @@ def test_endpoint_latency_can_time_a_client_out_on_one_endpoint(srv, api):
 
 def test_with_an_org_chats_accept_only_its_users_naming_the_others(srv, api):
     create = {"name": "x", "owner": "alice", "useridlist": ["alice", "dave", "zed", "yan"]}
-    answer = api.post("/chat/create", create)
+    answer = api.post_json("/chat/create", create)
     assert answer["errcode"] == 60121 and "zed" in answer["errmsg"] and "yan" in answer["errmsg"]
     assert "dave" not in answer["errmsg"]  # not joined yet, but a user
-    chatid = api.post("/chat/create", {**create, "useridlist": ["alice", "bob"]})["chatid"]
+    chatid = api.post_json("/chat/create", {**create, "useridlist": ["alice", "bob"]})["chatid"]
     srv.remove_user("bob")
-    answer = api.post("/chat/update", {"chatid": chatid, "add_useridlist": ["bob", "carol"]})
+    answer = api.post_json("/chat/update", {"chatid": chatid, "add_useridlist": ["bob", "carol"]})
     assert answer["errcode"] == 60121 and "bob" in answer["errmsg"] and "carol" not in answer["errmsg"]
 
 
@@ -360,18 +335,18 @@ def test_users_and_org_together_are_refused():
 
 def test_python_edits_change_the_answers_at_once(srv, api):
     srv.move_user("bob", [120])
-    assert result(api.post(LISTID, {"dept_id": 110}))["userid_list"] == ["alice"]
-    assert result(api.post(LISTID, {"dept_id": 120}))["userid_list"] == ["bob", "carol"]
+    assert result(api.post_json(LISTID, {"dept_id": 110}))["userid_list"] == ["alice"]
+    assert result(api.post_json(LISTID, {"dept_id": 120}))["userid_list"] == ["bob", "carol"]
     srv.remove_user("alice")
-    assert result(api.post(LISTID, {"dept_id": 110}))["userid_list"] == []
-    assert [u["userid"] for u in result(api.post(SIMPLELIST, {"role_id": 3001}))["list"]] == ["bob"]
-    assert api.post(BY_MOBILE, {"mobile": "13800000001"})["errcode"] == 60121
+    assert result(api.post_json(LISTID, {"dept_id": 110}))["userid_list"] == []
+    assert [u["userid"] for u in result(api.post_json(SIMPLELIST, {"role_id": 3001}))["list"]] == ["bob"]
+    assert api.post_json(BY_MOBILE, {"mobile": "13800000001"})["errcode"] == 60121
     srv.add_user("frank", [110], name="Frank", mobile="13800000001")
-    assert result(api.post(BY_MOBILE, {"mobile": "13800000001"})) == {"userid": "frank"}
+    assert result(api.post_json(BY_MOBILE, {"mobile": "13800000001"})) == {"userid": "frank"}
     srv.set_role_holders(3001, ["frank", "carol"])
-    assert [u["userid"] for u in result(api.post(SIMPLELIST, {"role_id": 3001}))["list"]] == ["frank", "carol"]
+    assert [u["userid"] for u in result(api.post_json(SIMPLELIST, {"role_id": 3001}))["list"]] == ["frank", "carol"]
     srv.org.set_active("dave", True)
-    assert result(api.post(BY_MOBILE, {"mobile": "13800000004"})) == {"userid": "dave"}
+    assert result(api.post_json(BY_MOBILE, {"mobile": "13800000004"})) == {"userid": "dave"}
     with pytest.raises(KeyError):
         srv.move_user("alice", [110])
     with pytest.raises(OrgError, match="unknown department 999"):
@@ -381,21 +356,21 @@ def test_python_edits_change_the_answers_at_once(srv, api):
     with pytest.raises(OrgError, match="unknown holder zed"):
         srv.set_role_holders(3001, ["zed"])
     srv.reset()  # back to the org as constructed (and every token forgotten)
-    api.token = api.http.get(srv.url + "/gettoken", params={"appkey": "k", "appsecret": "s"}).json()["access_token"]
-    assert result(api.post(LISTID, {"dept_id": 110}))["userid_list"] == ["alice", "bob"]
+    api.new_token()
+    assert result(api.post_json(LISTID, {"dept_id": 110}))["userid_list"] == ["alice", "bob"]
     assert srv.org.user("frank") is None
 
 
 def test_admin_routes_show_and_edit_the_org(srv, api):
     assert api.admin("org").json()["org"] == Org.from_data(ORG).to_data()
     assert api.admin("org/move-user", {"userid": "bob", "departments": [120]}).json() == {"ok": True}
-    assert result(api.post(LISTID, {"dept_id": 120}))["userid_list"] == ["bob", "carol"]
+    assert result(api.post_json(LISTID, {"dept_id": 120}))["userid_list"] == ["bob", "carol"]
     assert api.admin("org/remove-user", {"userid": "carol"}).json()["ok"]
     assert api.admin("org/add-user", {"userid": "gina", "departments": [200], "mobile": "13800000009"}).json()["ok"]
     assert api.admin("org/set-active", {"userid": "gina", "active": False}).json()["ok"]
-    assert api.post(BY_MOBILE, {"mobile": "13800000009"})["errcode"] == 60121
+    assert api.post_json(BY_MOBILE, {"mobile": "13800000009"})["errcode"] == 60121
     assert api.admin("org/role-holders", {"role_id": 3002, "holders": ["gina"]}).json()["ok"]
-    assert [u["userid"] for u in result(api.post(SIMPLELIST, {"role_id": 3002}))["list"]] == ["gina"]
+    assert [u["userid"] for u in result(api.post_json(SIMPLELIST, {"role_id": 3002}))["list"]] == ["gina"]
     shown = api.admin("org").json()["org"]
     assert [u["userid"] for u in shown["users"]] == ["alice", "bob", "dave", "erin", "gina"]
     assert api.admin("org/remove-user", {"userid": "nobody"}).status_code == 404
@@ -408,7 +383,7 @@ def test_admin_routes_show_and_edit_the_org(srv, api):
     assert api.admin("org/move-user", ["bob"]).status_code == 400
     replaced = {"departments": [{"id": 1, "name": "新公司"}], "users": [{"userid": "solo", "departments": [1]}]}
     assert api.admin("org", replaced).json()["ok"]
-    assert result(api.post(LISTID, {"dept_id": 1}))["userid_list"] == ["solo"]
+    assert result(api.post_json(LISTID, {"dept_id": 1}))["userid_list"] == ["solo"]
     bad = api.admin("org", {"departments": [], "users": []})
     assert bad.status_code == 400 and "root" in bad.json()["error"]
 
@@ -534,11 +509,9 @@ def test_the_sandbox_org_is_a_believable_company():
 
 
 def test_the_sandbox_org_answers_selectors_over_http():
-    with EmulatorServer(org=load_org(SANDBOX_ORG)) as server:
-        api = Api(server)
-        assert result(api.post(LISTSUBID, {"dept_id": 100}))["dept_id_list"] == [110, 120, 130, 140]
-        assert result(api.post(LISTID, {"dept_id": 130}))["userid_list"] == ["zhangwei", "lina", "wangfang"]
-        holders = result(api.post(SIMPLELIST, {"role_id": 3001, "offset": 0, "size": 100}))["list"]
+    with EmulatorServer(org=load_org(SANDBOX_ORG)) as server, RawApi(server) as api:
+        assert result(api.post_json(LISTSUBID, {"dept_id": 100}))["dept_id_list"] == [110, 120, 130, 140]
+        assert result(api.post_json(LISTID, {"dept_id": 130}))["userid_list"] == ["zhangwei", "lina", "wangfang"]
+        holders = result(api.post_json(SIMPLELIST, {"role_id": 3001, "offset": 0, "size": 100}))["list"]
         assert [u["userid"] for u in holders] == ["zhangwei", "lina", "wangfang", "liuyang"]
-        assert result(api.post(BY_MOBILE, {"mobile": "13800000001"})) == {"userid": "wangqiang"}
-        api.http.close()
+        assert result(api.post_json(BY_MOBILE, {"mobile": "13800000001"})) == {"userid": "wangqiang"}

@@ -1,38 +1,20 @@
 """Injected faults: each one over real HTTP, as a DingTalk client would meet it."""
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
+from helpers import RawApi
 from reconciler.emulator import EmulatorServer, Faults
-
-
-class Api:
-    """Raw ``requests`` against one emulator; returns whole responses so faults stay visible."""
-
-    def __init__(self, srv: EmulatorServer) -> None:
-        self.base = srv.url
-        self.http = requests.Session()
-        self.token = self.gettoken().json()["access_token"]
-
-    def gettoken(self) -> requests.Response:
-        return self.http.get(self.base + "/gettoken", params={"appkey": "k", "appsecret": "s"})
-
-    def get(self, endpoint: str, **params: Any) -> requests.Response:
-        return self.http.get(self.base + endpoint, params={"access_token": self.token, **params})
-
-    def post(self, endpoint: str, body: Any) -> requests.Response:
-        return self.http.post(self.base + endpoint, params={"access_token": self.token}, json=body)
-
-    def errcode(self, response: requests.Response) -> Any:
-        return response.json().get("errcode")
-
-    def stored_chats(self) -> dict[str, Any]:
-        return self.http.get(self.base + "/__emulator__/chats").json()["chats"]
+from reconciler.emulator import faults as faults_module
 
 
 @pytest.fixture
@@ -43,9 +25,8 @@ def srv():
 
 @pytest.fixture
 def api(srv):
-    client = Api(srv)
-    yield client
-    client.http.close()
+    with RawApi(srv) as client:
+        yield client
 
 
 @pytest.fixture
@@ -57,11 +38,12 @@ def test_latency_delays_api_requests_but_not_admin_routes(srv, api, cid):
     srv.faults.latency_ms = 120
     started = time.perf_counter()
     assert api.errcode(api.get("/chat/get", chatid=cid)) == 0
-    assert time.perf_counter() - started >= 0.12
+    assert time.perf_counter() - started >= 0.12  # the injected sleep guarantees the lower bound
     assert srv.calls[-1].elapsed_ms >= 120
-    started = time.perf_counter()
-    api.http.get(srv.url + "/__emulator__/counters")
-    assert time.perf_counter() - started < 0.1
+    # Admin routes are never delayed: with a minute of latency configured they still answer inside a
+    # timeout far below it (were they delayed, the read would time out, not merely pass slowly).
+    srv.faults.latency_ms = 60_000
+    assert api.admin("counters", timeout=10).json()["counters"] == {"/gettoken": 1, "/chat/get": 1}
 
 
 def test_qps_limit_answers_90018_per_endpoint_and_spares_gettoken(srv, api, cid):
@@ -135,7 +117,7 @@ def test_token_uses_expires_each_token_after_n_uses(srv, api, cid):
     srv.faults.token_uses = 2
     codes = [api.errcode(api.get("/chat/get", chatid=cid)) for _ in range(3)]
     assert codes == [0, 0, 42001]
-    api.token = api.gettoken().json()["access_token"]
+    api.new_token()
     assert api.errcode(api.get("/chat/get", chatid=cid)) == 0
 
 
@@ -176,7 +158,7 @@ def test_monthly_quota_runs_out_with_90020(srv, api, cid):
 
 
 def test_faults_can_be_set_over_the_admin_route(srv, api, cid):
-    reply = api.http.post(srv.url + "/__emulator__/faults", json={"fail_chatids": {cid: 34013}, "qps_limit": 0.5})
+    reply = api.admin("faults", {"fail_chatids": {cid: 34013}, "qps_limit": 0.5})
     assert reply.status_code == 200
     assert srv.faults.fail_chatids == {cid: 34013} and srv.faults.qps_limit == 0.5
     assert api.errcode(api.get("/chat/get", chatid=cid)) == 34013
@@ -205,23 +187,50 @@ def test_calls_are_listed_in_arrival_order_even_when_they_finish_out_of_order(sr
     assert [c.params.get("marker") for c in gets] == [None, "fast"] and gets[0].seq < gets[1].seq
 
 
-def test_the_per_ip_limit_bans_every_endpoint_then_lifts(srv):
-    import time as _time
-
-    import requests as _requests
-
-    srv.faults.ip_limit_calls = 5
+def test_the_per_ip_limit_bans_every_endpoint_then_lifts(srv, api):
+    srv.faults.ip_limit_calls = 5  # api's own /gettoken was the first call in the window
     srv.faults.ip_limit_window = 20.0
     srv.faults.ip_ban_seconds = 0.5
-    s = _requests.Session()
-    for _ in range(5):
-        assert s.get(srv.url + "/gettoken", params={"appkey": "k", "appsecret": "s"}).json()["errcode"] == 0
-    banned = s.get(srv.url + "/gettoken", params={"appkey": "k", "appsecret": "s"}).json()
+    assert [api.errcode(api.gettoken()) for _ in range(4)] == [0] * 4
+    banned = api.gettoken().json()
     assert banned == {"status": 1111, "wait": 1, "punish": "deny", "message": banned["message"]}
-    assert "errcode" not in s.get(srv.url + "/chat/get", params={"chatid": "x"}).json()
-    _time.sleep(0.6)
-    assert s.get(srv.url + "/gettoken", params={"appkey": "k", "appsecret": "s"}).json()["errcode"] == 0
+    assert "errcode" not in api.get("/chat/get", chatid="x").json()
+    time.sleep(0.6)
+    assert api.errcode(api.gettoken()) == 0
 
 
-def test_the_per_ip_limit_is_dingtalks_by_default(srv):
-    assert (srv.faults.ip_limit_calls, srv.faults.ip_limit_window, srv.faults.ip_ban_seconds) == (10_000, 20.0, 300.0)
+def test_by_default_more_than_10000_calls_in_20_seconds_ban_the_ip_for_5_minutes(monkeypatch):
+    """dingtalk-api.md's per-IP rule, as the default emulator enforces it over real HTTP.
+
+    The injector's clock is a fake (only the ban bookkeeping reads it), so the window edges are exact
+    and the test does not depend on how fast 10,000 requests go through.
+    """
+    now = [1000.0]
+    monkeypatch.setattr(faults_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    with EmulatorServer() as server:  # every knob at its default
+        address = urlsplit(server.url)
+        conn = http.client.HTTPConnection(address.hostname, address.port, timeout=10)  # one keep-alive connection
+
+        def call(path: str = "/chat/get?chatid=x") -> dict[str, Any]:  # no token: 40014, unless banned
+            conn.request("GET", path)
+            return json.loads(conn.getresponse().read())
+
+        try:
+            assert call()["errcode"] == 40014  # call 1, at t = 0
+            now[0] += 5.0
+            answers = [call() for _ in range(9_998)]  # calls 2..9,999, at t = 5
+            assert all(a["errcode"] == 40014 for a in answers)
+            assert call()["errcode"] == 40014  # call 10,000 within 20 s: still answered normally
+            now[0] += 15.0
+            assert call()["errcode"] == 40014  # t = 20: call 1 has left the window, so 10,000 in it again
+            now[0] += 4.9
+            banned = call()  # t = 24.9: calls 2..10,002 are 10,001 within the last 20 s
+            assert banned == {"status": 1111, "wait": 300, "punish": "deny", "message": banned["message"]}
+            now[0] += 299.5
+            assert call("/gettoken?appkey=k&appsecret=s")["wait"] == 1  # every endpoint, until 5 minutes pass
+            now[0] += 0.5
+            assert call("/gettoken?appkey=k&appsecret=s")["errcode"] == 0
+            assert call()["errcode"] == 40014
+        finally:
+            conn.close()
+        assert server.counters() == {"/chat/get": 10_003, "/gettoken": 2}

@@ -76,7 +76,8 @@ def test_saved_plan_goes_stale_after_a_live_change_and_is_refused_with_zero_writ
     writes = len(emulator.calls_to("/chat/update")) + len(emulator.calls_to("/chat/create"))
     result = dtchat(emulator, "apply", "--plan", str(plan_path), "--auto-approve")
     assert result.exit_code == 1
-    assert "refusing the saved plan" in result.output and "eng: chat" in result.output
+    assert "refusing the saved plan" in result.output
+    assert f"eng: chat {ids['eng']} changed in DingTalk since the plan was made" in result.output
     assert len(emulator.calls_to("/chat/update")) + len(emulator.calls_to("/chat/create")) == writes
 
     result = dtchat(emulator, "plan", str(cfg), "--out", str(plan_path))
@@ -199,3 +200,85 @@ def test_markdown_plan_escapes_user_text(emulator, applied):
     md = dtchat(emulator, "plan", str(cfg), "--format", "markdown").output
     assert "| `eng` | update | 0 | 0 | name: Eng \\| \\<b\\>核心\\</b\\> → a\\|b \\`\\`\\` \\<img src=x\\> |  |" in md
     assert "```diff\nname: Eng | <b>核心</b> → a|b ''' <img src=x>\n```" in md
+
+
+# -- saved plans: every way the plan made now can differ from the saved one ----------------------------------
+
+
+def writes(emulator) -> int:
+    return sum(len(emulator.calls_to(e)) for e in ("/chat/create", "/chat/update", "/chat/send"))
+
+
+STATE_EDITS = {
+    # case: (bind `legacy` before the plan is saved?, the state command run after, the reason given)
+    "forgotten": (True, lambda legacy, other: ("forget", "legacy"),
+                  "legacy: in the saved plan, not in the plan made now"),
+    "imported": (False, lambda legacy, other: ("import", "legacy", legacy),
+                 "legacy: not in the saved plan"),
+    "re-pointed": (True, lambda legacy, other: ("import", "legacy", other),
+                   "legacy: the saved entry differs from the plan made now (the state or the directory changed "
+                   "since, or the file was edited)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STATE_EDITS))
+def test_saved_plan_is_refused_when_the_state_changed_since(emulator, applied, tmp_path, case):
+    bind_first, command, reason = STATE_EDITS[case]
+    cfg, chats, _ = applied
+    state = str(cfg / "dtchat.state.json")
+    legacy = emulator.seed_chat("Legacy", "bob", ["bob"])
+    other = emulator.seed_chat("Other", "bob", ["bob"])
+    chats["eng"]["members"] = ["bob", "carol", "dave"]  # so the saved plan has a write to withhold
+    write_config(cfg, chats)
+    if bind_first:
+        assert dtchat(emulator, "import", "legacy", legacy, "--state", state).exit_code == 0
+    plan_path = tmp_path / "plan.json"
+    assert dtchat(emulator, "plan", str(cfg), "--out", str(plan_path)).exit_code == 0
+    result = dtchat(emulator, *command(legacy, other), "--state", state)
+    assert result.exit_code == 0, result.output
+    before = writes(emulator)
+
+    result = dtchat(emulator, "apply", "--plan", str(plan_path), "--auto-approve")
+    assert result.exit_code == 1
+    assert f"{plan_path}: refusing the saved plan, nothing was changed: {reason}; make a new plan" in result.output
+    assert writes(emulator) == before
+
+
+def test_dry_run_notify_lists_the_exact_message_for_each_changed_chat_only(emulator, applied):
+    cfg, chats, ids = applied
+    chats["eng"]["members"] = ["bob", "dave"]
+    chats["new"] = {"name": "New", "owner": "zed"}
+    write_config(cfg, chats)
+    before = writes(emulator)
+    result = dtchat(emulator, "apply", str(cfg), "--dry-run", "--notify")
+    assert result.exit_code == 0, result.output
+    sends = [line.split(" POST /chat/send ", 1) for line in result.stdout.splitlines() if "/chat/send" in line]
+    assert [(key, json.loads(body)) for key, body in sends] == [
+        ("  eng:", {"chatid": ids["eng"], "msgtype": "text",
+                   "text": {"content": "【dtchat】本群已按配置更新：加入 dave；移出 carol"}}),
+        ("  new:", {"chatid": "<chatid of new chat new>", "msgtype": "text",
+                   "text": {"content": "【dtchat】本群已按配置更新：创建本群，共 1 名成员"}}),
+    ]  # nothing for `all`, which is unchanged
+    assert "  all: " not in result.stdout
+    assert writes(emulator) == before
+
+
+def test_a_notify_message_that_cannot_be_sent_is_a_warning_and_the_apply_still_succeeds(emulator, applied):
+    cfg, chats, ids = applied
+    chats["eng"]["members"] = ["bob", "dave"]
+    write_config(cfg, chats)
+
+    def refuse_messages_once_updated(call):
+        if call.endpoint == "/chat/update":  # committed: from now on only the chat's /chat/send fails
+            emulator.faults.fail_chatids = {ids["eng"]: 60011}
+
+    emulator.before_reply = refuse_messages_once_updated
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify")
+    assert result.exit_code == 0, result.output
+    assert sorted(emulator.chat(ids["eng"])["useridlist"]) == ["alice", "bob", "dave"]
+    assert [c.errcode for c in emulator.calls_to("/chat/send")] == [60011]
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("! ")]
+    assert warning.startswith("! eng: changes applied, but the --notify message was not sent: /chat/send")
+    assert "60011" in warning and "! eng" not in result.stdout
+    emulator.before_reply, emulator.faults.fail_chatids = None, {}
+    assert dtchat(emulator, "plan", str(cfg), "--detailed-exitcode").exit_code == 0  # converged

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import APP_KEY, APP_SECRET
-from helpers import dtchat, state_of, users, write_config
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITES = ("/chat/create", "/chat/update")
