@@ -12,7 +12,7 @@ import requests
 
 from helpers import RawApi
 from reconciler.emulator import Call, EmulatorServer, Faults, load_users
-# DingTalk's numbers as the emulator states them, never the client's (reconciler.rules): see test_emulator_limits.py.
+# DingTalk's numbers as the emulator states them, never the client's (reconciler.rules): see test_emulator_ops.py, which proves the emulator catches a wrong client constant.
 from reconciler.emulator.limits import IDS_PER_CALL as BATCH_SIZE
 from reconciler.emulator.limits import MEMBER_CAP, NAME_MAX, READ_LIST_PAGE_MAX, SETTING_FIELDS
 
