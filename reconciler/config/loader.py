@@ -1,11 +1,13 @@
 """``load_config``: files and folders in, one validated :class:`Config` (or every problem) out."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 from ..model import DesiredChat, Location
 from .issues import ConfigError, ConfigIssue
@@ -41,7 +43,7 @@ class Config:
         raise KeyError(key)
 
 
-def load_config(paths: Sequence[Union[str, "os.PathLike[str]"]]) -> Config:
+def load_config(paths: Sequence[str | os.PathLike[str]]) -> Config:
     """Load, validate and merge ``paths`` (files, or folders of ``*.yaml``/``*.yml``).
 
     Raises :class:`ConfigError` listing every problem found, not just the first.
@@ -71,7 +73,7 @@ def load_config(paths: Sequence[Union[str, "os.PathLike[str]"]]) -> Config:
     )
 
 
-def _discover(paths: Sequence[Union[str, "os.PathLike[str]"]], issues: list[ConfigIssue]) -> list[tuple[Path, str]]:
+def _discover(paths: Sequence[str | os.PathLike[str]], issues: list[ConfigIssue]) -> list[tuple[Path, str]]:
     """The files to read (path, name to show), each once, folders expanded recursively and sorted.
 
     Hidden files and folders (``.git``, ``.github``, ``.dtchat-sandbox``) are skipped.
@@ -85,9 +87,7 @@ def _discover(paths: Sequence[Union[str, "os.PathLike[str]"]], issues: list[Conf
         shown = os.fspath(given)
         if path.is_dir():
             inside = sorted(
-                p
-                for p in path.rglob("*")
-                if p.suffix in _SUFFIXES and p.is_file() and not _hidden(p.relative_to(path))
+                p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file() and not _hidden(p.relative_to(path))
             )
             if not inside:
                 issues.append(ConfigIssue(Location(shown), "no *.yaml or *.yml files in this folder"))

@@ -13,7 +13,7 @@ import string
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from ..notify import PLACEHOLDERS
 from ..model import DesiredChat, Location, Selector
@@ -81,43 +81,46 @@ def resolve(checked: Sequence[tuple[Document, SchemaResult]]) -> Resolved:
 
 
 def _merge_defaults(checked: Sequence[tuple[Document, SchemaResult]], issues: list[ConfigIssue]) -> dict[str, Any]:
+    """Positions are only looked up for a problem: finding one re-reads the file (documents keep no text)."""
     merged: dict[str, Any] = {}
-    first: dict[str, Location] = {}
+    first: dict[str, Document] = {}
+    path = ("defaults", "settings")
     for document, result in checked:
-        path = ("defaults", "settings")
         if result.is_broken(path):
             continue
         for name, value in (document.data.get("defaults") or {}).get("settings", {}).items():
-            where = document.locate((*path, name), key=True)
             if name in first:
-                issues.append(ConfigIssue(where, f"default setting `{name}` is defined twice: first at {first[name]}"))
+                before = first[name].locate((*path, name), key=True)
+                issues.append(ConfigIssue(document.locate((*path, name), key=True),
+                                          f"default setting `{name}` is defined twice: first at {before}"))
             else:
-                merged[name], first[name] = value, where
+                merged[name], first[name] = value, document
     return merged
 
 
 def _default_notify(checked: Sequence[tuple[Document, SchemaResult]], issues: list[ConfigIssue]) -> Optional[str]:
     """``defaults.notify`` of all files (defined once at most), if it is a valid template."""
-    found: Optional[tuple[str, Location]] = None
+    found: Optional[tuple[str, Document]] = None
     valid = True
+    path = ("defaults", "notify")
     for document, result in checked:
-        path = ("defaults", "notify")
         if result.is_broken(path) or "notify" not in (document.data.get("defaults") or {}):
             continue
-        where = document.locate(path, key=True)
         if found is not None:
-            issues.append(ConfigIssue(where, f"default `notify` is defined twice: first at {found[1]}"))
+            issues.append(ConfigIssue(document.locate(path, key=True),
+                                      f"default `notify` is defined twice: first at {found[1].locate(path, key=True)}"))
             continue
-        found = (document.data["defaults"]["notify"], where)
-        valid = _check_template(found[0], document.locate(path), issues)
+        found = (document.data["defaults"]["notify"], document)
+        valid = _check_template(found[0], lambda d=document: d.locate(path), issues)
     return found[0] if found is not None and valid else None
 
 
-def _check_template(template: str, where: Location, issues: list[ConfigIssue]) -> bool:
-    """Whether ``template`` is a notify template the applier can fill in; if not, why, at ``where``."""
+def _check_template(template: str, where: Callable[[], Location], issues: list[ConfigIssue]) -> bool:
+    """Whether ``template`` is a notify template the applier can fill in; if not, why, at ``where()``
+    (looked up only then: it re-reads the file)."""
     problem = _template_problem(template)
     if problem is not None:
-        issues.append(ConfigIssue(where, f"notify template: {problem}"))
+        issues.append(ConfigIssue(where(), f"notify template: {problem}"))
     return problem is None
 
 
@@ -210,7 +213,7 @@ class _Expander:
         members = self._expand(chat.get("members", ()), entry, ("members",))
         excluded = self._expand(chat.get("exclude", ()), entry, ("exclude",))
         notify = chat.get("notify", default_notify)
-        if "notify" in chat and not _check_template(notify, entry.locate("notify"), self._issues):
+        if "notify" in chat and not _check_template(notify, lambda: entry.locate("notify"), self._issues):
             return None
         if members is None or excluded is None:
             return None

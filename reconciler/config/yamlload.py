@@ -1,98 +1,243 @@
-"""Read one YAML file safely and fast, and remember where things were written.
+"""Read one YAML config file: fast when it is plain, with PyYAML's own loader otherwise, strictly always.
 
-Valid input must load fast (10,000 chats x 200 members): a file in the
-plain shape configs are written in is read by :mod:`.fastyaml` at regex
-speed; any other file has its values built straight from libyaml's parse
-events: no node tree, no per-node Python resolver calls for ordinary
-strings. Only the keys of ``chats:``, ``groups:`` and the other sections get
-their positions recorded on the way (the planner points at chats). Anything else that needs a position (an error deeper in a
-chat, or a duplicate key, which must name both lines) re-reads the file as a
-node tree with marks, which only happens when something is wrong.
+A file in the plain shape configs are written in (10,000 chats x 200
+members) is read by :mod:`.fastyaml` at regex speed. Any other file is read
+by :class:`ConfigLoader`: PyYAML's safe loader (libyaml's parser when
+installed), so values and ``<<`` merges are exactly ``yaml.safe_load``'s,
+made strict where PyYAML is lax and safe where files from pull requests may
+be hostile (design §9): duplicate keys, a second document, alias bombs and
+self-containing aliases, unknown or broken tags and nesting deep enough to
+overflow the stack are each one located error, never a traceback.
 
-PyYAML silently keeps the last of two equal keys in one mapping; here that is
-an error. Only the safe subset of YAML is understood: plain mappings, lists
-and scalars, anchors, aliases and ``<<`` merges.
+The text is dropped once the file is read (memory: only the values stay). A
+:class:`Document` finds where something was written by reading and composing
+its file again, the first time it is asked, which happens only when
+something is wrong.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import yaml
+from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
-from yaml.events import (
-    AliasEvent,
-    DocumentEndEvent,
-    MappingEndEvent,
-    MappingStartEvent,
-    ScalarEvent,
-    SequenceEndEvent,
-    SequenceStartEvent,
-    StreamEndEvent,
-)
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..model import Location
 from .fastyaml import read_fast
 from .issues import ConfigIssue
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_C = hasattr(yaml, "CSafeLoader")
+#: libyaml's parser under PyYAML's Python composer: libyaml's own composer recurses in C and
+#: crashes the process on deep nesting (~30,000 levels); Python's raises RecursionError instead.
+_BASES: tuple[type, ...] = (Composer, yaml.CSafeLoader) if _C else (yaml.SafeLoader,)
+_YAML = "tag:yaml.org,2002:"
+_MERGE = _YAML + "merge"
+_STR = _YAML + "str"
+_TEXT = (_STR, _YAML + "value")  # a `=` key is text (PyYAML's merge makes it so)
+_UNDEFINED_ALIAS = "alias `*{}` refers to no anchor defined before it (or to a mapping or list that contains it)"
+#: A document may expand through aliases to at most this many nodes, or this many per character of text.
+ALIAS_EXPANSION_MIN, ALIAS_EXPANSION_PER_CHAR = 10_000, 20
 
-_STR_TAG = "tag:yaml.org,2002:str"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_MAPPING_TAGS = (None, "!", "tag:yaml.org,2002:map")
-_SEQUENCE_TAGS = (None, "!", "tag:yaml.org,2002:seq")
-#: A plain scalar whose first character is not here is a string: skip the resolver.
-_RESOLVER_FIRST_CHARS = frozenset(_Loader.yaml_implicit_resolvers)
-#: Keys at this depth or less (a section, then its entries) get their positions recorded.
-_MARKED_DEPTH = 2
-_NO_KEY = object()
-_MERGE = object()
 
-
-class _Problem(Exception):
-    """A located problem that stops reading the file."""
+class _Problem(yaml.MarkedYAMLError):
+    """A located problem, worded for the user (not prefixed ``invalid YAML``)."""
 
     def __init__(self, mark: Any, message: str) -> None:
-        super().__init__(message)
-        self.mark = mark
-        self.message = message
+        super().__init__(problem=message, problem_mark=mark)
 
 
-@dataclass(frozen=True)
+class ConfigLoader(*_BASES):  # type: ignore[misc]
+    """``yaml.safe_load``'s loader, stricter.
+
+    Refuses a second document, duplicate anchors, aliases to undefined or
+    enclosing anchors, alias expansion far beyond the text's size, tags
+    other than the plain YAML types, and scalars their tag cannot build
+    (``!!bool maybe``), each as a :class:`yaml.MarkedYAMLError`. Duplicate
+    keys are collected in ``duplicates`` (the last wins, as in PyYAML) rather
+    than raised, so the rest of the file is still checked.
+    """
+
+    def __init__(self, text: str) -> None:
+        _BASES[-1].__init__(self, text)
+        Composer.__init__(self)
+        self.text = text
+        #: ``(key, first key node, repeated key node)`` for each key written twice in one mapping.
+        self.duplicates: list[tuple[Any, Node, Node]] = []
+        self._open_anchors: set[str] = set()
+        self._checked: set[int] = set()
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        if "*" in self.text:
+            _check_expansion(node, max(ALIAS_EXPANSION_MIN, ALIAS_EXPANSION_PER_CHAR * len(self.text)))
+        return self.construct_document(node)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        anchor = event.anchor
+        if anchor is None:
+            return super().compose_node(parent, index)
+        if event.__class__ is AliasEvent:
+            if anchor not in self.anchors or anchor in self._open_anchors:  # the latter would make a cycle
+                raise _Problem(event.start_mark, _UNDEFINED_ALIAS.format(anchor))
+            return super().compose_node(parent, index)
+        if anchor in self.anchors:
+            line = self.anchors[anchor].start_mark.line + 1
+            raise _Problem(event.start_mark, f"duplicate anchor `&{anchor}`: already defined on line {line}")
+        self._open_anchors.add(anchor)
+        node = super().compose_node(parent, index)
+        self._open_anchors.discard(anchor)
+        return node
+
+    def flatten_mapping(self, node: MappingNode) -> None:
+        """PyYAML's merge, after noting the mapping's duplicate keys (the first time: merging rewrites it)."""
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            first: dict[Any, Node] = {}
+            for key_node, _ in node.value:
+                if key_node.__class__ is ScalarNode and key_node.tag != _MERGE:
+                    key = key_node.value if key_node.tag in _TEXT else self.construct_object(key_node)
+                    if key in first:
+                        self.duplicates.append((key, first[key], key_node))
+                    else:
+                        first[key] = key_node
+        merges = [k for k, _ in node.value if k.tag == _MERGE]
+        try:
+            super().flatten_mapping(node)
+        except yaml.constructor.ConstructorError as error:  # at the `<<`: the value may be an alias to far away
+            at = merges[0].start_mark if merges else error.problem_mark
+            raise _Problem(at, "`<<` must merge a mapping or a list of mappings") from None
+
+
+def _strictly(construct: Any, name: str) -> Any:
+    """PyYAML's constructor for ``!!name``, with a located error where it would raise a bare Python one."""
+
+    def construct_strictly(loader: ConfigLoader, node: Node) -> Any:
+        try:
+            return construct(loader, node)
+        except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError):
+            hint = "" if _char_at(loader.text, node.start_mark) == "!" else "; quote it if it is text"
+            shown = f"`{_shown(node.value)}`" if node.value else "empty"
+            raise _Problem(node.start_mark, f"{shown} is not a valid !!{name}{hint}") from None
+
+    return construct_strictly
+
+
+def _unsupported(loader: ConfigLoader, node: Node) -> Any:
+    if node.tag == _MERGE:
+        raise _Problem(node.start_mark, "`<<` (merge) can only be a mapping key")
+    plain = "" if isinstance(node, ScalarNode) else ": use a plain mapping or list"
+    raise _Problem(node.start_mark, f"unsupported YAML tag `{node.tag}`{plain}")
+
+
+for _name in ("null", "bool", "int", "float", "binary", "timestamp"):
+    ConfigLoader.add_constructor(_YAML + _name, _strictly(ConfigLoader.yaml_constructors[_YAML + _name], _name))
+for _tag in (_YAML + "set", _YAML + "omap", _YAML + "pairs", None):
+    ConfigLoader.add_constructor(_tag, _unsupported)
+
+
+def _check_expansion(root: Node, limit: int) -> None:
+    """Raise if the document, every alias expanded, would hold more than ``limit`` nodes.
+
+    Counts each node's expanded size once (aliases share nodes): time linear in
+    the composed nodes, whatever the expansion. The composer refused cycles.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Node, bool]] = [] if root.__class__ is ScalarNode else [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = node.value if node.__class__ is SequenceNode else [n for pair in node.value for n in pair]
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if child.__class__ is not ScalarNode)
+            continue
+        size = 1 + sum(sizes.get(id(child), 1) for child in children)
+        if size > limit:
+            kind = "list" if node.__class__ is SequenceNode else "mapping"
+            message = f"aliases expand this {kind} to more than {limit:,} values, far beyond what the file holds"
+            raise _Problem(node.start_mark, message + ": refusing it (an alias bomb?)")
+        sizes[id(node)] = size
+
+
+def read_document(path: Path, file: str) -> tuple[Document | None, list[ConfigIssue]]:
+    """Load ``path`` (shown as ``file``); on failure the document is None and the issues say why."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        return None, [ConfigIssue(Location(file), f"cannot read the file: {error.strerror}")]
+    digest = zlib.crc32(raw)
+    try:
+        text = raw.decode("utf-8")  # the BOM stays, for the loader to treat as yaml.load(raw) does
+    except UnicodeDecodeError as error:
+        return None, [_not_utf8(file, raw, error)]
+    del raw
+    data = read_fast(text)
+    issues = []
+    if data is None:
+        loader = None
+        try:
+            loader = ConfigLoader(text)  # PyYAML's own reader checks the characters here
+            data = loader.get_single_data()
+        except (yaml.YAMLError, RecursionError) as error:
+            return None, [_issue(file, text, error, loader)]
+        finally:
+            if loader is not None:
+                loader.dispose()
+        for key, first, again in loader.duplicates:
+            message = f"duplicate key `{_shown(key)}`: already defined on line {first.start_mark.line + 1}"
+            issues.append(ConfigIssue(_location(file, again.start_mark), message))
+    if data is None:
+        return None, [ConfigIssue(Location(file, 1, 1), "the file is empty; it needs at least `version: 1`")]
+    return Document(file, data, path, digest), issues
+
+
 class Document:
-    """One loaded file: its data, and a way to find where any part of it was written."""
+    """One loaded file's values, and a way to find where any part of them was written."""
 
-    file: str
-    text: str = field(repr=False)
-    data: Any = field(repr=False)
-    #: Positions of the keys at depth 1 and 2 (``("chats", "eng-oncall")``), recorded while loading.
-    key_marks: Mapping[tuple[Any, ...], Location] = field(repr=False, default_factory=dict)
+    def __init__(self, file: str, data: Any, source: Path | None = None, digest: int | None = None) -> None:
+        self.file = file  #: the file's name as shown in messages
+        self.data = data  #: what ``yaml.safe_load`` returns for it
+        self._source = source
+        self._digest = digest
+        self._keys: dict[int, dict[Any, tuple[Node, Node]]] = {}  # mapping node -> its keys, built when asked
+
+    def __repr__(self) -> str:
+        return f"Document({self.file!r})"
 
     def locate(self, path: Sequence[Any], *, key: bool = False) -> Location:
         """Where the value at ``path`` (or, with ``key``, its key) was written.
 
         When the path leads somewhere the file does not spell out (a value
-        that came in through a ``<<`` merge), the closest enclosing place.
+        that came in through a ``<<`` merge), the closest enclosing place;
+        when the file cannot be read again as it was, the file alone.
         """
-        path = tuple(path)
-        if key and path in self.key_marks:
-            return self.key_marks[path]
-        return _location(self.file, self._find(path, key)[0].start_mark)
+        found = self._find(tuple(path), key)
+        return Location(self.file) if found is None else _location(self.file, found[0].start_mark)
 
-    def written(self, path: Sequence[Any], *, key: bool = False) -> Optional[str]:
+    def written(self, path: Sequence[Any], *, key: bool = False) -> str | None:
         """The scalar at ``path`` exactly as written (``0412345670``, not the number YAML made of it)."""
-        node, exact = self._find(tuple(path), key)
-        return node.value if exact and isinstance(node, ScalarNode) else None
+        found = self._find(tuple(path), key)
+        return found[0].value if found is not None and found[1] and isinstance(found[0], ScalarNode) else None
 
-    def _find(self, path: tuple[Any, ...], key: bool) -> tuple[Node, bool]:
+    def _find(self, path: tuple[Any, ...], key: bool) -> tuple[Node, bool] | None:
         """The node at ``path`` (or its key node) and True; else the deepest enclosing node and False."""
         node = self._root
-        key_node: Optional[Node] = None
+        if node is None:
+            return None
+        key_node: Node | None = None
         for element in path:
-            child = _child(node, element)
+            child = self._child(node, element)
             if child is None:
                 return node, False
             key_node, node = child
@@ -100,247 +245,89 @@ class Document:
             return (key_node, True) if key_node is not None else (node, False)
         return node, True
 
-    def duplicate_key_issues(self) -> list[ConfigIssue]:
-        """Every key written twice in one mapping, naming both lines."""
-        issues = []
-        seen_nodes: set[int] = set()
-        stack = [self._root]
-        while stack:
-            node = stack.pop()
-            if id(node) in seen_nodes:
-                continue
-            seen_nodes.add(id(node))
-            if isinstance(node, MappingNode):
-                first: dict[Any, Node] = {}
-                for key_node, value_node in node.value:
-                    stack.append(value_node)
-                    if not _is_plain_key(key_node):
-                        continue
-                    name = _key_value(key_node)
-                    if name in first:
-                        where = _location(self.file, key_node.start_mark)
-                        line = first[name].start_mark.line + 1
-                        issues.append(ConfigIssue(where, f"duplicate key `{name}`: already defined on line {line}"))
-                    else:
-                        first[name] = key_node
-            elif isinstance(node, SequenceNode):
-                stack.extend(node.value)
-        return issues
+    def _child(self, node: Node, element: Any) -> tuple[Node | None, Node] | None:
+        """The (key node, value node) at ``element`` of a mapping or list node, if written there."""
+        if isinstance(node, MappingNode):
+            if id(node) not in self._keys:  # the last of equal keys wins, as in the values
+                pairs = [(k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.tag != _MERGE]
+                self._keys[id(node)] = {_key_value(k): (k, v) for k, v in pairs}
+            try:
+                return self._keys[id(node)].get(element)
+            except TypeError:  # an unhashable element: not a key of this file
+                return None
+        if isinstance(node, SequenceNode) and isinstance(element, int) and 0 <= element < len(node.value):
+            return None, node.value[element]
+        return None
 
     @cached_property
-    def _root(self) -> Node:
-        return yaml.compose(self.text, Loader=_Loader)
-
-
-def read_document(path: Path, file: str) -> tuple[Optional[Document], list[ConfigIssue]]:
-    """Load ``path`` (shown as ``file``); on failure the document is None and the issues say why."""
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        return None, [ConfigIssue(Location(file), f"cannot read the file: {error.strerror}")]
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        return None, [_not_utf8(file, raw, error)]
-    try:
-        data, key_marks, has_duplicates = _build(text, file)
-    except yaml.YAMLError as error:
-        return None, [_syntax_issue(file, text, error)]
-    except _Problem as problem:
-        return None, [ConfigIssue(_location(file, problem.mark), problem.message)]
-    if data is None:
-        return None, [ConfigIssue(Location(file, 1, 1), "the file is empty; it needs at least `version: 1`")]
-    document = Document(file, text, data, key_marks)
-    return document, document.duplicate_key_issues() if has_duplicates else []
-
-
-def _build(text: str, file: str) -> tuple[Any, dict[tuple[Any, ...], Location], bool]:
-    fast = read_fast(text, file)
-    if fast is not None:
-        return (*fast, False)
-    return _build_with_events(text, file)
-
-
-def _build_with_events(text: str, file: str) -> tuple[Any, dict[tuple[Any, ...], Location], bool]:
-    loader = _Loader(text)
-    try:
-        return _build_from_events(loader, file)
-    finally:
-        loader.dispose()
-
-
-def _build_from_events(loader: Any, file: str) -> tuple[Any, dict[tuple[Any, ...], Location], bool]:
-    """Build the document's value from parse events (what PyYAML's safe loader would build).
-
-    Returns the value, the recorded key positions and whether some mapping
-    had a key twice (the last one wins here, as in PyYAML; the caller reports it).
-    """
-    get_event = loader.get_event
-    first_chars = _RESOLVER_FIRST_CHARS
-    document: list[Any] = []  # receives the root value
-    containers: list[Any] = [document]  # open mappings and lists, outermost first
-    keys: list[Any] = [_NO_KEY]  # per open container: the key waiting for its value, or _NO_KEY
-    anchors: dict[str, Any] = {}
-    container_anchors: dict[int, str] = {}  # depth -> anchor of the open container there
-    merges: dict[int, list[tuple[Any, Any]]] = {}  # depth -> values of `<<` keys in that mapping
-    key_marks: dict[tuple[Any, ...], Location] = {}
-    has_duplicates = False
-    get_event()  # stream start
-    if loader.check_event(StreamEndEvent):
-        return None, key_marks, False
-    get_event()  # document start
-    while True:
-        event = get_event()
-        cls = event.__class__
-        if cls is ScalarEvent:
-            value = event.value
-            if event.tag is None and event.anchor is None:  # the common case: plain or quoted text
-                if value[:1] in first_chars and event.implicit[0]:
-                    value = _implicit_scalar(loader, event, keys[-1] is _NO_KEY and containers[-1].__class__ is dict)
-            else:
-                value = _explicit_scalar(loader, event, anchors)
-        elif cls is MappingStartEvent or cls is SequenceStartEvent:
-            mapping = cls is MappingStartEvent
-            if event.tag not in (_MAPPING_TAGS if mapping else _SEQUENCE_TAGS):
-                raise _Problem(event.start_mark, f"unsupported YAML tag `{event.tag}`: use a plain mapping or list")
-            if event.anchor:
-                container_anchors[len(containers)] = event.anchor
-            containers.append({} if mapping else [])
-            keys.append(_NO_KEY)
-            continue
-        elif cls is MappingEndEvent or cls is SequenceEndEvent:
-            depth = len(containers) - 1
-            value = containers.pop()
-            keys.pop()
-            if depth in merges:
-                _apply_merges(value, merges.pop(depth))
-            if depth in container_anchors:
-                anchors[container_anchors.pop(depth)] = value
-        elif cls is AliasEvent:
-            if event.anchor not in anchors:
-                raise _Problem(
-                    event.start_mark,
-                    f"alias `*{event.anchor}` refers to no anchor defined before it (or to a mapping or list that contains it)",
-                )
-            value = anchors[event.anchor]
-        elif cls is DocumentEndEvent:
-            break
-        else:  # pragma: no cover - libyaml emits no other event inside a document
-            raise _Problem(event.start_mark, f"unexpected YAML event {cls.__name__}")
-
-        top = containers[-1]
-        if top.__class__ is list:
-            top.append(value)
-            continue
-        key = keys[-1]
-        if key is _NO_KEY:
-            if value.__class__ in (dict, list):
-                raise _Problem(event.start_mark, "a mapping key must be a plain value, not a mapping or list")
-            keys[-1] = value
-            if len(containers) <= _MARKED_DEPTH + 1 and containers[1].__class__ is dict:
-                key_marks[(*keys[1:-1], value)] = _location(file, event.start_mark)
-            continue
-        keys[-1] = _NO_KEY
-        if key is _MERGE:
-            merges.setdefault(len(containers) - 1, []).append((value, event.start_mark))
-            continue
-        if key in top:
-            has_duplicates = True
-        top[key] = value
-
-    if not loader.check_event(StreamEndEvent):
-        raise _Problem(get_event().start_mark, "a second YAML document (`---`): put one document in each file")
-    return document[0], key_marks, has_duplicates
-
-
-def _implicit_scalar(loader: Any, event: ScalarEvent, is_key: bool) -> Any:
-    """A plain scalar that may be a number, boolean, null, date or ``<<`` (resolved as PyYAML does)."""
-    tag = loader.resolve(ScalarNode, event.value, event.implicit)
-    if tag == _STR_TAG:
-        return event.value
-    if tag == _MERGE_TAG:
-        if not is_key:
-            raise _Problem(event.start_mark, "`<<` (merge) can only be a mapping key")
-        return _MERGE
-    return _construct_scalar(loader, tag, event)
-
-
-def _explicit_scalar(loader: Any, event: ScalarEvent, anchors: dict[str, Any]) -> Any:
-    """A scalar with a tag (``!!str 0123``) or an anchor (``&name``)."""
-    tag = event.tag
-    if tag is None or tag == "!":
-        tag = loader.resolve(ScalarNode, event.value, event.implicit)
-    if tag == _MERGE_TAG:
-        raise _Problem(event.start_mark, "`<<` (merge) cannot carry a tag or anchor")
-    value = event.value if tag == _STR_TAG else _construct_scalar(loader, tag, event)
-    if event.anchor:
-        anchors[event.anchor] = value
-    return value
-
-
-def _construct_scalar(loader: Any, tag: str, event: ScalarEvent) -> Any:
-    """The value of a non-string scalar (number, boolean, null, date, explicit tag), as PyYAML builds it."""
-    node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
-    if tag not in loader.yaml_constructors:
-        raise _Problem(event.start_mark, f"unsupported YAML tag `{tag}`")
-    return loader.yaml_constructors[tag](loader, node)
-
-
-def _apply_merges(mapping: dict[Any, Any], sources: list[tuple[Any, Any]]) -> None:
-    """``<<: *base``: keys written in the mapping win; in ``<<: [*a, *b]`` the first listed wins."""
-    merged: dict[Any, Any] = {}
-    for value, mark in sources:
-        parts = value if isinstance(value, list) else [value]
-        if not all(isinstance(part, dict) for part in parts):
-            raise _Problem(mark, "`<<` must merge a mapping or a list of mappings")
-        for part in reversed(parts):
-            merged.update(part)
-    merged.update(mapping)
-    mapping.clear()
-    mapping.update(merged)
-
-
-def _is_plain_key(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag != _MERGE_TAG
+    def _root(self) -> Node | None:
+        """The file composed again, with positions; None if it no longer holds what was loaded."""
+        try:
+            raw = self._source.read_bytes() if self._source is not None else b""
+            if zlib.crc32(raw) != self._digest:
+                return None
+            loader = ConfigLoader(raw.decode("utf-8"))
+            try:
+                return loader.get_single_node()
+            finally:
+                loader.dispose()
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+            return None
 
 
 def _key_value(node: ScalarNode) -> Any:
-    return SafeConstructor().construct_object(node)
+    construct = None if node.tag == _STR else SafeConstructor.yaml_constructors.get(node.tag)
+    return node.value if construct is None else construct(SafeConstructor(), node)
 
 
-def _child(node: Node, element: Any) -> Optional[tuple[Optional[Node], Node]]:
-    """The (key node, value node) at ``element`` of a mapping or list node, if written there."""
-    if isinstance(node, MappingNode):
-        for key_node, value_node in reversed(node.value):  # the last of equal keys wins
-            if _is_plain_key(key_node) and _key_value(key_node) == element:
-                return key_node, value_node
-    elif isinstance(node, SequenceNode) and isinstance(element, int) and 0 <= element < len(node.value):
-        return None, node.value[element]
-    return None
+def _shown(value: Any) -> str:
+    """``value`` for a one-line message: escaped if it holds line breaks or other unprintables, cut if long."""
+    text = str(value)
+    text = text if text.isprintable() else repr(text)[1:-1]
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _char_at(text: str, mark: Any) -> str:
+    """The character of ``text`` at ``mark`` ("" at the end); libyaml's marks do not count a leading BOM."""
+    at = mark.index + (1 if _C and text.startswith("\ufeff") else 0)
+    return text[at : at + 1]
 
 
 def _location(file: str, mark: Any) -> Location:
     return Location(file, mark.line + 1, mark.column + 1)
 
 
-def _syntax_issue(file: str, text: str, error: yaml.YAMLError) -> ConfigIssue:
+def _issue(file: str, text: str, error: BaseException, loader: ConfigLoader | None) -> ConfigIssue:
+    """One located line for what stopped reading ``text``."""
+    if isinstance(error, RecursionError):
+        try:
+            where = _location(file, loader.peek_event().start_mark)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - the parser's state after a RecursionError is not worth trusting
+            where = Location(file, 1, 1)
+        return ConfigIssue(where, "the file is nested too deeply to read")
     mark = getattr(error, "problem_mark", None)
     if isinstance(error, yaml.MarkedYAMLError) and mark is not None:
-        message = f"invalid YAML: {error.problem}"
-        if error.context and error.context_mark is not None:
-            message += f" ({error.context} on line {error.context_mark.line + 1})"
+        if isinstance(error, _Problem):
+            message = error.problem
+        elif _char_at(text, mark) == "\t":
+            message = "invalid YAML: a tab character; YAML indents with spaces only"
+        elif error.problem == "but found another document":
+            message = "a second YAML document (`---`): put one document in each file"
+        elif error.problem == "found unhashable key":
+            message = "a mapping key must be a plain value, not a mapping or list"
+        else:
+            message = f"invalid YAML: {error.problem}"
+            if error.context and error.context_mark is not None:
+                message += f" ({error.context} on line {error.context_mark.line + 1})"
         return ConfigIssue(_location(file, mark), message)
     if isinstance(error, yaml.reader.ReaderError):
         # libyaml counts the position in UTF-8 bytes, PyYAML's own reader in characters.
-        if _Loader is yaml.SafeLoader:
-            before = text[: error.position]
-        else:
-            before = text.encode("utf-8")[: error.position].decode("utf-8", "replace")
-        line = before.count("\n") + 1
-        column = len(before) - (before.rfind("\n") + 1) + 1
+        before = text.encode("utf-8")[: error.position].decode("utf-8", "replace") if _C else text[: error.position]
+        before = before.removeprefix("\ufeff")
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
         code = error.character if isinstance(error.character, int) else ord(error.character)
         return ConfigIssue(Location(file, line, column), f"invalid YAML: control character U+{code:04X} is not allowed")
-    return ConfigIssue(Location(file), f"invalid YAML: {error}")
+    return ConfigIssue(Location(file), f"invalid YAML: {' '.join(str(error).split())}")
 
 
 def _not_utf8(file: str, raw: bytes, error: UnicodeDecodeError) -> ConfigIssue:
