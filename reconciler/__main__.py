@@ -1,4 +1,5 @@
 """``python -m reconciler`` is ``dtchat``."""
+
 from .cli import main
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,10 +3,11 @@
 The YAML it produces pins each ``chatid`` and declares every setting, so a
 ``plan`` right after shows no change.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from .model import DesiredChat, LiveChat
 

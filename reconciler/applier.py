@@ -13,12 +13,14 @@ create is sent, replaced by the chatid the moment it answers, and cleared on a
 definite refusal. A crash, a kill or an unknown outcome leaves it pending, so
 no later run creates the chat a second time.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 from .batching import CREATE, calls_for
 from .dingtalk.errors import AmbiguousCreateError, DingTalkError, is_fatal
@@ -40,10 +42,10 @@ class ChatResult:
     action: Action
     ok: bool
     calls: int = 0
-    chatid: Optional[str] = None
-    error: Optional[str] = None
+    chatid: str | None = None
+    error: str | None = None
     #: A problem that did not fail the chat (e.g. the --notify message could not be sent).
-    warning: Optional[str] = None
+    warning: str | None = None
     #: The failure would hit every other chat too (quota used up, credentials, API unreachable).
     fatal: bool = False
     #: The chat was not started, or stopped between two calls, because the run was interrupted.
@@ -63,10 +65,14 @@ class ApplyResult:
     interrupted: bool = False
 
     @classmethod
-    def unchanged(cls, plan: Plan) -> "ApplyResult":
+    def unchanged(cls, plan: Plan) -> ApplyResult:
         """The result of a plan with nothing to apply (its errors still fail it)."""
-        return cls(tuple(ChatResult(c.key, c.action, ok=c.action is not Action.ERROR, chatid=c.chatid, error=c.error)
-                         for c in plan.changes))
+        return cls(
+            tuple(
+                ChatResult(c.key, c.action, ok=c.action is not Action.ERROR, chatid=c.chatid, error=c.error)
+                for c in plan.changes
+            )
+        )
 
     @property
     def ok(self) -> bool:
@@ -81,7 +87,7 @@ class ApplyResult:
         return sum(r.calls for r in self.results)
 
     def summary(self) -> str:
-        done = {a: 0 for a in (Action.CREATE, Action.UPDATE, Action.FORGET)}
+        done = dict.fromkeys((Action.CREATE, Action.UPDATE, Action.FORGET), 0)
         for r in self.results:
             if r.ok and r.action in done:
                 done[r.action] += 1
@@ -97,7 +103,7 @@ class _Stop:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.reason: Optional[str] = None
+        self.reason: str | None = None
         self.interrupted = False
 
     def fatal(self, reason: str) -> None:
@@ -111,18 +117,20 @@ class _Stop:
 
 
 def _pending_hint(key: str, flag: str) -> str:
-    return (f"The chat may now exist in DingTalk; dtchat will not create it again. If it exists, run "
-            f"`dtchat import {key} CHATID{flag}`; if not, run `dtchat forget {key}{flag}` and apply again")
+    return (
+        f"The chat may now exist in DingTalk; dtchat will not create it again. If it exists, run "
+        f"`dtchat import {key} CHATID{flag}`; if not, run `dtchat forget {key}{flag}` and apply again"
+    )
 
 
 def apply_change(
     change: ChatChange,
-    client: "DingTalkClient",
+    client: DingTalkClient,
     state: StateFile,
     *,
-    on_call: Optional[OnCall] = None,
+    on_call: OnCall | None = None,
     notify: bool = False,
-    stop: Optional[_Stop] = None,
+    stop: _Stop | None = None,
 ) -> ChatResult:
     """Converge one chat. Never raises for API or state errors: they become a failed ChatResult."""
     key = change.key
@@ -136,14 +144,22 @@ def apply_change(
             return ChatResult(key, change.action, ok=True, chatid=change.chatid)
         calls = calls_for(change)
     except DtchatError as exc:  # StateError, BatchingError
-        return ChatResult(key, change.action, ok=False, chatid=change.chatid, error=str(exc),
-                          fatal=isinstance(exc, StateError))
+        return ChatResult(
+            key, change.action, ok=False, chatid=change.chatid, error=str(exc), fatal=isinstance(exc, StateError)
+        )
     chatid = change.chatid
     done = 0
     for call in calls:
         if stop is not None and stop.interrupted:
-            return ChatResult(key, change.action, ok=False, calls=done, chatid=chatid, interrupted=True,
-                              error=f"interrupted (Ctrl-C) after {done} of {len(calls)} calls")
+            return ChatResult(
+                key,
+                change.action,
+                ok=False,
+                calls=done,
+                chatid=chatid,
+                interrupted=True,
+                error=f"interrupted (Ctrl-C) after {done} of {len(calls)} calls",
+            )
         if chatid:
             call = call.bound(chatid)
         if on_call:
@@ -154,33 +170,54 @@ def apply_change(
                 state.begin_create(key)  # write-ahead: durable before the create leaves
             payload = client.write(call.endpoint, call.body)
         except StateError as exc:
-            return ChatResult(key, change.action, ok=False, calls=done, chatid=chatid, fatal=True,
-                              error=f"not created, nothing was sent: {exc}")
+            return ChatResult(
+                key,
+                change.action,
+                ok=False,
+                calls=done,
+                chatid=chatid,
+                fatal=True,
+                error=f"not created, nothing was sent: {exc}",
+            )
         except AmbiguousCreateError as exc:
-            return ChatResult(key, change.action, ok=False, calls=done + 1, error=f"{exc}. {_pending_hint(key, state.flag)}")
+            return ChatResult(
+                key, change.action, ok=False, calls=done + 1, error=f"{exc}. {_pending_hint(key, state.flag)}"
+            )
         except DingTalkError as exc:
             if creating:
                 try:
                     state.abort_create(key)  # a definite refusal: no chat was made
                 except StateError as state_exc:
-                    return ChatResult(key, change.action, ok=False, calls=done + 1, fatal=True,
-                                      error=f"{exc}; and {state_exc}")
-            return ChatResult(key, change.action, ok=False, calls=done + 1, chatid=chatid, error=str(exc),
-                              fatal=is_fatal(exc))
+                    return ChatResult(
+                        key, change.action, ok=False, calls=done + 1, fatal=True, error=f"{exc}; and {state_exc}"
+                    )
+            return ChatResult(
+                key, change.action, ok=False, calls=done + 1, chatid=chatid, error=str(exc), fatal=is_fatal(exc)
+            )
         done += 1
         if creating:
             new_chatid = payload.get("chatid")
             if not isinstance(new_chatid, str) or not new_chatid:
-                return ChatResult(key, change.action, ok=False, calls=done,
-                                  error=f"DingTalk accepted the create but sent no chatid. {_pending_hint(key, state.flag)}")
+                return ChatResult(
+                    key,
+                    change.action,
+                    ok=False,
+                    calls=done,
+                    error=f"DingTalk accepted the create but sent no chatid. {_pending_hint(key, state.flag)}",
+                )
             chatid = new_chatid
             try:
                 state.record(key, chatid, created=True)  # before any further call
             except StateError as exc:
                 return ChatResult(
-                    key, change.action, ok=False, calls=done, chatid=chatid, fatal=True,
+                    key,
+                    change.action,
+                    ok=False,
+                    calls=done,
+                    chatid=chatid,
+                    fatal=True,
                     error=f"chat created as {chatid}, but {exc}; once the file is writable, run "
-                          f"`dtchat import {key} {chatid}{state.flag}` so it is not created again",
+                    f"`dtchat import {key} {chatid}{state.flag}` so it is not created again",
                 )
     bound = state.get(key)
     if chatid and (bound is None or bound.chatid != chatid):
@@ -200,12 +237,12 @@ def apply_change(
 
 def apply_plan(
     plan: Plan,
-    client: "DingTalkClient",
+    client: DingTalkClient,
     state: StateFile,
     *,
     parallelism: int = 1,
-    on_call: Optional[OnCall] = None,
-    on_result: Optional[OnResult] = None,
+    on_call: OnCall | None = None,
+    on_result: OnResult | None = None,
     notify: bool = False,
 ) -> ApplyResult:
     """Apply every change, up to ``parallelism`` chats at once; the caller holds the state lock.
@@ -218,14 +255,20 @@ def apply_plan(
 
     def run(change: ChatChange) -> ChatResult:
         if stop.reason is not None and change.action not in (Action.NOOP, Action.ORPHAN, Action.ERROR):
-            return ChatResult(change.key, change.action, ok=False, chatid=change.chatid,
-                              interrupted=stop.interrupted, error=f"not attempted: {stop.reason}")
+            return ChatResult(
+                change.key,
+                change.action,
+                ok=False,
+                chatid=change.chatid,
+                interrupted=stop.interrupted,
+                error=f"not attempted: {stop.reason}",
+            )
         result = apply_change(change, client, state, on_call=on_call, notify=notify, stop=stop)
         if result.fatal:
             stop.fatal(result.error or "a fatal error")
         return result
 
-    def collect(future: "Future[ChatResult]") -> None:
+    def collect(future: Future[ChatResult]) -> None:
         result = future.result()
         results[result.key] = result
         if on_result:

@@ -7,12 +7,14 @@ deleted; never rely on the order of the parts of one call. Name and setting
 changes ride on the first call. Removals go as early as possible and
 additions as late as the member cap requires, so a full chat never overflows.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import DtchatError
 from .plan import Action, ChatChange
@@ -40,7 +42,7 @@ class ApiCall:
     body: Mapping[str, Any] = field(default_factory=dict)
     for_new_chat: bool = False
 
-    def bound(self, chatid: str) -> "ApiCall":
+    def bound(self, chatid: str) -> ApiCall:
         """This call with the new chat's id filled in."""
         return ApiCall(self.endpoint, {"chatid": chatid, **self.body}) if self.for_new_chat else self
 

@@ -9,6 +9,7 @@ one line on stderr; anything else is a bug and keeps its traceback.
 Network code (requests) is imported only by the commands that use it, so
 ``--help`` and ``validate`` start fast.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,10 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,9 +32,20 @@ from .config import ConfigError, load_config
 from .errors import DtchatError, UsageError
 from .files import write_atomic
 from .live import ASSUMED_LATENCY, MAX_PARALLELISM, default_parallelism
-from .render import (FORMATS, VALIDATE_FORMATS, render_apply_json, render_calls, render_drift_json,
-                     render_drift_markdown, render_drift_text, render_json, render_markdown, render_text,
-                     render_validation_github, render_validation_json)
+from .render import (
+    FORMATS,
+    VALIDATE_FORMATS,
+    render_apply_json,
+    render_calls,
+    render_drift_json,
+    render_drift_markdown,
+    render_drift_text,
+    render_json,
+    render_markdown,
+    render_text,
+    render_validation_github,
+    render_validation_json,
+)
 from .rules import DEFAULT_QPS
 from .safety import DEFAULT_MAX_REMOVAL_PCT, MIN_EXISTING_MEMBERS, Thresholds
 from .state import StateFile, StateLocation, locate_state, locked
@@ -57,7 +70,7 @@ class Finite(click.ParamType):
     def __init__(self, low: float, high: float = math.inf) -> None:
         self.low, self.high = low, high
 
-    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> float:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -75,9 +88,9 @@ class Options:
     """The global options; set before or after the command name (kubectl convention)."""
 
     sandbox: bool = False
-    api_base: Optional[str] = None
+    api_base: str | None = None
     verbose: bool = False
-    color: Optional[bool] = None
+    color: bool | None = None
     max_qps: float = DEFAULT_QPS
 
     def __post_init__(self) -> None:
@@ -88,15 +101,16 @@ class Options:
             click.echo(text, err=err, color=self.color)
 
     @contextlib.contextmanager
-    def manager(self, parallelism: int = 4) -> Iterator["Manager"]:
+    def manager(self, parallelism: int = 4) -> Iterator[Manager]:
         from .connect import connect
         from .manager import Manager
 
-        with connect(sandbox=self.sandbox, api_base=self.api_base, max_qps=self.max_qps,
-                     pool_size=max(parallelism, 4)) as client:
+        with connect(
+            sandbox=self.sandbox, api_base=self.api_base, max_qps=self.max_qps, pool_size=max(parallelism, 4)
+        ) as client:
             yield Manager(client, parallelism=parallelism, progress=progress)
 
-    def state(self, given: Optional[str], first_path: Optional[str] = None, *, must_exist: bool = False) -> StateLocation:
+    def state(self, given: str | None, first_path: str | None = None, *, must_exist: bool = False) -> StateLocation:
         """The state file, by design §6's one rule (the sandbox keeps its own)."""
         from .connect import SANDBOX_DIR
 
@@ -150,34 +164,72 @@ def _set(name: str):
 def global_options(f):
     """The global options, on the group and on every command, so they work before or after the command name."""
     options = [
-        click.option("--sandbox", is_flag=True, default=None, expose_value=False, callback=_set("sandbox"),
-                     help="Run against an embedded emulator (data under .dtchat-sandbox/); no credentials needed."),
-        click.option("--api-base", metavar="URL", expose_value=False, callback=_set("api_base"),
-                     help="API base URL (env DINGTALK_API_BASE)."),
-        click.option("-v", "--verbose", is_flag=True, default=None, expose_value=False, callback=_set("verbose"),
-                     help="Show unchanged chats, member sources and each API call."),
-        click.option("--no-color", is_flag=True, default=None, expose_value=False, callback=_set("no_color"),
-                     help="No colours (also when NO_COLOR is set)."),
-        click.option("--max-qps", type=Finite(0.1), expose_value=False, callback=_set("max_qps"),
-                     help=f"Client-side limit on calls per second per API (default {DEFAULT_QPS:g})."),
+        click.option(
+            "--sandbox",
+            is_flag=True,
+            default=None,
+            expose_value=False,
+            callback=_set("sandbox"),
+            help="Run against an embedded emulator (data under .dtchat-sandbox/); no credentials needed.",
+        ),
+        click.option(
+            "--api-base",
+            metavar="URL",
+            expose_value=False,
+            callback=_set("api_base"),
+            help="API base URL (env DINGTALK_API_BASE).",
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            is_flag=True,
+            default=None,
+            expose_value=False,
+            callback=_set("verbose"),
+            help="Show unchanged chats, member sources and each API call.",
+        ),
+        click.option(
+            "--no-color",
+            is_flag=True,
+            default=None,
+            expose_value=False,
+            callback=_set("no_color"),
+            help="No colours (also when NO_COLOR is set).",
+        ),
+        click.option(
+            "--max-qps",
+            type=Finite(0.1),
+            expose_value=False,
+            callback=_set("max_qps"),
+            help=f"Client-side limit on calls per second per API (default {DEFAULT_QPS:g}).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-state_option = click.option("--state", "state_file", metavar="F",
-                            help="State file (default: $DTCHAT_STATE, else dtchat.state.json beside the first PATH).")
-target_option = click.option("--target", "targets", multiple=True, metavar="KEY", help="Only this chat key (repeatable).")
+state_option = click.option(
+    "--state",
+    "state_file",
+    metavar="F",
+    help="State file (default: $DTCHAT_STATE, else dtchat.state.json beside the first PATH).",
+)
+target_option = click.option(
+    "--target", "targets", multiple=True, metavar="KEY", help="Only this chat key (repeatable)."
+)
 
 
 parallelism_option = click.option(
-    "--parallelism", type=click.IntRange(1, MAX_PARALLELISM), default=None,
-    help=f"Chats worked on at once (default: enough to keep --max-qps busy at {ASSUMED_LATENCY:g} s per call).")
+    "--parallelism",
+    type=click.IntRange(1, MAX_PARALLELISM),
+    default=None,
+    help=f"Chats worked on at once (default: enough to keep --max-qps busy at {ASSUMED_LATENCY:g} s per call).",
+)
 paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
 
 
-def _workers(opts: Options, parallelism: Optional[int]) -> int:
+def _workers(opts: Options, parallelism: int | None) -> int:
     return parallelism or default_parallelism(opts.max_qps)
 
 
@@ -225,7 +277,7 @@ class Group(click.Group):
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
-_HANDLER: Optional[logging.Handler] = None
+_HANDLER: logging.Handler | None = None
 
 
 def _log_handler() -> logging.Handler:
@@ -296,8 +348,14 @@ def command(*args, **kwargs):
 
 @command()
 @paths_argument
-@click.option("--format", "fmt", type=click.Choice(VALIDATE_FORMATS), default="text", show_default=True,
-              help="github: workflow-command annotations at file:line:col.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(VALIDATE_FORMATS),
+    default="text",
+    show_default=True,
+    help="github: workflow-command annotations at file:line:col.",
+)
 def validate(opts: Options, paths: tuple[str, ...], fmt: str) -> None:
     """Check YAML files against the schema and the rules (no network)."""
     try:
@@ -310,7 +368,7 @@ def validate(opts: Options, paths: tuple[str, ...], fmt: str) -> None:
             opts.echo(render_validation_json(tuple(paths), exc.issues, summary))
         else:
             opts.echo(render_validation_github(exc.issues, summary))
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(1) from None
     if fmt == "json":
         opts.echo(render_validation_json(config.files, (), config.summary()))
     else:
@@ -318,13 +376,23 @@ def validate(opts: Options, paths: tuple[str, ...], fmt: str) -> None:
 
 
 removal_options = [
-    click.option("--max-removal-pct", type=Finite(0, 100), default=DEFAULT_MAX_REMOVAL_PCT, show_default=True,
-                 help=f"Refuse when a chat of {MIN_EXISTING_MEMBERS}+ members would lose more than this percentage."),
-    click.option("--max-removals", type=click.IntRange(min=0), default=None,
-                 help="Refuse when the run would remove more members than this in all."),
+    click.option(
+        "--max-removal-pct",
+        type=Finite(0, 100),
+        default=DEFAULT_MAX_REMOVAL_PCT,
+        show_default=True,
+        help=f"Refuse when a chat of {MIN_EXISTING_MEMBERS}+ members would lose more than this percentage.",
+    ),
+    click.option(
+        "--max-removals",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Refuse when the run would remove more members than this in all.",
+    ),
 ]
-prune_option = click.option("--prune", is_flag=True,
-                            help="Forget orphaned keys (in the state, not in the YAML); their chats stay in DingTalk.")
+prune_option = click.option(
+    "--prune", is_flag=True, help="Forget orphaned keys (in the state, not in the YAML); their chats stay in DingTalk."
+)
 
 
 def with_options(options):
@@ -332,6 +400,7 @@ def with_options(options):
         for option in reversed(options):
             f = option(f)
         return f
+
     return decorate
 
 
@@ -345,8 +414,19 @@ def with_options(options):
 @parallelism_option
 @prune_option
 @with_options(removal_options)
-def plan(opts: Options, paths, state_file, fmt, out_file, detailed_exitcode, targets, parallelism, prune,
-         max_removal_pct, max_removals) -> None:
+def plan(
+    opts: Options,
+    paths,
+    state_file,
+    fmt,
+    out_file,
+    detailed_exitcode,
+    targets,
+    parallelism,
+    prune,
+    max_removal_pct,
+    max_removals,
+) -> None:
     """Show what apply would change (read-only)."""
     from .manager import check_targets
     from .planfile import PlanOptions, plan_document
@@ -395,10 +475,30 @@ def _write_text(path: Path, text: str) -> None:
 @prune_option
 @target_option
 @parallelism_option
-@click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text", show_default=True,
-              help="json: the per-chat result on stdout (the plan goes to stderr).")
-def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, max_removal_pct, max_removals,
-          force, notify, prune, targets, parallelism, fmt) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="json: the per-chat result on stdout (the plan goes to stderr).",
+)
+def apply(
+    opts: Options,
+    paths,
+    plan_file,
+    state_file,
+    auto_approve,
+    dry_run,
+    max_removal_pct,
+    max_removals,
+    force,
+    notify,
+    prune,
+    targets,
+    parallelism,
+    fmt,
+) -> None:
     """Converge DingTalk to the YAML (PATH...), or apply a saved plan (--plan F)."""
     from .applier import ApplyResult
     from .manager import ApplyOptions, Outcome, saved_plan_options
@@ -406,8 +506,14 @@ def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, ma
 
     if bool(paths) == bool(plan_file):
         raise UsageError("give either PATH... or --plan F, not both and not neither")
-    options = ApplyOptions(targets=targets, prune=prune, thresholds=Thresholds(max_removal_pct, max_removals),
-                           force=force, dry_run=dry_run, notify=notify)
+    options = ApplyOptions(
+        targets=targets,
+        prune=prune,
+        thresholds=Thresholds(max_removal_pct, max_removals),
+        force=force,
+        dry_run=dry_run,
+        notify=notify,
+    )
     saved = read_plan(plan_file) if plan_file else None
     if saved:
         options = saved_plan_options(saved, options)
@@ -417,7 +523,7 @@ def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, ma
     location = opts.state(state_file, paths[0])
     as_json = fmt == "json"
 
-    def on_plan(the_plan: "Plan", warnings: tuple[str, ...]) -> None:
+    def on_plan(the_plan: Plan, warnings: tuple[str, ...]) -> None:
         opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=warnings), err=as_json)
 
     def on_call(key: str, line: str) -> None:
@@ -425,9 +531,16 @@ def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, ma
             opts.echo(f"  {key}: {line}", err=True)
 
     with opts.manager(_workers(opts, parallelism)) as manager:
-        outcome = manager.apply(config, location, options, saved=saved, on_plan=on_plan,
-                                confirm=lambda p: _confirm(opts, auto_approve), on_call=on_call,
-                                on_result=lambda r: _report(opts, r, as_json))
+        outcome = manager.apply(
+            config,
+            location,
+            options,
+            saved=saved,
+            on_plan=on_plan,
+            confirm=lambda p: _confirm(opts, auto_approve),
+            on_call=on_call,
+            on_result=lambda r: _report(opts, r, as_json),
+        )
     if outcome.outcome is Outcome.DRY_RUN:
         opts.echo(render_calls(outcome.plan, notify=notify), err=as_json)
         raise click.exceptions.Exit(1 if outcome.plan.has_errors else 0)
@@ -443,9 +556,15 @@ def apply(opts: Options, paths, plan_file, state_file, auto_approve, dry_run, ma
         opts.echo(result.summary())
     if result.interrupted:
         done = [r for r in result.results if r.done]
-        opts.echo(click.style(f"Interrupted: {len(done)} chat{'s' if len(done) != 1 else ''} changed before Ctrl-C: "
-                              + (", ".join(f"{r.key} ({r.chatid})" for r in done) or "none")
-                              + "; the state file records every chat created.", fg="yellow"), err=True)
+        opts.echo(
+            click.style(
+                f"Interrupted: {len(done)} chat{'s' if len(done) != 1 else ''} changed before Ctrl-C: "
+                + (", ".join(f"{r.key} ({r.chatid})" for r in done) or "none")
+                + "; the state file records every chat created.",
+                fg="yellow",
+            ),
+            err=True,
+        )
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
     if not result.ok:
         failed = ", ".join(r.key for r in result.failed)
@@ -458,20 +577,24 @@ def _confirm(opts: Options, auto_approve: bool) -> bool:
         return True
     if not _stdin_is_tty():
         raise UsageError("refusing to apply without confirmation: no terminal to ask on; pass --auto-approve")
-    answer = click.prompt(f"Apply these changes? Only '{CONFIRM_WORD}' is accepted", default="", show_default=False,
-                          err=True)
+    answer = click.prompt(
+        f"Apply these changes? Only '{CONFIRM_WORD}' is accepted", default="", show_default=False, err=True
+    )
     return answer.strip() == CONFIRM_WORD
 
 
-def _report(opts: Options, r: "ChatResult", quiet: bool) -> None:
+def _report(opts: Options, r: ChatResult, quiet: bool) -> None:
     """One line per chat as it finishes (stderr for problems; all to stderr with --format json)."""
     if r.warning:
         opts.echo(click.style(f"! {r.key}: {r.warning}", fg="yellow"), err=True)
     if r.ok:
         if r.done:
             calls = f"{r.calls} call{'s' if r.calls != 1 else ''}"
-            what = {"create": f"created {r.chatid}", "update": f"updated {r.chatid}",
-                    "forget": f"forgotten (chat {r.chatid} left as it is)"}.get(r.action.value, r.action.value)
+            what = {
+                "create": f"created {r.chatid}",
+                "update": f"updated {r.chatid}",
+                "forget": f"forgotten (chat {r.chatid} left as it is)",
+            }.get(r.action.value, r.action.value)
             opts.echo(click.style(f"✓ {r.key}: {what} ({calls})", fg="green"), err=quiet)
     else:
         opts.echo(click.style(f"✗ {r.key}: {r.error}", fg="red"), err=True)
@@ -524,7 +647,7 @@ def dump(opts: Options, chatids, out_file, parallelism) -> None:
 @click.argument("key")
 @click.argument("chatid")
 @state_option
-def import_(opts: Options, key: str, chatid: str, state_file: Optional[str]) -> None:
+def import_(opts: Options, key: str, chatid: str, state_file: str | None) -> None:
     """Record an existing chat CHATID under KEY (verifies it exists first; settles a pending create)."""
     location = opts.state(state_file, must_exist=True)
     with locked(location.path, flag=location.flag) as state, opts.manager() as manager:
@@ -535,7 +658,7 @@ def import_(opts: Options, key: str, chatid: str, state_file: Optional[str]) -> 
 @command()
 @click.argument("key")
 @state_option
-def forget(opts: Options, key: str, state_file: Optional[str]) -> None:
+def forget(opts: Options, key: str, state_file: str | None) -> None:
     """Stop managing KEY: drop it from the state file (the chat stays in DingTalk)."""
     location = opts.state(state_file, must_exist=True)
     with locked(location.path, flag=location.flag) as state:
@@ -548,7 +671,7 @@ def forget(opts: Options, key: str, state_file: Optional[str]) -> None:
 @click.argument("old")
 @click.argument("new")
 @state_option
-def mv(opts: Options, old: str, new: str, state_file: Optional[str]) -> None:
+def mv(opts: Options, old: str, new: str, state_file: str | None) -> None:
     """Rename a key in the state (after renaming it in YAML), so no second chat is created."""
     from .manager import move_key
 
@@ -561,14 +684,31 @@ def mv(opts: Options, old: str, new: str, state_file: Optional[str]) -> None:
 @command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8780, show_default=True)
-@click.option("--users", "users_file", metavar="F", type=click.Path(exists=True, dir_okay=False),
-              help="Known user ids (YAML/JSON list); default: accept any id (or the --org users).")
-@click.option("--org", "org_file", metavar="F", type=click.Path(exists=True, dir_okay=False),
-              help="Org directory (departments, users with mobiles, roles): serves /topapi and checks user ids.")
+@click.option(
+    "--users",
+    "users_file",
+    metavar="F",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Known user ids (YAML/JSON list); default: accept any id (or the --org users).",
+)
+@click.option(
+    "--org",
+    "org_file",
+    metavar="F",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Org directory (departments, users with mobiles, roles): serves /topapi and checks user ids.",
+)
 @click.option("--data", "data_file", metavar="F", help="Persist chats to this JSON file.")
-@click.option("--qps", type=Finite(0), default=0, show_default=True,
-              help="Per-API calls/s before errcode 90018 (0: no limit; DingTalk's is 20).")
-@click.option("--latency", "latency_ms", type=Finite(0), default=0, show_default=True, help="Milliseconds added to each answer.")
+@click.option(
+    "--qps",
+    type=Finite(0),
+    default=0,
+    show_default=True,
+    help="Per-API calls/s before errcode 90018 (0: no limit; DingTalk's is 20).",
+)
+@click.option(
+    "--latency", "latency_ms", type=Finite(0), default=0, show_default=True, help="Milliseconds added to each answer."
+)
 @click.option("--app-key", metavar="K", help="Require this app key (default: accept any).")
 @click.option("--app-secret", metavar="S", help="Require this app secret.")
 def emulator(opts: Options, host, port, users_file, org_file, data_file, qps, latency_ms, app_key, app_secret) -> None:
@@ -578,9 +718,18 @@ def emulator(opts: Options, host, port, users_file, org_file, data_file, qps, la
     try:
         users = load_users(users_file) if users_file else None
         org = load_org(org_file) if org_file else None
-        server = EmulatorServer(host=host, port=port, users=users, org=org, data_path=data_file, app_key=app_key,
-                                app_secret=app_secret, qps_limit=qps, latency_ms=latency_ms,
-                                on_request=_log_request(opts) if opts.verbose else None)
+        server = EmulatorServer(
+            host=host,
+            port=port,
+            users=users,
+            org=org,
+            data_path=data_file,
+            app_key=app_key,
+            app_secret=app_secret,
+            qps_limit=qps,
+            latency_ms=latency_ms,
+            on_request=_log_request(opts) if opts.verbose else None,
+        )
         server.start()
     except (OSError, ValueError) as exc:
         raise UsageError(f"emulator: {exc}") from None
@@ -598,9 +747,10 @@ def emulator(opts: Options, host, port, users_file, org_file, data_file, qps, la
 def _log_request(opts: Options):
     def log(call: Any) -> None:
         opts.echo(call.describe(), err=True)
+
     return log
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="dtchat")

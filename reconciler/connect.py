@@ -1,10 +1,12 @@
 """Where the API is: real DingTalk (credentials from the environment) or the embedded sandbox."""
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING
 
 from .errors import DtchatError
 from .rules import DEFAULT_QPS
@@ -56,7 +58,7 @@ def sandbox_server(folder: Path = SANDBOX_DIR) -> Iterator[str]:
         server.stop()
 
 
-def _api_base(given: Optional[str], env: Mapping[str, str]) -> str:
+def _api_base(given: str | None, env: Mapping[str, str]) -> str:
     from .dingtalk.redact import redact
 
     base = (given or env.get(ENV_API_BASE) or DEFAULT_API_BASE).rstrip("/")
@@ -69,11 +71,11 @@ def _api_base(given: Optional[str], env: Mapping[str, str]) -> str:
 def connect(
     *,
     sandbox: bool = False,
-    api_base: Optional[str] = None,
+    api_base: str | None = None,
     max_qps: float = DEFAULT_QPS,
     pool_size: int = 32,
-    env: Optional[Mapping[str, str]] = None,
-) -> Iterator["DingTalkClient"]:
+    env: Mapping[str, str] | None = None,
+) -> Iterator[DingTalkClient]:
     """A client for the real API or the sandbox, closed (and the sandbox stopped) on exit."""
     from .dingtalk import DingTalkClient
 

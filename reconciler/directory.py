@@ -18,14 +18,16 @@ Why it is shaped this way (design §8):
   every chat that uses it (members are never removed on the strength of one).
   Only an error that would hit every call (``is_fatal``) stops the run.
 """
+
 from __future__ import annotations
 
 import sys
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 from .dingtalk import DingTalkClient, DingTalkError, InvalidUserError, NotFoundError, is_fatal
 from .dingtalk.client import normalize_mobile
@@ -35,17 +37,19 @@ from .rules import MEMBER_CAP
 #: errcodes meaning "no such department / role / user", whatever class the client maps them to.
 _NOT_FOUND_CODES = frozenset({60003, 33011, 60121})
 _EMPTY = "refusing to plan members from an empty directory answer"
+
+
 @dataclass(frozen=True)
 class Lookup:
     """One selector's answer."""
 
     selector: Selector
     #: The distinct user ids it stands for; None when the lookup failed.
-    users: Optional[frozenset[str]]
+    users: frozenset[str] | None
     #: The department's or role's name, or the normalised mobile number: what plans show.
     label: str
     #: Why it cannot be used (``"{dept: 100}: department 100 not found (errcode 60003)"``); None when usable.
-    error: Optional[str] = None
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -142,7 +146,7 @@ class _Calls:
                 lane, arg = self._keys[future]
                 on_answer(lane, arg, future.result())
 
-    def answer(self, lane: str, arg: Any = None) -> Union[Any, DingTalkError]:
+    def answer(self, lane: str, arg: Any = None) -> Any | DingTalkError:
         """A finished call's result, or the (non-fatal) error it raised."""
         future = self._futures[(lane, arg)]
         exc = future.exception()
@@ -170,7 +174,7 @@ def lookup_selectors(
     wanted = sorted(set(selectors), key=Selector.sort_key)
     if not wanted:
         return {}
-    mobiles: dict[Selector, Union[str, ValueError]] = {}
+    mobiles: dict[Selector, str | ValueError] = {}
     calls = _Calls(client, parallelism)
     try:
         if any(s.kind == ROLE for s in wanted):
@@ -256,7 +260,7 @@ def _role_lookup(sel: Selector, calls: _Calls) -> Lookup:
     return Lookup(sel, holders, label)
 
 
-def _mobile_lookup(sel: Selector, calls: _Calls, mobile: Union[str, ValueError]) -> Lookup:
+def _mobile_lookup(sel: Selector, calls: _Calls, mobile: str | ValueError) -> Lookup:
     if isinstance(mobile, ValueError):
         return Lookup(sel, None, str(sel.value), f"{sel}: {mobile}")
     user = calls.answer(MOBILE, mobile)
@@ -301,11 +305,16 @@ def expand_chats(chats: Sequence[DesiredChat], lookups: Mapping[Selector, Lookup
             errors[chat.key] = "; ".join(problems)
             out.append(chat)
             continue
-        sources[chat.key] = tuple(sorted(
-            [MemberSource(s, lookups[s].label, len(lookups[s].users or ()), False) for s in set(chat.selectors)]
-            + [MemberSource(s, lookups[s].label, len(lookups[s].users or ()), True) for s in set(chat.exclude_selectors)],
-            key=lambda m: (m.selector.sort_key(), m.excluded),
-        ))
+        sources[chat.key] = tuple(
+            sorted(
+                [MemberSource(s, lookups[s].label, len(lookups[s].users or ()), False) for s in set(chat.selectors)]
+                + [
+                    MemberSource(s, lookups[s].label, len(lookups[s].users or ()), True)
+                    for s in set(chat.exclude_selectors)
+                ],
+                key=lambda m: (m.selector.sort_key(), m.excluded),
+            )
+        )
         error = _owner_excluded(chat, lookups)
         members: set[str] = set(chat.members)
         for sel in chat.selectors:
@@ -315,8 +324,10 @@ def expand_chats(chats: Sequence[DesiredChat], lookups: Mapping[Selector, Lookup
             members -= lookups[sel].users or frozenset()
         members.add(chat.owner)
         if error is None and len(members) > MEMBER_CAP:
-            error = (f"{len(members):,} members after resolving the directory selectors, "
-                     f"more than the {MEMBER_CAP:,} a chat may have (owner included)")
+            error = (
+                f"{len(members):,} members after resolving the directory selectors, "
+                f"more than the {MEMBER_CAP:,} a chat may have (owner included)"
+            )
         if error is not None:
             errors[chat.key] = error
             out.append(chat)
@@ -330,7 +341,7 @@ def expand_chats(chats: Sequence[DesiredChat], lookups: Mapping[Selector, Lookup
     )
 
 
-def _unusable(sel: Selector, lookup: Optional[Lookup]) -> Optional[str]:
+def _unusable(sel: Selector, lookup: Lookup | None) -> str | None:
     if lookup is None:
         return f"{sel}: was not looked up"
     if lookup.error is not None:
@@ -340,7 +351,7 @@ def _unusable(sel: Selector, lookup: Optional[Lookup]) -> Optional[str]:
     return None
 
 
-def _owner_excluded(chat: DesiredChat, lookups: Mapping[Selector, Lookup]) -> Optional[str]:
+def _owner_excluded(chat: DesiredChat, lookups: Mapping[Selector, Lookup]) -> str | None:
     if chat.owner in chat.exclude:
         return f"the owner {chat.owner} cannot be excluded; exclude: lists them"
     for sel in sorted(chat.exclude_selectors, key=Selector.sort_key):
@@ -349,9 +360,7 @@ def _owner_excluded(chat: DesiredChat, lookups: Mapping[Selector, Lookup]) -> Op
     return None
 
 
-def resolve_directory(
-    client: DingTalkClient, chats: Sequence[DesiredChat], *, parallelism: int = 8
-) -> DirectoryResult:
+def resolve_directory(client: DingTalkClient, chats: Sequence[DesiredChat], *, parallelism: int = 8) -> DirectoryResult:
     """Look up every selector the chats use (once each) and expand the chats with the answers."""
     wanted = {sel for chat in chats for sel in (*chat.selectors, *chat.exclude_selectors)}
     return expand_chats(chats, lookup_selectors(client, wanted, parallelism=parallelism))

@@ -5,11 +5,12 @@ pure diff, reported as "expected vs actual" rather than "what apply would do".
 ``additive`` chats never report extra members; undeclared settings are never
 compared.
 """
+
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from .plan import Action, ChatChange, Plan
 
@@ -34,16 +35,16 @@ class SettingDrift:
 class ChatDrift:
     key: str
     status: Status
-    chatid: Optional[str] = None
+    chatid: str | None = None
     #: Live members not in the YAML (exact chats only).
     unexpected: tuple[str, ...] = ()
     #: YAML members not in the live chat.
     missing: tuple[str, ...] = ()
     settings: tuple[SettingDrift, ...] = ()
     #: (expected, actual) when different.
-    name: Optional[tuple[str, str]] = None
-    owner: Optional[tuple[str, str]] = None
-    error: Optional[str] = None
+    name: tuple[str, str] | None = None
+    owner: tuple[str, str] | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,11 @@ class DriftReport:
     def summary(self) -> str:
         n = self.counts()
         return (
-            f"Drift: {n['drifted']} drifted, {n['missing']} missing, {n['error']} unreadable, "
-            f"{n['in_sync']} in sync."
+            f"Drift: {n['drifted']} drifted, {n['missing']} missing, {n['error']} unreadable, {n['in_sync']} in sync."
         )
 
 
-def _chat_drift(c: ChatChange) -> Optional[ChatDrift]:
+def _chat_drift(c: ChatChange) -> ChatDrift | None:
     if c.action is Action.NOOP:
         return ChatDrift(c.key, Status.IN_SYNC, c.chatid)
     if c.action is Action.ERROR:

@@ -4,6 +4,7 @@ The CLI prints a :class:`DtchatError` as one line and exits 1; anything else is
 a bug and shows its traceback, so it gets reported instead of being mistaken
 for bad input.
 """
+
 from __future__ import annotations
 
 

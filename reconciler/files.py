@@ -7,6 +7,7 @@ new file keeps the old one's permissions (a state file shared by a team stays
 group-readable). No folder is ever created: a mistyped path must fail, not
 grow a tree where nobody will look for the file again.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: "str | os.PathLike[str]", text: str) -> None:
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically; raises OSError, leaving no temp file behind."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")

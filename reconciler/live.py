@@ -5,11 +5,13 @@ values for the planner; failures that would hit every chat (bad credentials,
 unreachable API, quota used up) stop the run with one error instead of a
 thousand identical ones.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING
 
 from .dingtalk.errors import DingTalkError, NotFoundError, is_fatal
 from .model import LiveChat, ReadFailure
@@ -17,7 +19,7 @@ from .model import LiveChat, ReadFailure
 if TYPE_CHECKING:  # the client pulls in requests; only commands that talk to DingTalk load it
     from .dingtalk import DingTalkClient
 
-LiveResult = Union[LiveChat, ReadFailure]
+LiveResult = LiveChat | ReadFailure
 
 
 #: Seconds a slow DingTalk answer takes (real round trips are 50–500 ms); with ``max_qps`` it sizes the
@@ -31,7 +33,7 @@ def default_parallelism(max_qps: float) -> int:
     return max(1, min(MAX_PARALLELISM, math.ceil(max_qps * ASSUMED_LATENCY)))
 
 
-def read_one(client: "DingTalkClient", chatid: str) -> LiveResult:
+def read_one(client: DingTalkClient, chatid: str) -> LiveResult:
     try:
         return LiveChat.from_api(client.get_chat(chatid), chatid)
     except DingTalkError as exc:
@@ -43,11 +45,11 @@ def read_one(client: "DingTalkClient", chatid: str) -> LiveResult:
 
 
 def read_live(
-    client: "DingTalkClient",
+    client: DingTalkClient,
     chatids: Iterable[str],
     *,
     parallelism: int = 8,
-    on_done: Optional[Callable[[], None]] = None,
+    on_done: Callable[[], None] | None = None,
 ) -> dict[str, LiveResult]:
     """chatid -> LiveChat or ReadFailure, for each distinct chatid. Order-independent by construction."""
     ids = sorted(set(chatids))

@@ -6,14 +6,16 @@ back and choose the exit code. Nothing here prints or exits; the caller passes
 callbacks for what must happen while a workflow runs (show the plan, ask for
 confirmation, report each chat as it finishes).
 """
+
 from __future__ import annotations
 
 import contextlib
 import difflib
 import enum
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Collection, ContextManager, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from .adopt import desired_from_live
 from .applier import ApplyResult, OnCall, OnResult, apply_plan
@@ -32,7 +34,7 @@ if TYPE_CHECKING:  # the client pulls in requests; only commands that talk to Di
     from .dingtalk import DingTalkClient
 
 #: ``progress(total)`` gives a tick callback (or None) for the duration of the reads.
-Progress = Callable[[int], ContextManager[Optional[Callable[[], None]]]]
+Progress = Callable[[int], contextlib.AbstractContextManager[Callable[[], None] | None]]
 
 
 @contextlib.contextmanager
@@ -40,7 +42,7 @@ def _no_progress(total: int) -> Iterator[None]:
     yield None
 
 
-def check_targets(config: Config, state: StateFile, targets: Sequence[str]) -> Optional[frozenset[str]]:
+def check_targets(config: Config, state: StateFile, targets: Sequence[str]) -> frozenset[str] | None:
     """None for "all chats"; otherwise the targets, each of which must be a known key."""
     if not targets:
         return None
@@ -66,7 +68,7 @@ class ApplyOutcome:
     plan: Plan
     warnings: tuple[str, ...]
     #: Set when changes were applied (possibly interrupted).
-    result: Optional[ApplyResult] = None
+    result: ApplyResult | None = None
 
 
 @dataclass(frozen=True)
@@ -82,15 +84,16 @@ class ApplyOptions:
 class Manager:
     """One run's workflows over one client (one token, one rate limiter)."""
 
-    def __init__(self, client: "DingTalkClient", *, parallelism: int = 8, progress: Progress = _no_progress) -> None:
+    def __init__(self, client: DingTalkClient, *, parallelism: int = 8, progress: Progress = _no_progress) -> None:
         self.client = client
         self.parallelism = parallelism
         self.progress = progress
 
     # -- reading and planning ------------------------------------------------
 
-    def plan(self, config: Config, state: StateFile, *, targets: Optional[Collection[str]] = None,
-             prune: bool = False) -> Plan:
+    def plan(
+        self, config: Config, state: StateFile, *, targets: Collection[str] | None = None, prune: bool = False
+    ) -> Plan:
         """Authenticate, resolve directory selectors and read every targeted chat (side by side), then diff.
 
         Authenticating first means bad credentials or a wrong --api-base fail even when no chat needs reading.
@@ -112,15 +115,16 @@ class Manager:
             by_key = {c.key: c for c in resolved.chats}
             desired = tuple(by_key.get(c.key, c) for c in config.chats)
             errors, sources = dict(resolved.errors), dict(resolved.sources)
-        return make_plan(desired, state.bindings, live, targets=targets, prune=prune, errors=errors,
-                         sources=sources, flag=state.flag)
+        return make_plan(
+            desired, state.bindings, live, targets=targets, prune=prune, errors=errors, sources=sources, flag=state.flag
+        )
 
     def _directory(self, chats):
         from .directory import resolve_directory
 
         return resolve_directory(self.client, chats, parallelism=self.parallelism)
 
-    def drift(self, config: Config, state: StateFile, *, targets: Optional[Collection[str]] = None) -> DriftReport:
+    def drift(self, config: Config, state: StateFile, *, targets: Collection[str] | None = None) -> DriftReport:
         return drift_report(self.plan(config, state, targets=targets))
 
     # -- applying ------------------------------------------------------------
@@ -131,11 +135,11 @@ class Manager:
         location: StateLocation,
         options: ApplyOptions = ApplyOptions(),
         *,
-        saved: Optional[SavedPlan] = None,
+        saved: SavedPlan | None = None,
         on_plan: Callable[[Plan, tuple[str, ...]], None] = lambda plan, warnings: None,
         confirm: Callable[[Plan], bool] = lambda plan: True,
-        on_call: Optional[OnCall] = None,
-        on_result: Optional[OnResult] = None,
+        on_call: OnCall | None = None,
+        on_result: OnResult | None = None,
     ) -> ApplyOutcome:
         """The whole apply: lock, plan (or re-make and compare a saved plan), safety rails, dry run,
         confirmation, apply. Refusals raise a DtchatError before any write.
@@ -150,21 +154,34 @@ class Manager:
             if saved is not None:
                 problems = differences(saved, plan)
                 if problems:
-                    raise PlanFileError(f"{saved.source}: refusing the saved plan, nothing was changed: "
-                                        + "; ".join(problems) + "; make a new plan")
+                    raise PlanFileError(
+                        f"{saved.source}: refusing the saved plan, nothing was changed: "
+                        + "; ".join(problems)
+                        + "; make a new plan"
+                    )
             warnings = removal_violations(plan, options.thresholds)
             on_plan(plan, warnings)
             if warnings and not options.force:
-                raise UsageError("refusing to apply, nothing was changed: " + "; ".join(warnings)
-                                 + " (pass --force if this is intended)")
+                raise UsageError(
+                    "refusing to apply, nothing was changed: "
+                    + "; ".join(warnings)
+                    + " (pass --force if this is intended)"
+                )
             if options.dry_run:
                 return ApplyOutcome(Outcome.DRY_RUN, plan, warnings)
             if not plan.has_changes:
                 return ApplyOutcome(Outcome.NO_CHANGES, plan, warnings)
             if not confirm(plan):
                 return ApplyOutcome(Outcome.CANCELLED, plan, warnings)
-            result = apply_plan(plan, self.client, state, parallelism=self.parallelism, on_call=on_call,
-                                on_result=on_result, notify=options.notify)
+            result = apply_plan(
+                plan,
+                self.client,
+                state,
+                parallelism=self.parallelism,
+                on_call=on_call,
+                on_result=on_result,
+                notify=options.notify,
+            )
             return ApplyOutcome(Outcome.APPLIED, plan, warnings, result)
 
     # -- state commands ------------------------------------------------------
@@ -176,7 +193,9 @@ class Manager:
         live = LiveChat.from_api(self.client.get_chat(chatid), chatid)
         other = next((k for k, b in state.bindings.items() if b.chatid == chatid and k != key), None)
         if other:
-            raise UsageError(f"chatid {chatid} is already bound to `{other}`; run `dtchat forget {other}{state.flag}` first")
+            raise UsageError(
+                f"chatid {chatid} is already bound to `{other}`; run `dtchat forget {other}{state.flag}` first"
+            )
         state.record(key, chatid)
         return live
 
@@ -205,5 +224,13 @@ def saved_plan_options(saved: SavedPlan, options: ApplyOptions) -> ApplyOptions:
     return replace(options, targets=tuple(saved.options.targets or ()), prune=saved.options.prune)
 
 
-__all__ = ["ApplyOptions", "ApplyOutcome", "Manager", "Outcome", "PlanOptions", "check_targets", "move_key",
-           "saved_plan_options"]
+__all__ = [
+    "ApplyOptions",
+    "ApplyOutcome",
+    "Manager",
+    "Outcome",
+    "PlanOptions",
+    "check_targets",
+    "move_key",
+    "saved_plan_options",
+]

@@ -4,15 +4,17 @@ Settings use dtchat's YAML names and values (``muted: True``,
 ``mention_all: "owner"``); :mod:`reconciler.rules` maps them to the API.
 A setting absent from ``settings`` is unmanaged: never sent, never compared.
 """
+
 from __future__ import annotations
 
 import sys
 from bisect import bisect_left
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from operator import lt
 from types import MappingProxyType
-from typing import Any, ClassVar, Mapping, Optional, Union
+from typing import Any, ClassVar
 
 from .rules import EXACT
 
@@ -43,7 +45,7 @@ class Selector:
     KINDS: ClassVar[tuple[str, ...]] = ("dept", "role", "mobile")
 
     kind: str  # "dept" | "role" | "mobile"
-    value: Union[int, str]
+    value: int | str
     recursive: bool = False
 
     def sort_key(self) -> tuple[str, str, bool]:
@@ -96,7 +98,7 @@ class DesiredChat:
     #: Declared settings only (chat's own merged over ``defaults``).
     settings: Mapping[str, Any] = field(default_factory=dict)
     #: A pinned chatid (``chatid:`` in YAML), or None.
-    chatid: Optional[str] = None
+    chatid: str | None = None
     #: Directory selectors still to resolve (members', groups' and their own), deduplicated, sorted by ``sort_key``.
     #: ``members`` holds only the literal ids until the directory resolver fills them in.
     selectors: tuple[Selector, ...] = ()
@@ -107,7 +109,7 @@ class DesiredChat:
     exclude_selectors: tuple[Selector, ...] = ()
     #: The ``apply --notify`` message template (the chat's own, else ``defaults.notify``);
     #: None: the built-in message. Placeholders are checked at load time.
-    notify: Optional[str] = None
+    notify: str | None = None
 
     @property
     def needs_directory(self) -> bool:
@@ -156,7 +158,7 @@ class LiveChat:
         object.__setattr__(self, "settings", _freeze(self.settings))
 
     @classmethod
-    def from_api(cls, chat_info: Mapping[str, Any], chatid: str = "") -> "LiveChat":
+    def from_api(cls, chat_info: Mapping[str, Any], chatid: str = "") -> LiveChat:
         """Build from ``chat_info``, tolerating missing optional and extra keys."""
         from .rules import settings_from_api
 

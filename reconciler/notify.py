@@ -5,9 +5,11 @@ config (and what else changed) saves a round of "who did this?". The text is a
 template (YAML ``defaults.notify`` or a chat's ``notify``) because the chats
 are mostly Chinese-speaking and teams word such notices their own way.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .plan import Action, ChatChange, show_value
 
@@ -42,7 +44,7 @@ def _summary(change: ChatChange) -> str:
     return "；".join(parts) or "无变化"
 
 
-def message_for(change: ChatChange, template: Optional[str] = None, name: str = "") -> str:
+def message_for(change: ChatChange, template: str | None = None, name: str = "") -> str:
     """The text posted into the chat after ``change`` is applied: ``template`` (or the built-in one) filled in.
 
     The planner calls this (it knows the chat's template and name) and keeps the result on the change.

@@ -1,10 +1,11 @@
 """A Plan: a typed list of per-chat changes, what the planner returns and the applier executes."""
+
 from __future__ import annotations
 
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from .model import LiveChat, MemberSource
 
@@ -35,11 +36,11 @@ class ChatChange:
 
     key: str
     action: Action
-    chatid: Optional[str] = None
+    chatid: str | None = None
     #: (old, new) when the name changes; (None, name) on create.
-    name: Optional[tuple[Optional[str], str]] = None
+    name: tuple[str | None, str] | None = None
     #: (old, new) when the owner changes; (None, owner) on create.
-    owner: Optional[tuple[Optional[str], str]] = None
+    owner: tuple[str | None, str] | None = None
     add: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()
     settings: tuple[SettingChange, ...] = ()
@@ -47,13 +48,13 @@ class ChatChange:
     live_count: int = 0
     #: additive chats: live members not in the YAML, kept by policy.
     kept: tuple[str, ...] = ()
-    error: Optional[str] = None
+    error: str | None = None
     #: Digest of the live state the change was computed from (saved plans).
-    fingerprint: Optional[str] = None
+    fingerprint: str | None = None
     #: Where directory-drawn members came from (one entry per selector).
     sources: tuple[MemberSource, ...] = ()
     #: The ``--notify`` message for this change, from the chat's template. Not part of the plan's JSON.
-    notify: Optional[str] = field(default=None, compare=False)
+    notify: str | None = field(default=None, compare=False)
     #: ORPHAN/FORGET of a key whose create is still pending (outcome unknown).
     pending: bool = False
 
@@ -62,11 +63,11 @@ class ChatChange:
         return self.action in (Action.CREATE, Action.UPDATE, Action.FORGET)
 
     @property
-    def new_name(self) -> Optional[str]:
+    def new_name(self) -> str | None:
         return self.name[1] if self.name else None
 
     @property
-    def new_owner(self) -> Optional[str]:
+    def new_owner(self) -> str | None:
         return self.owner[1] if self.owner else None
 
 

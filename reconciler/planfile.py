@@ -7,14 +7,16 @@ saved one (design §6). A hand-edited plan (an extra ``remove``, a ``forget``,
 a malformed entry) or a stale one (someone changed a chat since) is therefore
 refused before a single write: a saved plan can only ever do what the YAML says.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 from .errors import DtchatError
 from .files import TooDeep, loads_bounded
@@ -31,12 +33,19 @@ class PlanFileError(DtchatError):
 
 
 def _source_to_json(s: MemberSource) -> dict[str, Any]:
-    return {"selector": str(s.selector), "kind": s.selector.kind, "value": s.selector.value,
-            "recursive": s.selector.recursive, "label": s.label, "count": s.count, "excluded": s.excluded}
+    return {
+        "selector": str(s.selector),
+        "kind": s.selector.kind,
+        "value": s.selector.value,
+        "recursive": s.selector.recursive,
+        "label": s.label,
+        "count": s.count,
+        "excluded": s.excluded,
+    }
 
 
 def change_to_json(c: ChatChange) -> dict[str, Any]:
-    def pair(p: Optional[tuple]) -> Optional[dict[str, Any]]:
+    def pair(p: tuple | None) -> dict[str, Any] | None:
         return None if p is None else {"old": p[0], "new": p[1]}
 
     data = {
@@ -87,15 +96,20 @@ def config_digest(files: Iterable[str]) -> str:
 class PlanOptions:
     """What a plan was made with, so applying it can make the same plan again."""
 
-    targets: Optional[tuple[str, ...]] = None
+    targets: tuple[str, ...] | None = None
     prune: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"targets": list(self.targets) if self.targets is not None else None, "prune": self.prune}
 
 
-def plan_document(plan: Plan, config_files: Sequence[str], state_file: Optional[str],
-                  warnings: Sequence[str] = (), options: PlanOptions = PlanOptions()) -> dict[str, Any]:
+def plan_document(
+    plan: Plan,
+    config_files: Sequence[str],
+    state_file: str | None,
+    warnings: Sequence[str] = (),
+    options: PlanOptions = PlanOptions(),
+) -> dict[str, Any]:
     return plan_to_json(
         plan,
         warnings=list(warnings),
@@ -112,7 +126,7 @@ class SavedPlan:
 
     config_files: tuple[str, ...]
     config_digest: str
-    state_file: Optional[str]
+    state_file: str | None
     options: PlanOptions
     #: The ``changes`` list exactly as saved.
     changes: list
@@ -130,7 +144,7 @@ def _strings(path: Any, where: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def read_plan(path: "str | os.PathLike[str]") -> SavedPlan:
+def read_plan(path: str | os.PathLike[str]) -> SavedPlan:
     """Load a saved plan and check its shape; every problem is a one-line PlanFileError."""
     try:
         data = loads_bounded(Path(path).read_text(encoding="utf-8"))
@@ -164,8 +178,9 @@ def read_plan(path: "str | os.PathLike[str]") -> SavedPlan:
         config_files=files,
         config_digest=config["digest"],
         state_file=state_file,
-        options=PlanOptions(None if targets is None else _strings(path, "options.targets", targets),
-                            options.get("prune", False)),
+        options=PlanOptions(
+            None if targets is None else _strings(path, "options.targets", targets), options.get("prune", False)
+        ),
         changes=changes,
         source=str(path),
     )
@@ -188,8 +203,10 @@ def differences(saved: SavedPlan, plan: Plan) -> list[str]:
             elif before[key].get("fingerprint") != after[key].get("fingerprint"):
                 problems.append(f"{key}: chat {after[key].get('chatid')} changed in DingTalk since the plan was made")
             else:
-                problems.append(f"{key}: the saved entry differs from the plan made now (the state or the "
-                                "directory changed since, or the file was edited)")
+                problems.append(
+                    f"{key}: the saved entry differs from the plan made now (the state or the "
+                    "directory changed since, or the file was edited)"
+                )
     if not problems and len(saved.changes) != len(now):
         problems.append("the saved plan lists a chat twice")
     return problems

@@ -6,19 +6,21 @@ chat that would end above 1,000 members, an owner swap in a full chat) is an
 error for that chat here, with the real reason, never discovered half-way
 through an apply.
 """
+
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Collection, Mapping, Optional, Sequence
 
 from .batching import calls_for
-from .live import LiveResult
 from .errors import DtchatError
+from .live import LiveResult
 from .model import DesiredChat, LiveChat, MemberSource
 from .notify import message_for
 from .plan import Action, ChatChange, Plan, SettingChange, live_fingerprint
 from .rules import ADDITIVE, MEMBER_CAP
 from .state import Binding
+
 
 @dataclass(frozen=True)
 class Resolution:
@@ -96,13 +98,12 @@ def plan_update(chat: DesiredChat, live: LiveChat) -> ChatChange:
     if change.action is Action.UPDATE:
         problem = _unreachable(chat, change)
         if problem:
-            return ChatChange(chat.key, Action.ERROR, chatid=live.chatid, error=problem,
-                              fingerprint=change.fingerprint)
+            return ChatChange(chat.key, Action.ERROR, chatid=live.chatid, error=problem, fingerprint=change.fingerprint)
         return _with_message(change, chat)
     return change
 
 
-def _unreachable(chat: DesiredChat, change: ChatChange) -> Optional[str]:
+def _unreachable(chat: DesiredChat, change: ChatChange) -> str | None:
     """Why the API's rules cannot take the chat where the YAML says, or None."""
     final = change.live_count + len(change.add) - len(change.remove)
     if final > MEMBER_CAP:
@@ -125,14 +126,17 @@ def _with_message(change: ChatChange, chat: DesiredChat) -> ChatChange:
 
 def plan_create(chat: DesiredChat) -> ChatChange:
     """The CREATE for a key no chat is bound to yet."""
-    return _with_message(ChatChange(
-        key=chat.key,
-        action=Action.CREATE,
-        name=(None, chat.name),
-        owner=(None, chat.owner),
-        add=chat.members,
-        settings=tuple(SettingChange(n, None, v) for n, v in chat.settings.items()),
-    ), chat)
+    return _with_message(
+        ChatChange(
+            key=chat.key,
+            action=Action.CREATE,
+            name=(None, chat.name),
+            owner=(None, chat.owner),
+            add=chat.members,
+            settings=tuple(SettingChange(n, None, v) for n, v in chat.settings.items()),
+        ),
+        chat,
+    )
 
 
 def make_plan(
@@ -140,7 +144,7 @@ def make_plan(
     state: Mapping[str, Binding],
     live: Mapping[str, LiveResult],
     *,
-    targets: Optional[Collection[str]] = None,
+    targets: Collection[str] | None = None,
     prune: bool = False,
     errors: Mapping[str, str] = {},
     sources: Mapping[str, tuple[MemberSource, ...]] = {},
@@ -161,8 +165,15 @@ def make_plan(
         chatid = resolution.chatids.get(chat.key)
         problem = resolution.errors.get(chat.key) or errors.get(chat.key)
         if problem:
-            changes.append(ChatChange(chat.key, Action.ERROR, chatid=chatid or chat.chatid, error=problem,
-                                      sources=sources.get(chat.key, ())))
+            changes.append(
+                ChatChange(
+                    chat.key,
+                    Action.ERROR,
+                    chatid=chatid or chat.chatid,
+                    error=problem,
+                    sources=sources.get(chat.key, ()),
+                )
+            )
             continue
         if chatid is None:
             change = plan_create(chat)
@@ -178,7 +189,8 @@ def make_plan(
     for key in sorted(state):
         if key not in desired_keys and (targets is None or key in targets):
             bound = state[key]
-            changes.append(ChatChange(key, Action.FORGET if prune else Action.ORPHAN, chatid=bound.chatid,
-                                      pending=bound.pending))
+            changes.append(
+                ChatChange(key, Action.FORGET if prune else Action.ORPHAN, chatid=bound.chatid, pending=bound.pending)
+            )
     changes.sort(key=lambda c: c.key)
     return Plan(changes=tuple(changes), flag=flag)

@@ -2,10 +2,11 @@
 
 Text uses click styles; click strips them when the output is not a terminal.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -83,7 +84,7 @@ def _heading(c: ChatChange) -> str:
     return f"{_LABEL[c.action]} {c.key}{_where(c.chatid)}"
 
 
-def rename_hint(plan: Plan) -> Optional[str]:
+def rename_hint(plan: Plan) -> str | None:
     """Creates next to orphans: a key renamed in YAML would get a second chat unless its binding moves."""
     if not plan.rename_hint:
         return None
@@ -92,11 +93,18 @@ def rename_hint(plan: Plan) -> Optional[str]:
         move = f"`dtchat mv {orphans[0].key} {creates[0].key}{plan.flag}`"
     else:
         move = f"`dtchat mv OLD NEW{plan.flag}` (orphaned: {', '.join(c.key for c in orphans)})"
-    return f"if a chat's key was renamed in the YAML, run {move} before applying, so its chat is kept, not created again"
+    return (
+        f"if a chat's key was renamed in the YAML, run {move} before applying, so its chat is kept, not created again"
+    )
 
 
-def _text(blocks: list[tuple[str, Optional[str], str, list[str]]], summary: str, clean: Optional[str],
-          warnings: tuple[str, ...] = (), hints: tuple[str, ...] = ()) -> str:
+def _text(
+    blocks: list[tuple[str, str | None, str, list[str]]],
+    summary: str,
+    clean: str | None,
+    warnings: tuple[str, ...] = (),
+    hints: tuple[str, ...] = (),
+) -> str:
     """Blocks of (symbol, colour, heading, lines), then warnings, hints, the all-clear (if any) and the summary."""
     out: list[str] = []
     for symbol, colour, heading, lines in blocks:
@@ -112,14 +120,17 @@ def _text(blocks: list[tuple[str, Optional[str], str, list[str]]], summary: str,
     return "\n".join(out)
 
 
-def _where(chatid: Optional[str]) -> str:
+def _where(chatid: str | None) -> str:
     return f" ({chatid})" if chatid else ""
 
 
 def render_text(plan: Plan, *, verbose: bool = False, warnings: tuple[str, ...] = ()) -> str:
     """The plan as a terminal shows it; unchanged chats only with ``verbose``."""
-    blocks = [(*_SYMBOL[c.action], _heading(c), _chat_lines(c, verbose))
-              for c in plan.changes if verbose or c.action is not Action.NOOP]
+    blocks = [
+        (*_SYMBOL[c.action], _heading(c), _chat_lines(c, verbose))
+        for c in plan.changes
+        if verbose or c.action is not Action.NOOP
+    ]
     clean = None if plan.has_changes or plan.has_errors else "No changes. DingTalk matches the configuration."
     hint = rename_hint(plan)
     return _text(blocks, plan.summary(), clean, warnings, (hint,) if hint else ())
@@ -136,12 +147,26 @@ def _md(text: Any) -> str:
 def _details(symbol: str, label: str, key: str, lines: list[str]) -> list[str]:
     """A collapsible section; the lines go in a diff fence that user text cannot close."""
     body = [click.unstyle(line).replace("```", "'''") for line in lines]
-    return [f"<details><summary>{symbol} {label} <code>{_md(key)}</code></summary>", "", "```diff", *body,
-            "```", "</details>", ""]
+    return [
+        f"<details><summary>{symbol} {label} <code>{_md(key)}</code></summary>",
+        "",
+        "```diff",
+        *body,
+        "```",
+        "</details>",
+        "",
+    ]
 
 
-def _markdown(title: str, columns: list[str], rows: list[tuple[list[str], str, str, str, list[str]]],
-              empty: str, summary: str, warnings: tuple[str, ...] = (), hints: tuple[str, ...] = ()) -> str:
+def _markdown(
+    title: str,
+    columns: list[str],
+    rows: list[tuple[list[str], str, str, str, list[str]]],
+    empty: str,
+    summary: str,
+    warnings: tuple[str, ...] = (),
+    hints: tuple[str, ...] = (),
+) -> str:
     """Summary table, then one collapsible section per row: (cells, symbol, label, key, lines)."""
     out = [f"### {title}", ""]
     for w in warnings:
@@ -160,7 +185,7 @@ def _markdown(title: str, columns: list[str], rows: list[tuple[list[str], str, s
     return "\n".join(out) + "\n"
 
 
-def _pair_cell(label: str, pair: Optional[tuple]) -> Optional[str]:
+def _pair_cell(label: str, pair: tuple | None) -> str | None:
     if not pair:
         return None
     return _md(f"{label}: {pair[1]}" if pair[0] is None else f"{label}: {pair[0]} → {pair[1]}")
@@ -169,15 +194,33 @@ def _pair_cell(label: str, pair: Optional[tuple]) -> Optional[str]:
 def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
     """A PR comment: summary table, then a collapsible section per changed chat."""
     rows = [
-        ([f"`{_md(c.key)}`", _LABEL[c.action], str(len(c.add)), str(len(c.remove)),
-          ", ".join(x for x in (_pair_cell("name", c.name), _pair_cell("owner", c.owner)) if x),
-          ", ".join(_md(_setting_line(s)) for s in c.settings)],
-         _SYMBOL[c.action][0], _LABEL[c.action], c.key, _chat_lines(c, verbose=True))
-        for c in plan.changes if c.action is not Action.NOOP
+        (
+            [
+                f"`{_md(c.key)}`",
+                _LABEL[c.action],
+                str(len(c.add)),
+                str(len(c.remove)),
+                ", ".join(x for x in (_pair_cell("name", c.name), _pair_cell("owner", c.owner)) if x),
+                ", ".join(_md(_setting_line(s)) for s in c.settings),
+            ],
+            _SYMBOL[c.action][0],
+            _LABEL[c.action],
+            c.key,
+            _chat_lines(c, verbose=True),
+        )
+        for c in plan.changes
+        if c.action is not Action.NOOP
     ]
     hint = rename_hint(plan)
-    return _markdown("dtchat plan", ["Chat", "Action", "+ members", "− members", "Name / owner", "Settings"], rows,
-                     "No changes.", plan.summary(), warnings, (hint,) if hint else ())
+    return _markdown(
+        "dtchat plan",
+        ["Chat", "Action", "+ members", "− members", "Name / owner", "Settings"],
+        rows,
+        "No changes.",
+        plan.summary(),
+        warnings,
+        (hint,) if hint else (),
+    )
 
 
 def render_calls(plan: Plan, *, notify: bool = False) -> str:
@@ -204,8 +247,12 @@ def render_json(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
 
 # -- drift ----------------------------------------------------------------------------
 
-_DRIFT_SYMBOL = {Status.DRIFTED: ("~", "yellow"), Status.MISSING: ("+", "green"),
-                 Status.ERROR: ("!", "red"), Status.IN_SYNC: ("=", None)}
+_DRIFT_SYMBOL = {
+    Status.DRIFTED: ("~", "yellow"),
+    Status.MISSING: ("+", "green"),
+    Status.ERROR: ("!", "red"),
+    Status.IN_SYNC: ("=", None),
+}
 
 
 def _drift_lines(d: ChatDrift) -> list[str]:
@@ -225,30 +272,53 @@ def _drift_lines(d: ChatDrift) -> list[str]:
 
 
 def render_drift_text(report: DriftReport, *, verbose: bool = False) -> str:
-    blocks = [(*_DRIFT_SYMBOL[d.status], f"{d.status.value.replace('_', ' ')} {d.key}{_where(d.chatid)}",
-               _drift_lines(d))
-              for d in report.chats if verbose or d.status is not Status.IN_SYNC]
+    blocks = [
+        (*_DRIFT_SYMBOL[d.status], f"{d.status.value.replace('_', ' ')} {d.key}{_where(d.chatid)}", _drift_lines(d))
+        for d in report.chats
+        if verbose or d.status is not Status.IN_SYNC
+    ]
     clean = None if report.has_drift or report.has_errors else "No drift. DingTalk matches the configuration."
     return _text(blocks, report.summary(), clean)
 
 
 def render_drift_markdown(report: DriftReport) -> str:
     rows = [
-        ([f"`{_md(d.key)}`", d.status.value, str(len(d.missing)), str(len(d.unexpected)),
-          ", ".join(_md(f"{label}: {pair[1]} (expected {pair[0]})")
-                    for label, pair in (("name", d.name), ("owner", d.owner)) if pair),
-          ", ".join(_md(f"{s.name}: {show_value(s.actual)} (expected {show_value(s.expected)})") for s in d.settings)],
-         _DRIFT_SYMBOL[d.status][0], d.status.value, d.key, _drift_lines(d))
-        for d in report.chats if d.status is not Status.IN_SYNC
+        (
+            [
+                f"`{_md(d.key)}`",
+                d.status.value,
+                str(len(d.missing)),
+                str(len(d.unexpected)),
+                ", ".join(
+                    _md(f"{label}: {pair[1]} (expected {pair[0]})")
+                    for label, pair in (("name", d.name), ("owner", d.owner))
+                    if pair
+                ),
+                ", ".join(
+                    _md(f"{s.name}: {show_value(s.actual)} (expected {show_value(s.expected)})") for s in d.settings
+                ),
+            ],
+            _DRIFT_SYMBOL[d.status][0],
+            d.status.value,
+            d.key,
+            _drift_lines(d),
+        )
+        for d in report.chats
+        if d.status is not Status.IN_SYNC
     ]
-    return _markdown("dtchat drift", ["Chat", "Status", "Missing members", "Unexpected members", "Name / owner",
-                                      "Settings"], rows,
-                     "No drift.", report.summary())
+    return _markdown(
+        "dtchat drift",
+        ["Chat", "Status", "Missing members", "Unexpected members", "Name / owner", "Settings"],
+        rows,
+        "No drift.",
+        report.summary(),
+    )
 
 
 def drift_to_json(report: DriftReport) -> dict[str, Any]:
     """The documented, versioned drift object (see docs/formats.md)."""
-    def pair(p: Optional[tuple]) -> Optional[dict[str, Any]]:
+
+    def pair(p: tuple | None) -> dict[str, Any] | None:
         return None if p is None else {"expected": p[0], "actual": p[1]}
 
     return {
@@ -288,8 +358,14 @@ def _issue_json(issue: Any) -> dict[str, Any]:
 
 def render_validation_json(files: tuple[str, ...], issues: tuple[Any, ...], summary: str) -> str:
     """``validate --format json`` (see docs/formats.md)."""
-    document = {"format_version": FORMAT_VERSION, "kind": "dtchat-validate", "valid": not issues,
-                "files": list(files), "errors": [_issue_json(i) for i in issues], "summary": summary}
+    document = {
+        "format_version": FORMAT_VERSION,
+        "kind": "dtchat-validate",
+        "valid": not issues,
+        "files": list(files),
+        "errors": [_issue_json(i) for i in issues],
+        "summary": summary,
+    }
     return json.dumps(document, ensure_ascii=False, indent=2)
 
 
@@ -317,6 +393,7 @@ def render_validation_github(issues: tuple[Any, ...], summary: str) -> str:
 
 # -- apply result -------------------------------------------------------------------------
 
+
 def render_apply_json(result: Any) -> str:
     """``apply --format json``: per chat what was done (see docs/formats.md)."""
     document = {
@@ -327,8 +404,15 @@ def render_apply_json(result: Any) -> str:
         "summary": result.summary(),
         "calls": result.calls,
         "chats": [
-            {"key": r.key, "action": r.action.value, "ok": r.ok, "chatid": r.chatid, "calls": r.calls,
-             "error": r.error, "warning": r.warning}
+            {
+                "key": r.key,
+                "action": r.action.value,
+                "ok": r.ok,
+                "chatid": r.chatid,
+                "calls": r.calls,
+                "error": r.error,
+                "warning": r.warning,
+            }
             for r in result.results
         ],
     }

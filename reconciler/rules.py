@@ -4,10 +4,12 @@ Every limit and every mapping between dtchat's setting names and the API's
 integer fields lives here, so the config validator, the planner, the applier
 and the emulator cannot disagree about them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 #: At most this many ids in ``useridlist`` (create) and in each of
 #: ``add_useridlist`` / ``del_useridlist`` (update) per call.

@@ -6,10 +6,10 @@ apply refuses such a plan unless ``--force``. Small chats are exempt from the
 percentage rule (octoDNS's MIN_EXISTING_RECORDS idea): removing 1 of 3 is
 housekeeping, not an accident.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from .plan import Action, Plan
 
@@ -22,7 +22,7 @@ MIN_EXISTING_MEMBERS = 10
 class Thresholds:
     max_removal_pct: float = DEFAULT_MAX_REMOVAL_PCT
     #: Absolute cap on removals across the whole run; None = no cap.
-    max_removals: Optional[int] = None
+    max_removals: int | None = None
 
 
 def removal_violations(plan: Plan, thresholds: Thresholds = Thresholds()) -> tuple[str, ...]:
@@ -38,5 +38,7 @@ def removal_violations(plan: Plan, thresholds: Thresholds = Thresholds()) -> tup
                 )
     total = sum(len(c.remove) for c in plan.changes)
     if thresholds.max_removals is not None and total > thresholds.max_removals:
-        problems.append(f"the run would remove {total} members in all, more than --max-removals {thresholds.max_removals}")
+        problems.append(
+            f"the run would remove {total} members in all, more than --max-removals {thresholds.max_removals}"
+        )
     return tuple(problems)

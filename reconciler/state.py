@@ -18,6 +18,7 @@ find a chat again. Losing or mangling it means creating chats twice, hence
 
 Writes are serialized by a lock, so chats applied in parallel share one writer.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,9 @@ import errno
 import json
 import os
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
 
 from .errors import DtchatError
 from .files import TooDeep, loads_bounded, write_atomic
@@ -52,8 +53,8 @@ class StateError(DtchatError):
 class Binding:
     """One key's record: its chatid, or a create whose outcome is unknown."""
 
-    chatid: Optional[str]
-    created_at: Optional[str] = None
+    chatid: str | None
+    created_at: str | None = None
     #: True when a create was sent (or about to be) and its outcome is unknown.
     pending: bool = False
 
@@ -70,7 +71,7 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def default_path(first_path: "str | os.PathLike[str]") -> Path:
+def default_path(first_path: str | os.PathLike[str]) -> Path:
     """``dtchat.state.json`` in the folder of the first PATH (the folder itself if PATH is one)."""
     p = Path(first_path)
     folder = p if p.is_dir() else p.parent
@@ -87,11 +88,11 @@ class StateLocation:
 
 
 def locate_state(
-    given: Optional[str],
+    given: str | None,
     *,
-    first_path: Optional[str] = None,
-    env: Optional[Mapping[str, str]] = None,
-    sandbox_path: Optional[Path] = None,
+    first_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    sandbox_path: Path | None = None,
     must_exist: bool = False,
 ) -> StateLocation:
     """The one rule (design §6): ``--state F``, else ``$DTCHAT_STATE``, else beside the first PATH,
@@ -144,7 +145,7 @@ def _shell_word(text: str) -> str:
 class StateFile:
     """A state file on disk. Reads are cheap; every write is atomic, immediate and serialized."""
 
-    def __init__(self, path: "str | os.PathLike[str]", *, flag: str = "") -> None:
+    def __init__(self, path: str | os.PathLike[str], *, flag: str = "") -> None:
         self.path = Path(path)
         #: ``--state F`` for hints (see :class:`StateLocation`).
         self.flag = flag
@@ -170,12 +171,16 @@ class StateFile:
             raise self._refuse(f"state file is {exc}") from None
         except ValueError as exc:  # json.JSONDecodeError
             where = f":{exc.lineno}:{exc.colno}" if hasattr(exc, "lineno") else ""
-            raise StateError(f"{self.path}{where}: state file is not valid JSON ({getattr(exc, 'msg', exc)}); "
-                             "refusing to use or overwrite it") from None
+            raise StateError(
+                f"{self.path}{where}: state file is not valid JSON ({getattr(exc, 'msg', exc)}); "
+                "refusing to use or overwrite it"
+            ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise self._refuse(f'not a dtchat state file (no "format": "{FORMAT}")')
         if data.get("version") != VERSION:
-            raise StateError(f"{self.path}: state file version {data.get('version')!r} is not supported (expected {VERSION})")
+            raise StateError(
+                f"{self.path}: state file version {data.get('version')!r} is not supported (expected {VERSION})"
+            )
         chats = data.get("chats")
         if not isinstance(chats, dict):
             raise self._refuse('"chats" must be an object')
@@ -190,8 +195,9 @@ class StateFile:
             if not isinstance(pending, bool) or (chatid is None and not pending):
                 raise self._refuse(f'chats.{key}: needs a chatid or "pending_create": true')
             created = entry.get("created_at")
-            bindings[key] = Binding(chatid=chatid, created_at=created if isinstance(created, str) else None,
-                                    pending=pending)
+            bindings[key] = Binding(
+                chatid=chatid, created_at=created if isinstance(created, str) else None, pending=pending
+            )
         return bindings
 
     @property
@@ -199,12 +205,12 @@ class StateFile:
         with self._lock:
             return dict(self._bindings)
 
-    def get(self, key: str) -> Optional[Binding]:
+    def get(self, key: str) -> Binding | None:
         with self._lock:
             return self._bindings.get(key)
 
     # -- writing -----------------------------------------------------------
-    def _write(self, key: str, binding: Optional[Binding]) -> None:
+    def _write(self, key: str, binding: Binding | None) -> None:
         """Set (or drop) one key and save; on a failed save the memory copy is left as the file is."""
         with self._lock:
             old = self._bindings.get(key)
@@ -251,8 +257,10 @@ class StateFile:
             if binding is None:
                 raise StateError(f"{self.path}: no chat key `{old}` in the state file")
             if new in self._bindings:
-                raise StateError(f"{self.path}: `{new}` is already bound to {self._bindings[new].chatid or 'a pending create'}; "
-                                 f"run `dtchat forget {new}{self.flag}` first if that binding is wrong")
+                raise StateError(
+                    f"{self.path}: `{new}` is already bound to {self._bindings[new].chatid or 'a pending create'}; "
+                    f"run `dtchat forget {new}{self.flag}` first if that binding is wrong"
+                )
             snapshot = dict(self._bindings)
             del self._bindings[old]
             self._bindings[new] = binding
@@ -270,8 +278,11 @@ class StateFile:
 
     def _save(self) -> None:
         """Atomic replace (caller holds the lock): a crash leaves the old file or the new one."""
-        data = {"format": FORMAT, "version": VERSION,
-                "chats": {k: self._bindings[k].to_json() for k in sorted(self._bindings)}}
+        data = {
+            "format": FORMAT,
+            "version": VERSION,
+            "chats": {k: self._bindings[k].to_json() for k in sorted(self._bindings)},
+        }
         try:
             write_atomic(self.path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         except OSError as exc:
@@ -279,7 +290,7 @@ class StateFile:
 
 
 @contextlib.contextmanager
-def locked(path: "str | os.PathLike[str]", *, flag: str = "") -> Iterator[StateFile]:
+def locked(path: str | os.PathLike[str], *, flag: str = "") -> Iterator[StateFile]:
     """Open the state file under an exclusive lock on its real path, failing fast if another run holds it.
 
     The folder must be writable now: a state file that cannot be written is found before the first

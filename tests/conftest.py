@@ -1,11 +1,13 @@
 """Shared fixtures: a real emulator on a free loopback port, and a client bound to it."""
+
 from __future__ import annotations
 
 import pytest
 
-from helpers import APP_KEY, APP_SECRET
 from reconciler.dingtalk import DingTalkClient
 from reconciler.emulator import EmulatorServer
+
+from helpers import APP_KEY, APP_SECRET
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 Test files import from here (``from helpers import ...``); ``conftest.py`` holds only fixtures.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,14 @@ APP_KEY = "test-app-key"
 APP_SECRET = "test-app-secret-DO-NOT-LEAK"
 
 
-def write_config(folder: Path, chats: Mapping[str, Mapping[str, Any]], *, name: str = "chats.yaml",
-                 groups: Mapping[str, Sequence[str]] | None = None,
-                 defaults: Mapping[str, Any] | None = None) -> Path:
+def write_config(
+    folder: Path,
+    chats: Mapping[str, Mapping[str, Any]],
+    *,
+    name: str = "chats.yaml",
+    groups: Mapping[str, Sequence[str]] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Path:
     doc: dict[str, Any] = {"version": 1}
     if defaults:
         doc["defaults"] = {"settings": dict(defaults)}
@@ -40,8 +46,9 @@ def dtchat(emulator, *args: str, input: str | None = None, env: Mapping[str, str
     full_env = {"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "NO_COLOR": "1"}
     full_env.update(env or {})
     runner = CliRunner()
-    return runner.invoke(cli, ["--api-base", emulator.url, "--max-qps", "1000", *args], input=input,
-                         env=full_env, catch_exceptions=False)
+    return runner.invoke(
+        cli, ["--api-base", emulator.url, "--max-qps", "1000", *args], input=input, env=full_env, catch_exceptions=False
+    )
 
 
 def state_of(path: Path) -> dict[str, str]:
@@ -68,8 +75,10 @@ class RawApi:
         self.token: str = self.new_token()
 
     def gettoken(self, appkey: str | None = None, appsecret: str | None = None) -> requests.Response:
-        params = {"appkey": self.appkey if appkey is None else appkey,
-                  "appsecret": self.appsecret if appsecret is None else appsecret}
+        params = {
+            "appkey": self.appkey if appkey is None else appkey,
+            "appsecret": self.appsecret if appsecret is None else appsecret,
+        }
         return self.http.get(self.base + "/gettoken", params=params)
 
     def new_token(self) -> str:
@@ -96,11 +105,13 @@ class RawApi:
     def errcode(response: requests.Response) -> Any:
         return response.json().get("errcode")
 
-    def create(self, name: str = "工程值班", owner: str = "alice", members: list[str] | None = None,
-               **extra: Any) -> str:
+    def create(
+        self, name: str = "工程值班", owner: str = "alice", members: list[str] | None = None, **extra: Any
+    ) -> str:
         """Create a chat over the API (asserting it worked) and return its chatid."""
-        reply = self.post_json("/chat/create", {"name": name, "owner": owner,
-                                                "useridlist": members or ["alice", "bob"], **extra})
+        reply = self.post_json(
+            "/chat/create", {"name": name, "owner": owner, "useridlist": members or ["alice", "bob"], **extra}
+        )
         assert reply["errcode"] == 0, reply
         return reply["chatid"]
 

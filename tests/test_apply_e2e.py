@@ -1,13 +1,14 @@
 """plan/apply end to end: the real CLI, over HTTP, against the strict emulator."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from helpers import APP_SECRET, dtchat, state_of, users, write_config
-
 from reconciler.rules import SETTING_FIELDS
+
+from helpers import APP_SECRET, dtchat, state_of, users, write_config
 
 
 @pytest.fixture
@@ -17,8 +18,12 @@ def cfg(tmp_path):
 
 def chats_basic():
     return {
-        "eng": {"name": "工程值班", "owner": "alice", "members": ["bob", "carol"],
-                "settings": {"muted": True, "mention_all": "owner"}},
+        "eng": {
+            "name": "工程值班",
+            "owner": "alice",
+            "members": ["bob", "carol"],
+            "settings": {"muted": True, "mention_all": "owner"},
+        },
         "big": {"name": "All hands", "owner": "boss", "members": users(300)},
     }
 
@@ -58,8 +63,11 @@ def test_members_only_change_sends_no_setting_fields(emulator, cfg):
     result = dtchat(emulator, "apply", str(cfg), "--auto-approve")
     assert result.exit_code == 0, result.output
     (call,) = emulator.calls_to("/chat/update")[before:]
-    assert call.body == {"chatid": state_of(cfg / "dtchat.state.json")["eng"],
-                         "add_useridlist": ["dave"], "del_useridlist": ["carol"]}
+    assert call.body == {
+        "chatid": state_of(cfg / "dtchat.state.json")["eng"],
+        "add_useridlist": ["dave"],
+        "del_useridlist": ["carol"],
+    }
     assert not set(call.body) & set(SETTING_FIELDS)
 
 

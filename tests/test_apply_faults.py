@@ -1,4 +1,5 @@
 """Apply under faults: throttling, busy, 5xx, token expiry, ambiguous creates, a SIGKILL mid-run."""
+
 from __future__ import annotations
 
 import json
@@ -10,13 +11,13 @@ import time
 
 import requests
 
-from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
-
 from reconciler.applier import apply_plan
 from reconciler.config import load_config
 from reconciler.manager import Manager
 from reconciler.plan import Action
 from reconciler.state import StateFile
+
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
 
 
 def converge(client, cfg, state_path):
@@ -27,11 +28,20 @@ def converge(client, cfg, state_path):
 
 
 def many_chats(n=6):
-    return {f"team-{i}": {"name": f"Team {i}", "owner": f"lead{i}", "members": users(150 + 10 * i),
-                          "settings": {"searchable": bool(i % 2)}} for i in range(n)}
+    return {
+        f"team-{i}": {
+            "name": f"Team {i}",
+            "owner": f"lead{i}",
+            "members": users(150 + 10 * i),
+            "settings": {"searchable": bool(i % 2)},
+        }
+        for i in range(n)
+    }
 
 
-def test_apply_converges_through_throttling_busy_5xx_and_token_expiry_without_duplicates(emulator, make_client, tmp_path):
+def test_apply_converges_through_throttling_busy_5xx_and_token_expiry_without_duplicates(
+    emulator, make_client, tmp_path
+):
     cfg = tmp_path / "c"
     write_config(cfg, many_chats())
     f = emulator.faults
@@ -78,7 +88,11 @@ def test_ambiguous_create_marks_pending_and_is_never_repeated_until_imported(emu
     assert "dtchat import one CHATID" in failed.error and "may" in failed.error
     assert len(emulator.calls_to("/chat/create")) == 1
     state = json.loads(state_path.read_text())
-    assert state["chats"]["one"] == {"chatid": None, "created_at": state["chats"]["one"]["created_at"], "pending_create": True}
+    assert state["chats"]["one"] == {
+        "chatid": None,
+        "created_at": state["chats"]["one"]["created_at"],
+        "pending_create": True,
+    }
 
     # The next run refuses to create it again.
     plan, result = converge(make_client(), cfg, state_path)
@@ -99,9 +113,21 @@ def test_sigkill_right_after_a_create_leaves_a_valid_state_holding_the_chatid(em
     state_path = tmp_path / "s.json"
     env = dict(os.environ, DINGTALK_APP_KEY=APP_KEY, DINGTALK_APP_SECRET=APP_SECRET, NO_COLOR="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--api-base", emulator.url, "apply", str(cfg),
-         "--auto-approve", "--state", str(state_path)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "--api-base",
+            emulator.url,
+            "apply",
+            str(cfg),
+            "--auto-approve",
+            "--state",
+            str(state_path),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30

@@ -1,4 +1,5 @@
 """Parallel apply (design §7) and the apply workflow as a library entry point (no CLI)."""
+
 from __future__ import annotations
 
 import json
@@ -6,15 +7,15 @@ import re
 
 import pytest
 
-from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
-
 from reconciler.config import load_config
 from reconciler.emulator import EmulatorServer
 from reconciler.errors import UsageError
 from reconciler.manager import ApplyOptions, Manager, Outcome
 from reconciler.plan import Action
 from reconciler.safety import Thresholds
-from reconciler.state import StateFile, locate_state
+from reconciler.state import locate_state
+
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
 
 
 def scenario(emulator, folder):
@@ -24,13 +25,19 @@ def scenario(emulator, folder):
     swap2 = emulator.seed_chat("Swap2", "dan", ["dan", "erin"])
     broken = emulator.seed_chat("Broken", "x", ["x"])
     chats = {f"new{i}": {"name": f"New {i}", "owner": "n0", "members": users(3 + i * 20, f"m{i}")} for i in range(4)}
-    chats.update({
-        "churn": {"name": "Churn", "owner": "o1", "members": [*users(90, "c")[50:], *users(50, "n")],
-                  "chatid": churn},
-        "swap": {"name": "Swap", "owner": "bob", "members": ["carol"], "chatid": swap},
-        "swap2": {"name": "Swap2", "owner": "erin", "members": ["erin", "fay"], "chatid": swap2},
-        "broken": {"name": "Broken", "owner": "x", "members": ["ghost"], "chatid": broken},  # 60121 on apply
-    })
+    chats.update(
+        {
+            "churn": {
+                "name": "Churn",
+                "owner": "o1",
+                "members": [*users(90, "c")[50:], *users(50, "n")],
+                "chatid": churn,
+            },
+            "swap": {"name": "Swap", "owner": "bob", "members": ["carol"], "chatid": swap},
+            "swap2": {"name": "Swap2", "owner": "erin", "members": ["erin", "fay"], "chatid": swap2},
+            "broken": {"name": "Broken", "owner": "x", "members": ["ghost"], "chatid": broken},  # 60121 on apply
+        }
+    )
     write_config(folder, chats)
     return chats
 
@@ -38,8 +45,20 @@ def scenario(emulator, folder):
 @pytest.fixture
 def strict():
     """An emulator that knows every user of the scenario except `ghost` (a permanent per-chat failure)."""
-    known = ["n0", "o1", "x", "alice", "bob", "carol", "dan", "erin", "fay", *users(90, "c"), *users(50, "n"),
-             *(u for i in range(4) for u in users(3 + i * 20, f"m{i}"))]
+    known = [
+        "n0",
+        "o1",
+        "x",
+        "alice",
+        "bob",
+        "carol",
+        "dan",
+        "erin",
+        "fay",
+        *users(90, "c"),
+        *users(50, "n"),
+        *(u for i in range(4) for u in users(3 + i * 20, f"m{i}")),
+    ]
     server = EmulatorServer(host="127.0.0.1", port=0, app_key=APP_KEY, app_secret=APP_SECRET, users=known)
     with server:
         yield server
@@ -49,8 +68,17 @@ def outcome_of(emulator, tmp_path, parallelism: int):
     emulator.reset()
     folder = tmp_path / f"p{parallelism}"
     scenario(emulator, folder)
-    result = dtchat(emulator, "apply", str(folder), "--auto-approve", "--force", "--parallelism", str(parallelism),
-                    "--format", "json")
+    result = dtchat(
+        emulator,
+        "apply",
+        str(folder),
+        "--auto-approve",
+        "--force",
+        "--parallelism",
+        str(parallelism),
+        "--format",
+        "json",
+    )
     report = json.loads(result.stdout)
     state = json.loads((folder / "dtchat.state.json").read_text())["chats"]
     members = {key: sorted(emulator.chat(b["chatid"])["useridlist"]) for key, b in state.items()}
@@ -88,8 +116,7 @@ def test_a_fatal_error_mid_apply_stops_new_chats_from_starting(emulator, tmp_pat
 
 def test_the_apply_workflow_runs_without_the_cli(emulator, make_client, tmp_path):
     folder = tmp_path / "c"
-    write_config(folder, {"a": {"name": "A", "owner": "x", "members": users(60)},
-                          "b": {"name": "B", "owner": "y"}})
+    write_config(folder, {"a": {"name": "A", "owner": "x", "members": users(60)}, "b": {"name": "B", "owner": "y"}})
     config = load_config([folder])
     location = locate_state(None, first_path=str(folder), env={})
     manager = Manager(make_client(), parallelism=4)
@@ -118,12 +145,16 @@ def test_dry_run_prints_exactly_the_bodies_the_real_apply_sends(emulator, tmp_pa
     write_config(folder, chats)
     dry = dtchat(emulator, "apply", str(folder), "--dry-run", "--force", "--notify")
     assert dry.exit_code == 0, dry.output
-    printed = [(m.group(1), m.group(2), json.loads(m.group(3)))
-               for m in re.finditer(r"^  ([a-z0-9-]+): POST (\S+) (\{.*\})$", dry.stdout, re.M)]
+    printed = [
+        (m.group(1), m.group(2), json.loads(m.group(3)))
+        for m in re.finditer(r"^  ([a-z0-9-]+): POST (\S+) (\{.*\})$", dry.stdout, re.M)
+    ]
     real = dtchat(emulator, "apply", str(folder), "--auto-approve", "--force", "--notify", "--parallelism", "1")
     assert real.exit_code == 0, real.output
     ids = state_of(folder / "dtchat.state.json")
-    sent = [(c.endpoint, c.body) for c in emulator.calls if c.endpoint in ("/chat/create", "/chat/update", "/chat/send")]
+    sent = [
+        (c.endpoint, c.body) for c in emulator.calls if c.endpoint in ("/chat/create", "/chat/update", "/chat/send")
+    ]
     expected = []
     for key, endpoint, body in printed:
         if body.get("chatid") == f"<chatid of new chat {key}>":

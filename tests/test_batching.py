@@ -1,4 +1,5 @@
 """Batching: the fewest calls within the API's rules, proven against the emulator's strict rules."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,16 @@ def users(n, prefix="u"):
 
 
 def update(add=(), remove=(), owner=None, live_count=100, settings=()):
-    return ChatChange("k", Action.UPDATE, chatid="chat1", add=tuple(add), remove=tuple(remove),
-                      owner=owner, live_count=live_count, settings=settings)
+    return ChatChange(
+        "k",
+        Action.UPDATE,
+        chatid="chat1",
+        add=tuple(add),
+        remove=tuple(remove),
+        owner=owner,
+        live_count=live_count,
+        settings=settings,
+    )
 
 
 def test_create_300_is_one_create_then_seven_updates():
@@ -47,8 +56,15 @@ def test_members_only_update_carries_no_setting_fields():
 def test_setting_and_name_ride_on_the_first_member_call():
     from reconciler.plan import SettingChange
 
-    change = ChatChange("k", Action.UPDATE, chatid="c", name=("a", "b"), add=("x",),
-                        settings=(SettingChange("muted", False, True),), live_count=3)
+    change = ChatChange(
+        "k",
+        Action.UPDATE,
+        chatid="c",
+        name=("a", "b"),
+        add=("x",),
+        settings=(SettingChange("muted", False, True),),
+        live_count=3,
+    )
     (call,) = calls_for(change)
     assert call.body == {"chatid": "c", "name": "b", "chatBannedType": 1, "add_useridlist": ["x"]}
 
@@ -71,6 +87,7 @@ def test_full_chat_removes_before_it_adds():
 
 
 # -- property: any change, applied over HTTP to the strict emulator, converges -------------
+
 
 @pytest.fixture(scope="module")
 def server():

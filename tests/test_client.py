@@ -1,4 +1,5 @@
 """DingTalkClient over real HTTP against the emulator: endpoints, tokens, error mapping."""
+
 from __future__ import annotations
 
 import threading
@@ -6,7 +7,6 @@ import time
 
 import pytest
 
-from helpers import APP_KEY, APP_SECRET
 from reconciler import rules
 from reconciler.dingtalk import (
     AuthError,
@@ -20,6 +20,8 @@ from reconciler.dingtalk import (
 )
 from reconciler.dingtalk.errors import ERRCODE_CLASSES, error_from_payload
 from reconciler.emulator import EmulatorServer
+
+from helpers import APP_KEY, APP_SECRET
 
 
 @pytest.fixture
@@ -48,8 +50,13 @@ def test_create_chat_sends_members_and_settings_and_returns_chatid(client, emula
     assert sorted(stored["useridlist"]) == ["alice", "bob"]
     assert stored["searchable"] == 1 and stored["managementType"] == 1 and stored["chatBannedType"] == 0
     body = emulator.calls_to("/chat/create")[-1].body
-    assert body == {"name": "工程值班", "owner": "alice", "useridlist": ["alice", "bob"],
-                    "searchable": 1, "managementType": 1}
+    assert body == {
+        "name": "工程值班",
+        "owner": "alice",
+        "useridlist": ["alice", "bob"],
+        "searchable": 1,
+        "managementType": 1,
+    }
 
 
 def test_create_without_settings_sends_no_setting_fields(client, emulator):
@@ -69,8 +76,10 @@ UPDATE_CASES = [
     ({"settings": {"searchable": 0}}, {"searchable": 0}),
     ({"name": "新名字"}, {"name": "新名字"}),
     ({"owner": "carol"}, {"owner": "carol"}),
-    ({"name": "x", "add": ["carol"], "remove": ["bob"], "settings": {"showHistoryType": 1}},
-     {"name": "x", "add_useridlist": ["carol"], "del_useridlist": ["bob"], "showHistoryType": 1}),
+    (
+        {"name": "x", "add": ["carol"], "remove": ["bob"], "settings": {"showHistoryType": 1}},
+        {"name": "x", "add_useridlist": ["carol"], "del_useridlist": ["bob"], "showHistoryType": 1},
+    ),
 ]
 
 
@@ -102,7 +111,11 @@ def test_unknown_setting_field_is_refused_before_any_call(client, emulator, chat
 def test_send_text_and_send_message(client, emulator, chat):
     mid = client.send_text(chat, "hello 你好")
     assert isinstance(mid, str) and mid
-    assert emulator.calls_to("/chat/send")[-1].body == {"chatid": chat, "msgtype": "text", "text": {"content": "hello 你好"}}
+    assert emulator.calls_to("/chat/send")[-1].body == {
+        "chatid": chat,
+        "msgtype": "text",
+        "text": {"content": "hello 你好"},
+    }
     mid2 = client.send_message(chat, {"msgtype": "markdown", "markdown": {"title": "t", "text": "**x**"}})
     assert mid2 != mid
 
@@ -240,9 +253,8 @@ def test_refresh_does_not_discard_a_token_another_thread_just_fetched(client, em
 
 def test_bad_credentials_raise_auth_error_without_retry(emulator):
     secret = "wrong-secret-value-XYZ"
-    with DingTalkClient(APP_KEY, secret, api_base=emulator.url, max_qps=0) as c:
-        with pytest.raises(AuthError) as info:
-            c.get_chat("chat0")
+    with DingTalkClient(APP_KEY, secret, api_base=emulator.url, max_qps=0) as c, pytest.raises(AuthError) as info:
+        c.get_chat("chat0")
     err = info.value
     assert err.errcode == 40089 and err.endpoint == "/gettoken"
     assert "app key and app secret" in str(err)
@@ -329,7 +341,9 @@ def test_quota_exhausted_is_not_retried(client, emulator, chat):
 
 
 def test_sub_msg_is_shown_for_errcode_88():
-    err = error_from_payload("/chat/get", {"errcode": 88, "errmsg": "auth fail", "sub_code": "60011", "sub_msg": "没有调用该接口的权限"})
+    err = error_from_payload(
+        "/chat/get", {"errcode": 88, "errmsg": "auth fail", "sub_code": "60011", "sub_msg": "没有调用该接口的权限"}
+    )
     assert isinstance(err, AuthError)
     assert err.sub_code == "60011" and err.sub_msg == "没有调用该接口的权限"
     assert "没有调用该接口的权限" in str(err)
@@ -341,8 +355,31 @@ def test_token_errcodes_on_gettoken_are_credential_errors_but_busy_is_not():
 
 
 def test_every_documented_errcode_is_classified():
-    documented = {-1, 88, 40001, 40014, 42001, 33001, 90002, 90018, 90019, 90020, 60011, 60121,
-                  34001, 34013, 40016, 40003, 40031, 40032, 60111, 40035, 45009, 60020, 40089}
+    documented = {
+        -1,
+        88,
+        40001,
+        40014,
+        42001,
+        33001,
+        90002,
+        90018,
+        90019,
+        90020,
+        60011,
+        60121,
+        34001,
+        34013,
+        40016,
+        40003,
+        40031,
+        40032,
+        60111,
+        40035,
+        45009,
+        60020,
+        40089,
+    }
     assert documented <= set(ERRCODE_CLASSES)
 
 

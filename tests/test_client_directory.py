@@ -4,11 +4,12 @@ Answers the emulator never gives (overlapping role pages, a page loop that
 never ends, errcode 88 with a stringly typed errcode and no errmsg) come
 from the scripted ``CannedServer`` of test_client_faults.
 """
+
 from __future__ import annotations
 
 import pytest
+from test_client_faults import canned  # noqa: F401  (fixture)
 
-from helpers import APP_KEY, APP_SECRET
 from reconciler.dingtalk import (
     AuthError,
     DingTalkClient,
@@ -29,7 +30,8 @@ from reconciler.dingtalk.client import (
     USER_BY_MOBILE,
 )
 from reconciler.emulator import EmulatorServer, Org
-from test_client_faults import canned  # noqa: F401  (fixture)
+
+from helpers import APP_KEY, APP_SECRET
 
 #: 250 holders of role 3001 (3 pages of 100), 230 role groups (2 pages of 200), a small tree.
 ORG = {
@@ -63,8 +65,9 @@ def org_emulator():
 
 @pytest.fixture
 def dclient(org_emulator):
-    c = DingTalkClient(APP_KEY, APP_SECRET, api_base=org_emulator.url, max_qps=1000,
-                       backoff_base=0.01, backoff_cap=0.05)
+    c = DingTalkClient(
+        APP_KEY, APP_SECRET, api_base=org_emulator.url, max_qps=1000, backoff_base=0.01, backoff_cap=0.05
+    )
     yield c
     c.close()
 
@@ -99,7 +102,10 @@ def test_role_list_is_paged_by_200_and_flattened(dclient, org_emulator):
     roles = dclient.list_roles()
     assert roles[3001] == "值班" and roles[3002] == "主管" and roles[4229] == "r229"
     assert len(roles) == 232
-    assert [c.body for c in org_emulator.calls_to(ROLE_LIST)] == [{"offset": 0, "size": 200}, {"offset": 200, "size": 200}]
+    assert [c.body for c in org_emulator.calls_to(ROLE_LIST)] == [
+        {"offset": 0, "size": 200},
+        {"offset": 200, "size": 200},
+    ]
 
 
 def test_user_by_mobile(dclient, org_emulator):
@@ -268,8 +274,19 @@ def test_normalize_mobile(text, number):
     assert normalize_mobile(text) == number
 
 
-@pytest.mark.parametrize("text", ["", "  ", "+44 20 7946 0958", "138.0000.0000", "1380000000a", "１３８００００００００",
-                                  "1234567890123456", "+86 138"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "  ",
+        "+44 20 7946 0958",
+        "138.0000.0000",
+        "1380000000a",
+        "１３８００００００００",
+        "1234567890123456",
+        "+86 138",
+    ],
+)
 def test_normalize_mobile_refuses_what_is_not_a_number(text):
     with pytest.raises(ValueError) as info:
         normalize_mobile(text)

@@ -5,6 +5,7 @@ Most faults come from the emulator's knobs. Answers the emulator never gives
 whose connection drops) come from ``CannedServer``, a tiny real HTTP server
 that replays scripted responses; nothing here patches ``requests``.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from helpers import APP_KEY, APP_SECRET
 from reconciler.dingtalk import (
     AmbiguousCreateError,
     AuthError,
@@ -27,6 +27,8 @@ from reconciler.dingtalk import (
     ThrottledError,
     TransportError,
 )
+
+from helpers import APP_KEY, APP_SECRET
 
 DROP = object()
 
@@ -148,7 +150,7 @@ def test_http_500_is_retried_for_reads_and_updates(client, emulator, chat):
     client.get_chat(chat)
     client.update_chat(chat, add=["carol"])
     client.get_chat(chat)
-    assert [c.status for c in emulator.calls] [1:] == [200, 500, 200, 500, 200]
+    assert [c.status for c in emulator.calls][1:] == [200, 500, 200, 500, 200]
     assert "carol" in emulator.chat(chat)["useridlist"]
 
 
@@ -422,8 +424,16 @@ def test_no_secret_in_logs_or_errors_across_fault_paths(make_client, emulator, c
 
     assert len(tokens) >= 3
     kinds = {type(e).__name__ for e in errors}
-    assert kinds == {"ThrottledError", "IpBanError", "TransportError", "AuthError", "InvalidUserError",
-                     "QuotaExhaustedError", "AmbiguousCreateError", "ReadTimeoutError"}, kinds
+    assert kinds == {
+        "ThrottledError",
+        "IpBanError",
+        "TransportError",
+        "AuthError",
+        "InvalidUserError",
+        "QuotaExhaustedError",
+        "AmbiguousCreateError",
+        "ReadTimeoutError",
+    }, kinds
     secrets = tokens | {APP_SECRET, "wrong-" + APP_SECRET}
     for exc in errors:
         assert _leaks(exc, secrets) == [], exc

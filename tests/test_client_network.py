@@ -5,9 +5,11 @@ port), a connection reset, credentials in the base URL, a forwarding proxy
 from the environment, IP bans for creates, the WARNING line per retry,
 ``authenticate``, ``write`` and the lazy package import.
 """
+
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import logging
 import re
@@ -20,10 +22,8 @@ from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, Thread
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import http.client
 import pytest
 
-from helpers import APP_KEY, APP_SECRET
 from reconciler.dingtalk import (
     AmbiguousCreateError,
     AuthError,
@@ -39,6 +39,8 @@ from reconciler.dingtalk import (
 )
 from reconciler.dingtalk.client import CONNECT_ATTEMPTS
 from reconciler.dingtalk.errors import DingTalkError
+
+from helpers import APP_KEY, APP_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,9 +116,8 @@ def test_a_redirect_is_never_followed_and_the_secret_stays_home(servers, no_prox
     elsewhere = servers(lambda h: (200, {}, b'{"errcode": 0, "access_token": "stolen", "expires_in": 7200}'))
     target = f"{elsewhere.url}/gettoken?appkey={APP_KEY}&appsecret={APP_SECRET}&x=hidden-query"
     redirector = servers(lambda h: (302, {"Location": target}, b""))
-    with fast_client(redirector.url) as client:
-        with pytest.raises(TransportError) as info:
-            client.authenticate()
+    with fast_client(redirector.url) as client, pytest.raises(TransportError) as info:
+        client.authenticate()
     message = str(info.value)
     assert "redirect" in message and "HTTP 302" in message
     assert elsewhere.lines == []  # nothing, and so no appsecret, ever reached the other host
@@ -131,9 +132,8 @@ def test_a_redirect_on_create_is_a_definite_failure_not_an_ambiguous_one(servers
             return 200, {}, b'{"errcode": 0, "access_token": "tok-123456", "expires_in": 7200}'
         return 307, {"Location": "http://127.0.0.1:9/chat/create"}, b""
 
-    with fast_client(servers(reply).url) as client:
-        with pytest.raises(TransportError, match="redirect") as info:
-            client.create_chat("n", "alice", ["alice"])
+    with fast_client(servers(reply).url) as client, pytest.raises(TransportError, match="redirect") as info:
+        client.create_chat("n", "alice", ["alice"])
     assert not isinstance(info.value, AmbiguousCreateError)
 
 
@@ -167,8 +167,9 @@ def test_an_unknown_host_is_not_retried(no_proxy_env):
         with pytest.raises(TransportError) as info:
             client.authenticate()
         assert client.stats["calls"] == {"/gettoken": 1} and client.stats["retries"] == 0
-    assert str(info.value) == ("/gettoken failed: cannot connect to http://nonexistent.invalid: "
-                               "host name not found; check --api-base")
+    assert str(info.value) == (
+        "/gettoken failed: cannot connect to http://nonexistent.invalid: host name not found; check --api-base"
+    )
 
 
 def test_connection_refused_gets_a_short_bounded_retry(no_proxy_env):
@@ -209,9 +210,8 @@ class ResetServer:
 def test_a_connection_reset_reads_as_one_clean_sentence(no_proxy_env):
     server = ResetServer()
     try:
-        with fast_client(server.url, max_attempts=1) as client:
-            with pytest.raises(TransportError) as info:
-                client.authenticate()
+        with fast_client(server.url, max_attempts=1) as client, pytest.raises(TransportError) as info:
+            client.authenticate()
     finally:
         server.stop()
     assert str(info.value) == f"/gettoken failed: connection to {server.url} failed: connection reset by peer"
@@ -239,9 +239,7 @@ def test_credentials_in_the_api_base_are_never_printed(emulator, caplog, no_prox
         except TransportError as exc:
             errors.append(exc)
     assert len(errors) == 2
-    rendered = [shown, caplog.text] + [
-        "".join(traceback.format_exception(type(e), e, e.__traceback__)) for e in errors
-    ]
+    rendered = [shown, caplog.text] + ["".join(traceback.format_exception(type(e), e, e.__traceback__)) for e in errors]
     for text in rendered:
         assert "admin:pw" not in text and ":pw@" not in text
     assert f"http://{host}" in str(errors[1])
@@ -525,8 +523,10 @@ def test_write_names_every_user_id_of_the_body(client, emulator):
     chatid = emulator.seed_chat("n", "alice", ["alice"])
     emulator.faults.fail_chatids = {chatid: 60121}
     with pytest.raises(InvalidUserError) as info:
-        client.write("/chat/update", {"chatid": chatid, "owner": "olga", "add_useridlist": ["ann", "olga"],
-                                      "del_useridlist": ["dan"]})
+        client.write(
+            "/chat/update",
+            {"chatid": chatid, "owner": "olga", "add_useridlist": ["ann", "olga"], "del_useridlist": ["dan"]},
+        )
     assert info.value.userids == ("olga", "ann", "dan")
 
 
@@ -541,10 +541,13 @@ def test_write_never_retries_an_ambiguous_create(client, emulator):
 
 
 def test_errors_and_redact_do_not_import_requests():
-    code = ("import sys, reconciler.dingtalk.errors, reconciler.dingtalk.redact, reconciler.dingtalk as d; "
-            "print(json.dumps(['requests' in sys.modules, 'urllib3' in sys.modules])); "
-            "d.DingTalkClient; print(json.dumps('requests' in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", "import json; " + code], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.split("\n")
+    code = (
+        "import sys, reconciler.dingtalk.errors, reconciler.dingtalk.redact, reconciler.dingtalk as d; "
+        "print(json.dumps(['requests' in sys.modules, 'urllib3' in sys.modules])); "
+        "d.DingTalkClient; print(json.dumps('requests' in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import json; " + code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     assert json.loads(out[0]) == [False, False]
     assert json.loads(out[1]) is True

@@ -1,9 +1,11 @@
 """Loading valid chats-as-code: the schema agrees with rules.py, values come out right, at scale too."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
@@ -78,7 +80,9 @@ def test_schema_ships_in_the_package_and_at_top_level() -> None:
 
 def test_examples_validate() -> None:
     config = load_config([EXAMPLES])
-    assert config.summary() == f"{len(config.files)} files, {len(config.chats)} chats, {len(config.groups)} groups: valid"
+    assert (
+        config.summary() == f"{len(config.files)} files, {len(config.chats)} chats, {len(config.groups)} groups: valid"
+    )
     assert len(config.files) >= 4 and len(config.chats) >= 6
     assert max(len(chat.members) for chat in config.chats) > rules.BATCH_SIZE / 5  # literal ids; selectors add more
     assert {s.kind for chat in config.chats for s in chat.selectors} == {"dept", "role", "mobile"}
@@ -177,7 +181,9 @@ chats:
     assert issues == [] and document is not None
     assert document.data == yaml.load(text, Loader=yaml.SafeLoader)
     # A list of merges: earlier mappings win (YAML merge spec; PyYAML 6.0.4 changed its own order, so not compared).
-    listed, _ = read_document(write(tmp_path, "b.yaml", "x: &a {k: 1}\ny: &b {k: 2, j: 3}\nz:\n  <<: [*a, *b]\n"), "b.yaml")
+    listed, _ = read_document(
+        write(tmp_path, "b.yaml", "x: &a {k: 1}\ny: &b {k: 2, j: 3}\nz:\n  <<: [*a, *b]\n"), "b.yaml"
+    )
     assert listed is not None and listed.data["z"] == {"k": 1, "j": 3}
     assert document.locate(("chats", "two"), key=True) == Location("a.yaml", 8, 3)
     assert document.locate(("chats", "three", "members", 8)) == Location("a.yaml", 11, 103)
@@ -312,8 +318,14 @@ def test_two_thousand_chats_of_two_hundred_members_load_exactly(tmp_path: Path) 
     assert config.files == tuple(str(tmp_path / f"{f}.yaml") for f in range(10))
     assert [chat.key for chat in config.chats] == sorted(expected)
     assert {chat.key: (chat.name, chat.owner, chat.members) for chat in config.chats} == expected
-    assert all(len(chat.members) == 200 and chat.members_policy == "exact" and not chat.settings
-               and chat.chatid is None and not chat.selectors for chat in config.chats)
+    assert all(
+        len(chat.members) == 200
+        and chat.members_policy == "exact"
+        and not chat.settings
+        and chat.chatid is None
+        and not chat.selectors
+        for chat in config.chats
+    )
 
 
 def test_config_is_immutable(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
 """Every invalid input gives an exact ``file:line:col: message``, all of them at once, never a traceback."""
+
 from __future__ import annotations
 
 import textwrap
@@ -11,7 +12,7 @@ from reconciler.model import Location
 from reconciler.rules import MEMBER_CAP, NAME_MAX
 
 
-def errors_of(tmp_path: Path, files: dict[str, "str | bytes"], paths: "list[str] | None" = None) -> list[str]:
+def errors_of(tmp_path: Path, files: dict[str, str | bytes], paths: list[str] | None = None) -> list[str]:
     """Write ``files`` under tmp_path, load them, return the error lines with tmp_path shown as ``.``."""
     for name, content in files.items():
         target = tmp_path / name
@@ -181,7 +182,10 @@ CASES = {
         {"a.yaml": CHAT.replace("name: Eng", "name: 工\x07")},
         ["./a.yaml:4:12: invalid YAML: control character U+0007 is not allowed"],
     ),
-    "two documents": ({"a.yaml": CHAT + "---\nversion: 1\n"}, ["./a.yaml:6:1: a second YAML document (`---`): put one document in each file"]),
+    "two documents": (
+        {"a.yaml": CHAT + "---\nversion: 1\n"},
+        ["./a.yaml:6:1: a second YAML document (`---`): put one document in each file"],
+    ),
     "unsupported tag": (
         {"a.yaml": CHAT + "    members: !!set {bob}\n"},
         ["./a.yaml:6:14: unsupported YAML tag `tag:yaml.org,2002:set`: use a plain mapping or list"],
@@ -210,12 +214,14 @@ CASES = {
     ),
     "name with a tab": (
         {"a.yaml": CHAT.replace("name: Eng", 'name: "E\\tng"')},
-        ['./a.yaml:4:11: `name` "E\\tng" is not valid: a chat name is one line of text: no newlines, tabs or other control characters'],
+        [
+            './a.yaml:4:11: `name` "E\\tng" is not valid: a chat name is one line of text: no newlines, tabs or other control characters'
+        ],
     ),
     "user id with a trailing newline": (
         {"a.yaml": CHAT.replace("owner: alice", 'owner: "alice\\n"')},
         [
-            './a.yaml:5:12: user id "alice\\n" is not valid: a userId has no spaces and does not start with \'@\' '
+            "./a.yaml:5:12: user id \"alice\\n\" is not valid: a userId has no spaces and does not start with '@' "
             "(a group cannot own a chat)"
         ],
     ),
@@ -232,7 +238,7 @@ CASES = {
         [
             "./a.yaml:3:3: chat `eng` is empty; its fields name, owner, members, members_policy, settings "
             "must be indented under it",
-            './a.yaml:12:15: member 1 is read as a number, but DingTalk user ids are strings '
+            "./a.yaml:12:15: member 1 is read as a number, but DingTalk user ids are strings "
             '(numeric ones often start with zeros that YAML drops): quote it: "1"',
         ],
     ),
@@ -363,7 +369,10 @@ CASES = {
         ["./a.yaml:6:13: `notify` has 501 characters; it must have 1 to 500 characters"],
     ),
     "default notify defined in two files": (
-        {"a.yaml": "version: 1\ndefaults:\n  notify: '{name}'\n", "b.yaml": "version: 1\ndefaults:\n  notify: '{key}'\n"},
+        {
+            "a.yaml": "version: 1\ndefaults:\n  notify: '{name}'\n",
+            "b.yaml": "version: 1\ndefaults:\n  notify: '{key}'\n",
+        },
         ["./b.yaml:3:3: default `notify` is defined twice: first at ./a.yaml:3:3"],
     ),
 }
@@ -406,7 +415,9 @@ def test_error_exposes_issues_with_locations(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config([tmp_path])
     (issue,) = caught.value.issues
-    assert issue == ConfigIssue(Location(str(tmp_path / "a.yaml"), 6, 5), "duplicate key `owner`: already defined on line 5")
+    assert issue == ConfigIssue(
+        Location(str(tmp_path / "a.yaml"), 6, 5), "duplicate key `owner`: already defined on line 5"
+    )
     assert str(issue) == f"{tmp_path / 'a.yaml'}:6:5: duplicate key `owner`: already defined on line 5"
 
 

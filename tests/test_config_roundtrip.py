@@ -1,4 +1,5 @@
 """Property: any valid config loads, dumps with dump_config and loads back to equal values."""
+
 from __future__ import annotations
 
 import tempfile
@@ -15,7 +16,21 @@ from reconciler.config import dump_config, load_config
 from reconciler.config.semantics import NOTIFY_PLACEHOLDERS
 from reconciler.model import DesiredChat, Selector
 
-TRICKY_IDS = ["0412345678", "0312340001", "007", "true", "null", "~", "1e3", "0x1F", "2024-01-02", "yes", "#x", "a:b", "-"]
+TRICKY_IDS = [
+    "0412345678",
+    "0312340001",
+    "007",
+    "true",
+    "null",
+    "~",
+    "1e3",
+    "0x1F",
+    "2024-01-02",
+    "yes",
+    "#x",
+    "a:b",
+    "-",
+]
 user_ids = st.one_of(
     st.sampled_from(TRICKY_IDS),
     st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True),
@@ -29,17 +44,19 @@ chat_keys = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 chat_names = st.text(
     st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=rules.NAME_MIN, max_size=rules.NAME_MAX
 )
-templates = st.lists(
-    st.one_of(
-        st.sampled_from([f"{{{p}}}" for p in NOTIFY_PLACEHOLDERS] + ["{{", "}}", "\n", "[dtchat] "]),
-        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="{}"), max_size=5),
-    ),
-    min_size=1,
-    max_size=6,
-).map("".join).filter(bool)
-setting_maps = st.fixed_dictionaries(
-    {}, optional={s.name: st.sampled_from(list(s.values)) for s in rules.SETTINGS}
+templates = (
+    st.lists(
+        st.one_of(
+            st.sampled_from([f"{{{p}}}" for p in NOTIFY_PLACEHOLDERS] + ["{{", "}}", "\n", "[dtchat] "]),
+            st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="{}"), max_size=5),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+    .map("".join)
+    .filter(bool)
 )
+setting_maps = st.fixed_dictionaries({}, optional={s.name: st.sampled_from(list(s.values)) for s in rules.SETTINGS})
 
 
 @st.composite
@@ -109,7 +126,10 @@ def expected_chats(document: dict[str, Any]) -> list[DesiredChat]:
 def test_load_dump_load_round_trips(document: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "source.yaml"
-        source.write_text(yaml.dump(document, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), allow_unicode=True), encoding="utf-8")
+        source.write_text(
+            yaml.dump(document, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), allow_unicode=True),
+            encoding="utf-8",
+        )
         first = load_config([source])
         assert list(first.chats) == expected_chats(document)
 

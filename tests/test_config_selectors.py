@@ -1,4 +1,5 @@
 """Directory selectors, ``exclude:``, notify templates and editor support: what loads into DesiredChat."""
+
 from __future__ import annotations
 
 import json
@@ -75,7 +76,12 @@ def test_selectors_are_deduplicated_and_sorted_whichever_way_they_are_written(tm
         """,
     )
     chat = config.chat("c")
-    assert chat.selectors == (Selector("dept", 10), Selector("dept", 7), Selector("mobile", "13800000000"), Selector("role", 2))
+    assert chat.selectors == (
+        Selector("dept", 10),
+        Selector("dept", 7),
+        Selector("mobile", "13800000000"),
+        Selector("role", 2),
+    )
     assert all(type(s.value) is int for s in chat.selectors if s.kind != "mobile")
     assert chat.members == ("o",) and chat.exclude == () and chat.exclude_selectors == ()
 
@@ -163,7 +169,10 @@ def test_notify_template_comes_from_the_chat_else_the_defaults_else_none(tmp_pat
         """,
     )
     config = load_config([tmp_path])
-    assert config.chat("own").notify == "{name} 成员变动：+{added_count} -{removed_count}\n加入：{added}；离开：{removed} {{dtchat}} {key}"
+    assert (
+        config.chat("own").notify
+        == "{name} 成员变动：+{added_count} -{removed_count}\n加入：{added}；离开：{removed} {{dtchat}} {key}"
+    )
     assert config.chat("inherited").notify == "[dtchat] {name}: {summary}"
     (tmp_path / "defaults.yaml").unlink()
     assert load_config([tmp_path]).chat("inherited").notify is None

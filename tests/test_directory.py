@@ -1,17 +1,17 @@
 """Directory selectors resolved over real HTTP against the emulator's org: what each selector means,
 that every call is made once per run, and that a failed or empty answer never becomes a member list."""
+
 from __future__ import annotations
 
 import socket
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from helpers import APP_KEY, APP_SECRET, write_config
 
 from reconciler.config import load_config
 from reconciler.dingtalk import AuthError, DingTalkClient, TransportError
@@ -19,6 +19,8 @@ from reconciler.directory import DirectoryResult, Lookup, expand_chats, lookup_s
 from reconciler.emulator import EmulatorServer, Org
 from reconciler.model import DesiredChat, MemberSource, Selector
 from reconciler.rules import MEMBER_CAP
+
+from helpers import APP_KEY, APP_SECRET, write_config
 
 LISTID = "/topapi/user/listid"
 LISTSUBID = "/topapi/v2/department/listsubid"
@@ -68,8 +70,7 @@ ENG = {"alice", "bob", "carol", "dan", "erin"}
 @pytest.fixture
 def emulator():
     """Overrides conftest's: the same emulator, serving ORG (so ``make_client``/``client`` bind to it)."""
-    server = EmulatorServer(host="127.0.0.1", port=0, app_key=APP_KEY, app_secret=APP_SECRET,
-                            org=Org.from_data(ORG))
+    server = EmulatorServer(host="127.0.0.1", port=0, app_key=APP_KEY, app_secret=APP_SECRET, org=Org.from_data(ORG))
     server.start()
     try:
         yield server
@@ -86,12 +87,22 @@ def dept_calls(emulator: EmulatorServer, endpoint: str) -> Counter:
     return Counter((c.body or {}).get("dept_id") for c in emulator.calls_to(endpoint))
 
 
-def chat(key: str, owner: str, members: Sequence[str] = (), selectors: Sequence[Selector] = (),
-         exclude: Sequence[str] = (), exclude_selectors: Sequence[Selector] = ()) -> DesiredChat:
+def chat(
+    key: str,
+    owner: str,
+    members: Sequence[str] = (),
+    selectors: Sequence[Selector] = (),
+    exclude: Sequence[str] = (),
+    exclude_selectors: Sequence[Selector] = (),
+) -> DesiredChat:
     """A DesiredChat as the config loader makes it (selectors sorted, excluded ids already out)."""
     return DesiredChat(
-        key=key, name=key, owner=owner, members=tuple(sorted({owner, *members} - set(exclude))),
-        selectors=tuple(sorted(set(selectors), key=Selector.sort_key)), exclude=tuple(sorted(exclude)),
+        key=key,
+        name=key,
+        owner=owner,
+        members=tuple(sorted({owner, *members} - set(exclude))),
+        selectors=tuple(sorted(set(selectors), key=Selector.sort_key)),
+        exclude=tuple(sorted(exclude)),
         exclude_selectors=tuple(sorted(set(exclude_selectors), key=Selector.sort_key)),
     )
 
@@ -175,11 +186,18 @@ def test_a_malformed_mobile_is_an_error_without_a_call(emulator, client):
 
 
 def test_exclude_by_id_by_group_and_by_department(emulator, client, tmp_path: Path):
-    path = write_config(tmp_path, {
-        "eng": {"name": "研发", "owner": "alice",
+    path = write_config(
+        tmp_path,
+        {
+            "eng": {
+                "name": "研发",
+                "owner": "alice",
                 "members": [{"dept": 100, "recursive": True}, "sam"],
-                "exclude": ["bob", "@frontend", {"dept": 111}]},
-    }, groups={"frontend": ["erin"]})
+                "exclude": ["bob", "@frontend", {"dept": 111}],
+            },
+        },
+        groups={"frontend": ["erin"]},
+    )
     config = load_config([path])
     result = resolve_directory(client, config.chats)
     assert dict(result.errors) == {}
@@ -217,7 +235,11 @@ def test_the_member_cap_is_checked_after_resolution(emulator, client):
 
 def test_chats_keep_their_order_and_chats_without_selectors_pass_through(emulator, client):
     plain = chat("plain", "alice", members=["x"])
-    chats = [chat("z", "sam", selectors=[Selector("dept", 200)]), plain, chat("a", "bob", selectors=[Selector("role", 3001)])]
+    chats = [
+        chat("z", "sam", selectors=[Selector("dept", 200)]),
+        plain,
+        chat("a", "bob", selectors=[Selector("role", 3001)]),
+    ]
     result = resolve_directory(client, chats)
     assert [c.key for c in result.chats] == ["z", "plain", "a"]
     assert result.chats[1] is plain and "plain" not in result.sources
@@ -228,17 +250,31 @@ def test_chats_keep_their_order_and_chats_without_selectors_pass_through(emulato
 
 
 FAILURES = [
-    pytest.param({}, Selector("dept", 999, True),
-                 "{dept: 999, recursive: true}: department 999 not found (errcode 60003)", id="60003"),
-    pytest.param({"dept:111": 60003}, Selector("dept", 100, True),
-                 "{dept: 100, recursive: true}: department 111 not found (errcode 60003)", id="60003-mid-walk"),
+    pytest.param(
+        {},
+        Selector("dept", 999, True),
+        "{dept: 999, recursive: true}: department 999 not found (errcode 60003)",
+        id="60003",
+    ),
+    pytest.param(
+        {"dept:111": 60003},
+        Selector("dept", 100, True),
+        "{dept: 100, recursive: true}: department 111 not found (errcode 60003)",
+        id="60003-mid-walk",
+    ),
     pytest.param({}, Selector("role", 9999), "{role: 9999}: role 9999 not found (errcode 33011)", id="33011"),
-    pytest.param({}, Selector("mobile", "13900000000"),
-                 '{mobile: "13900000000"}: no active user has mobile 13900000000 (errcode 60121', id="60121"),
-    pytest.param({"role:3001": "88:60011"}, Selector("role", 3001), "{role: 3001}: cannot read role 3001: ",
-                 id="88/60011"),
-    pytest.param({"dept:110": "88:60011"}, Selector("dept", 110),
-                 "{dept: 110}: cannot read department 110: ", id="88/60011-dept"),
+    pytest.param(
+        {},
+        Selector("mobile", "13900000000"),
+        '{mobile: "13900000000"}: no active user has mobile 13900000000 (errcode 60121',
+        id="60121",
+    ),
+    pytest.param(
+        {"role:3001": "88:60011"}, Selector("role", 3001), "{role: 3001}: cannot read role 3001: ", id="88/60011"
+    ),
+    pytest.param(
+        {"dept:110": "88:60011"}, Selector("dept", 110), "{dept: 110}: cannot read department 110: ", id="88/60011-dept"
+    ),
 ]
 
 
@@ -263,8 +299,10 @@ def test_a_failed_lookup_makes_only_the_chats_using_it_errors(emulator, client, 
 def test_a_timed_out_lookup_is_an_error_for_its_chats_not_the_run(emulator, make_client):
     emulator.faults.endpoint_latency_ms = {BY_MOBILE: 1000}
     client = make_client(timeout=(5.0, 0.2), max_attempts=2)
-    chats = [chat("slow", "sam", selectors=[Selector("mobile", "13800000000")]),
-             chat("fast", "sam", selectors=[Selector("dept", 200)])]
+    chats = [
+        chat("slow", "sam", selectors=[Selector("mobile", "13800000000")]),
+        chat("fast", "sam", selectors=[Selector("dept", 200)]),
+    ]
     result = resolve_directory(client, chats)
     assert list(result.errors) == ["slow"]
     assert result.errors["slow"].startswith('{mobile: "13800000000"}: cannot read mobile 13800000000: ')
@@ -272,14 +310,24 @@ def test_a_timed_out_lookup_is_an_error_for_its_chats_not_the_run(emulator, make
     assert by_key(result)["fast"].members == ("sam", "sue")
 
 
-@pytest.mark.parametrize("selector, message", [
-    (Selector("dept", 300), "{dept: 300}: the department has no members; "
-                            "refusing to plan members from an empty directory answer"),
-    (Selector("dept", 300, True), "{dept: 300, recursive: true}: the department and the departments below it "
-                                  "have no members; refusing to plan members from an empty directory answer"),
-    (Selector("role", 3003), "{role: 3003}: nobody holds the role; "
-                             "refusing to plan members from an empty directory answer"),
-])
+@pytest.mark.parametrize(
+    "selector, message",
+    [
+        (
+            Selector("dept", 300),
+            "{dept: 300}: the department has no members; refusing to plan members from an empty directory answer",
+        ),
+        (
+            Selector("dept", 300, True),
+            "{dept: 300, recursive: true}: the department and the departments below it "
+            "have no members; refusing to plan members from an empty directory answer",
+        ),
+        (
+            Selector("role", 3003),
+            "{role: 3003}: nobody holds the role; refusing to plan members from an empty directory answer",
+        ),
+    ],
+)
 def test_an_empty_answer_is_an_error_not_remove_everyone(emulator, client, selector, message):
     chats = [chat("c", "alice", members=["bob"], selectors=[selector])]
     result = resolve_directory(client, chats)
@@ -300,10 +348,13 @@ def test_a_rejected_topapi_token_is_refreshed_once(emulator, client):
 
 
 def test_bad_credentials_stop_the_run(emulator):
-    with DingTalkClient(APP_KEY, "wrong-secret-123", api_base=emulator.url, max_qps=0,
-                        backoff_base=0.01, backoff_cap=0.05) as bad:
-        with pytest.raises(AuthError):
-            resolve_directory(bad, [chat("c", "alice", selectors=[Selector("dept", 100)])])
+    with (
+        DingTalkClient(
+            APP_KEY, "wrong-secret-123", api_base=emulator.url, max_qps=0, backoff_base=0.01, backoff_cap=0.05
+        ) as bad,
+        pytest.raises(AuthError),
+    ):
+        resolve_directory(bad, [chat("c", "alice", selectors=[Selector("dept", 100)])])
 
 
 def test_an_unreachable_api_stops_the_run(make_client):
@@ -319,11 +370,27 @@ def test_an_unreachable_api_stops_the_run(make_client):
 
 
 def test_fifty_chats_sharing_ten_selectors_make_each_call_exactly_once(emulator, client):
-    pool = [Selector("dept", 1, True), Selector("dept", 100), Selector("dept", 100, True), Selector("dept", 110),
-            Selector("dept", 200), Selector("role", 3001), Selector("role", 3002),
-            Selector("mobile", "13800000000"), Selector("mobile", "+86 138 0000 0001"), Selector("dept", 120, True)]
-    chats = [chat(f"c{i:02d}", "alice", selectors=[pool[i % 10], pool[(i * 3 + 1) % 10]],
-                  exclude_selectors=[pool[8]] if i % 7 == 0 else ()) for i in range(50)]
+    pool = [
+        Selector("dept", 1, True),
+        Selector("dept", 100),
+        Selector("dept", 100, True),
+        Selector("dept", 110),
+        Selector("dept", 200),
+        Selector("role", 3001),
+        Selector("role", 3002),
+        Selector("mobile", "13800000000"),
+        Selector("mobile", "+86 138 0000 0001"),
+        Selector("dept", 120, True),
+    ]
+    chats = [
+        chat(
+            f"c{i:02d}",
+            "alice",
+            selectors=[pool[i % 10], pool[(i * 3 + 1) % 10]],
+            exclude_selectors=[pool[8]] if i % 7 == 0 else (),
+        )
+        for i in range(50)
+    ]
     result = resolve_directory(client, chats, parallelism=4)
     # {dept: 1, recursive: true} holds everyone, more than a chat may: only the chats using it are errors
     assert set(result.errors) == {c.key for c in chats if pool[0] in c.selectors}
@@ -360,9 +427,16 @@ def scenario(draw):
     for i in range(draw(st.integers(1, 6))):
         owner = draw(USERS)
         exclude = sorted(draw(st.sets(USERS, max_size=3)) - {owner})
-        chats.append(chat(f"c{i}", owner, members=draw(st.sets(USERS, max_size=4)),
-                          selectors=draw(st.lists(st.sampled_from(SELECTORS), max_size=3)), exclude=exclude,
-                          exclude_selectors=draw(st.lists(st.sampled_from(SELECTORS), max_size=2))))
+        chats.append(
+            chat(
+                f"c{i}",
+                owner,
+                members=draw(st.sets(USERS, max_size=4)),
+                selectors=draw(st.lists(st.sampled_from(SELECTORS), max_size=3)),
+                exclude=exclude,
+                exclude_selectors=draw(st.lists(st.sampled_from(SELECTORS), max_size=2)),
+            )
+        )
     return chats, lookups
 
 
@@ -386,12 +460,16 @@ def test_expansion_is_the_documented_set_arithmetic(case):
         if original.owner in excluded:
             assert out == original and "cannot be excluded" in result.errors[original.key]
             continue
-        want = (set(original.members).union(*(lookups[s].users for s in original.selectors))
-                - set(original.exclude) - excluded) | {original.owner}
+        want = (
+            set(original.members).union(*(lookups[s].users for s in original.selectors))
+            - set(original.exclude)
+            - excluded
+        ) | {original.owner}
         assert original.key not in result.errors
         assert out.members == tuple(sorted(want)) and not out.needs_directory
         assert [m.selector for m in result.sources[original.key]] == sorted(
-            [*set(original.selectors), *set(original.exclude_selectors)], key=Selector.sort_key)
+            [*set(original.selectors), *set(original.exclude_selectors)], key=Selector.sort_key
+        )
         assert all(m.count == len(lookups[m.selector].users) for m in result.sources[original.key])
 
 

@@ -1,4 +1,5 @@
 """Directory selectors end to end: the real CLI over HTTP against the emulator serving an org."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import APP_KEY, APP_SECRET, dtchat, state_of, write_config
-
 from reconciler.emulator import EmulatorServer, Org
+
+from helpers import APP_KEY, APP_SECRET, dtchat, state_of, write_config
 
 ORG = {
     "departments": [
@@ -33,8 +34,12 @@ ORG = {
 
 CHATS = {
     "eng": {"name": "研发", "owner": "alice", "members": [{"dept": 100, "recursive": True}]},
-    "sales": {"name": "销售", "owner": "sam", "members": [{"dept": 200}, {"mobile": "+86 138-0000-0007"}],
-              "exclude": [{"role": 3001}]},
+    "sales": {
+        "name": "销售",
+        "owner": "sam",
+        "members": [{"dept": 200}, {"mobile": "+86 138-0000-0007"}],
+        "exclude": [{"role": 3001}],
+    },
     "plain": {"name": "普通", "owner": "alice", "members": ["bob"]},
 }
 
@@ -42,8 +47,7 @@ CHATS = {
 @pytest.fixture
 def emulator():
     """Overrides conftest's: the same emulator, serving ORG."""
-    server = EmulatorServer(host="127.0.0.1", port=0, app_key=APP_KEY, app_secret=APP_SECRET,
-                            org=Org.from_data(ORG))
+    server = EmulatorServer(host="127.0.0.1", port=0, app_key=APP_KEY, app_secret=APP_SECRET, org=Org.from_data(ORG))
     server.start()
     try:
         yield server
@@ -135,12 +139,33 @@ def test_plan_verbose_and_json_show_where_members_came_from(emulator, cfg):
     assert result.exit_code == 0, result.output
     changes = {c["key"]: c for c in json.loads(result.output)["changes"]}
     assert changes["sales"]["sources"] == [
-        {"selector": "{dept: 200}", "kind": "dept", "value": 200, "recursive": False,
-         "label": "销售部", "count": 2, "excluded": False},
-        {"selector": '{mobile: "+86 138-0000-0007"}', "kind": "mobile", "value": "+86 138-0000-0007",
-         "recursive": False, "label": "13800000007", "count": 1, "excluded": False},
-        {"selector": "{role: 3001}", "kind": "role", "value": 3001, "recursive": False,
-         "label": "值班", "count": 2, "excluded": True},
+        {
+            "selector": "{dept: 200}",
+            "kind": "dept",
+            "value": 200,
+            "recursive": False,
+            "label": "销售部",
+            "count": 2,
+            "excluded": False,
+        },
+        {
+            "selector": '{mobile: "+86 138-0000-0007"}',
+            "kind": "mobile",
+            "value": "+86 138-0000-0007",
+            "recursive": False,
+            "label": "13800000007",
+            "count": 1,
+            "excluded": False,
+        },
+        {
+            "selector": "{role: 3001}",
+            "kind": "role",
+            "value": 3001,
+            "recursive": False,
+            "label": "值班",
+            "count": 2,
+            "excluded": True,
+        },
     ]
     assert changes["plain"]["sources"] == []
 

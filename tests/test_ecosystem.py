@@ -6,6 +6,7 @@ cannot say: the action's inputs are all declared and reach its script only throu
 works (bash, against the emulator); the hook's entry is dtchat's console script with a valid invocation,
 and validating a folder is what the hook must do. Every dtchat invocation in docs/ci.md uses the real CLI.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from test_ci_examples import ROOT, Shell, check_invocation, invocations
 
 from helpers import write_config
-from test_ci_examples import ROOT, Shell, check_invocation, invocations
 
 FIXTURES = ROOT / "tests" / "fixtures"
 ACTION = ROOT / "action.yml"
@@ -36,8 +37,10 @@ def schema(name: str) -> dict[str, Any]:
 
 def errors(document: Any, schema_name: str) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema(schema_name))
-    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-            for e in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+        for e in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    ]
 
 
 def action() -> dict[str, Any]:
@@ -50,24 +53,29 @@ def hooks() -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- the schemas themselves
 
+
 @pytest.mark.parametrize("name", ["github-action.schema.json", "pre-commit-hooks.schema.json"])
 def test_the_fixture_schemas_are_valid_json_schemas(name):
     jsonschema.Draft202012Validator.check_schema(schema(name))
 
 
 def test_the_action_schema_rejects_what_github_rejects():
-    good = {"name": "x", "description": "d", "runs": {"using": "composite", "steps": [{"run": "true", "shell": "bash"}]}}
+    good = {
+        "name": "x",
+        "description": "d",
+        "runs": {"using": "composite", "steps": [{"run": "true", "shell": "bash"}]},
+    }
     assert errors(good, "github-action.schema.json") == []
     bad = [
-        {**good, "description": None},                                                      # required, a string
+        {**good, "description": None},  # required, a string
         {k: v for k, v in good.items() if k != "description"},
-        {**good, "runs": {"using": "composite", "steps": [{"run": "true"}]}},                # composite run: shell
+        {**good, "runs": {"using": "composite", "steps": [{"run": "true"}]}},  # composite run: shell
         {**good, "runs": {"using": "composite", "steps": [{"run": "true", "shell": "bash", "uses": "a/b@v1"}]}},
-        {**good, "inputs": {"x": {"required": True}}},                                      # input description
-        {**good, "inputs": {"x": {"description": "d", "type": "string"}}},                  # no such key
-        {**good, "outputs": {"o": {"description": "d"}}},                                   # composite: value
+        {**good, "inputs": {"x": {"required": True}}},  # input description
+        {**good, "inputs": {"x": {"description": "d", "type": "string"}}},  # no such key
+        {**good, "outputs": {"o": {"description": "d"}}},  # composite: value
         {**good, "branding": {"color": "pink"}},
-        {**good, "runs": {"using": "node12", "main": "index.js"}},                          # retired runtime
+        {**good, "runs": {"using": "node12", "main": "index.js"}},  # retired runtime
     ]
     for document in bad:
         assert errors(document, "github-action.schema.json"), document
@@ -76,17 +84,20 @@ def test_the_action_schema_rejects_what_github_rejects():
 def test_the_hook_schema_rejects_what_pre_commit_rejects():
     good = [{"id": "x", "name": "x", "entry": "x", "language": "python"}]
     assert errors(good, "pre-commit-hooks.schema.json") == []
-    for hook in ({"name": "x", "entry": "x", "language": "python"},
-                 {**good[0], "language": "cobol"},
-                 {**good[0], "pass_filenames": "false"},
-                 {**good[0], "args": "chats/"},
-                 {**good[0], "stages": ["before-commit"]},
-                 {**good[0], "file": r"\.yaml$"}):
+    for hook in (
+        {"name": "x", "entry": "x", "language": "python"},
+        {**good[0], "language": "cobol"},
+        {**good[0], "pass_filenames": "false"},
+        {**good[0], "args": "chats/"},
+        {**good[0], "stages": ["before-commit"]},
+        {**good[0], "file": r"\.yaml$"},
+    ):
         assert errors([hook], "pre-commit-hooks.schema.json"), hook
     assert errors([], "pre-commit-hooks.schema.json")
 
 
 # --------------------------------------------------------------------------- action.yml
+
 
 def test_action_yml_is_valid_action_metadata():
     assert errors(action(), "github-action.schema.json") == []
@@ -117,8 +128,9 @@ def test_action_inputs_are_declared_and_reach_scripts_only_through_env():
     assert used <= declared, f"undeclared inputs used: {used - declared}"
     assert declared <= used, f"declared but never used: {declared - used}"
     for step in doc["runs"]["steps"]:
-        assert not EXPRESSION.search(step.get("run", "")), \
+        assert not EXPRESSION.search(step.get("run", "")), (
             f"{step.get('name')}: an expression inside `run:` is script injection; pass it through env"
+        )
         for key in ("DINGTALK_APP_KEY", "DINGTALK_APP_SECRET"):
             assert key not in json.dumps(step), "credentials come from the caller's env, untouched"
     assert not {"app-key", "app-secret", "dingtalk-app-key", "dingtalk-app-secret"} & declared
@@ -145,6 +157,7 @@ class ActionRunner:
             if expr == "steps.install.outputs.venv":
                 return str(self.venv)
             raise AssertionError(f"the test does not know {expr}")
+
         return EXPRESSION.sub(evaluate, value)
 
     def run(self, cwd: Path, **given: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
@@ -174,16 +187,22 @@ def test_action_plan_with_ok_exit_codes_output_file_and_working_directory(tmp_pa
     runner = ActionRunner(tmp_path, emulator.url)
     work = tmp_path / "repo"
     write_config(work / "config" / "chats", {"eng": {"name": "工程", "owner": "alice", "members": ["bob"]}})
-    proc, outputs = runner.run(tmp_path, command="plan", working_directory="repo",
-                               args="config/chats --format markdown --detailed-exitcode",
-                               output_file="plan.md", ok_exit_codes="0 2")
+    proc, outputs = runner.run(
+        tmp_path,
+        command="plan",
+        working_directory="repo",
+        args="config/chats --format markdown --detailed-exitcode",
+        output_file="plan.md",
+        ok_exit_codes="0 2",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert outputs["exit-code"] == "2"
     plan = (work / "plan.md").read_text(encoding="utf-8")
     assert plan.startswith("### dtchat plan") and plan.strip() in proc.stdout, "written and still logged"
 
-    proc, outputs = runner.run(tmp_path, command="plan", working_directory="repo",
-                               args="config/chats --detailed-exitcode")
+    proc, outputs = runner.run(
+        tmp_path, command="plan", working_directory="repo", args="config/chats --detailed-exitcode"
+    )
     assert proc.returncode == 1 and outputs["exit-code"] == "2", "exit 2 fails unless listed in ok-exit-codes"
 
 
@@ -203,6 +222,7 @@ def test_action_args_are_split_like_a_shell_but_never_expanded(tmp_path):
 
 # --------------------------------------------------------------------------- .pre-commit-hooks.yaml
 
+
 def test_pre_commit_hooks_is_a_valid_manifest():
     assert errors(hooks(), "pre-commit-hooks.schema.json") == []
     for hook in hooks():
@@ -216,8 +236,9 @@ def test_the_validate_hook_runs_dtchat_validate_on_the_config_folder():
     assert hook["language"] == "python", "pre-commit pip-installs this repository for the hook"
     command = shlex.split(hook["entry"])
     scripts = re.search(r"^\[project\.scripts\]\n((?:[^\[\n].*\n|\n)*)", (ROOT / "pyproject.toml").read_text(), re.M)
-    assert scripts and re.search(rf"^{re.escape(command[0])}\s*=", scripts.group(1), re.M), \
+    assert scripts and re.search(rf"^{re.escape(command[0])}\s*=", scripts.group(1), re.M), (
         "the entry is a console script of this package"
+    )
     assert check_invocation(tuple(command[1:] + hook["args"])) == []
     assert command[1:] == ["validate"] and hook["args"] == ["chats/"]
     assert hook["pass_filenames"] is False, "a file alone cannot be validated: see the next test"
@@ -231,17 +252,24 @@ def test_a_changed_file_alone_is_not_enough_to_validate(tmp_path):
     chats.mkdir()
     (chats / "groups.yaml").write_text("version: 1\ngroups:\n  sre: [alice, bob]\nchats: {}\n", encoding="utf-8")
     (chats / "eng.yaml").write_text(
-        "version: 1\nchats:\n  eng:\n    name: 工程\n    owner: alice\n    members: ['@sre']\n", encoding="utf-8")
+        "version: 1\nchats:\n  eng:\n    name: 工程\n    owner: alice\n    members: ['@sre']\n", encoding="utf-8"
+    )
 
     def validate(*paths: str) -> int:
-        return subprocess.run([sys.executable, "-m", "reconciler", "validate", *paths], cwd=tmp_path,
-                              env={"PYTHONPATH": str(ROOT), "NO_COLOR": "1", "PATH": "/usr/bin:/bin"},
-                              capture_output=True, text=True, timeout=60).returncode
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler", "validate", *paths],
+            cwd=tmp_path,
+            env={"PYTHONPATH": str(ROOT), "NO_COLOR": "1", "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).returncode
 
     assert validate("chats/eng.yaml") == 1, "alone, @sre is undefined"
     assert validate("chats/") == 0
     (chats / "copy.yaml").write_text(  # the key `eng` again, in a file that is valid on its own
-        "version: 1\nchats:\n  eng:\n    name: 工程\n    owner: alice\n    members: [bob]\n", encoding="utf-8")
+        "version: 1\nchats:\n  eng:\n    name: 工程\n    owner: alice\n    members: [bob]\n", encoding="utf-8"
+    )
     assert validate("chats/copy.yaml") == 0, "alone, the duplicate key is invisible"
     assert validate("chats/") == 1
 
@@ -259,6 +287,7 @@ def test_the_hook_command_passes_a_valid_folder_and_fails_a_broken_one(tmp_path)
 
 # --------------------------------------------------------------------------- docs/ci.md
 
+
 def code_blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", DOCS.read_text(encoding="utf-8"), flags=re.S | re.M)
 
@@ -268,8 +297,14 @@ def test_docs_yaml_blocks_parse_and_use_the_action_as_declared():
     assert blocks, "docs/ci.md shows the action and the hook"
     inputs = action()["inputs"]
     required = {name for name, spec in inputs.items() if spec.get("required")}
-    uses = [step for block in blocks if "jobs" in block for job in block["jobs"].values() for step in job["steps"]
-            if re.fullmatch(r"[\w.-]+/dtchat@v\d+", step.get("uses", ""))]
+    uses = [
+        step
+        for block in blocks
+        if "jobs" in block
+        for job in block["jobs"].values()
+        for step in job["steps"]
+        if re.fullmatch(r"[\w.-]+/dtchat@v\d+", step.get("uses", ""))
+    ]
     assert len(uses) >= 3
     for step in uses:
         given = step.get("with", {})

@@ -1,4 +1,5 @@
 """The emulator speaks dingtalk-api.md over real HTTP: every endpoint, every rule, its errcode."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,13 @@ from typing import Any
 import pytest
 import requests
 
-from helpers import RawApi
 from reconciler.emulator import Call, EmulatorServer, Faults, load_users
+
 # DingTalk's numbers as the emulator states them, never the client's (reconciler.rules): see test_emulator_ops.py, which proves the emulator catches a wrong client constant.
 from reconciler.emulator.limits import IDS_PER_CALL as BATCH_SIZE
 from reconciler.emulator.limits import MEMBER_CAP, NAME_MAX, READ_LIST_PAGE_MAX, SETTING_FIELDS
+
+from helpers import RawApi
 
 KEY = "emu-key"
 SECRET = "emu-secret-NEVER-PRINTED"
@@ -38,16 +41,23 @@ def ids(n: int, prefix: str = "u") -> list[str]:
 
 # ---- /gettoken and tokens ------------------------------------------------------------------
 
+
 def test_gettoken_issues_a_random_token_with_the_ttl(srv, api):
     first, second = api.gettoken().json(), api.gettoken().json()
     assert first["errcode"] == 0 and first["expires_in"] == 7200
     assert len(first["access_token"]) == 32 and first["access_token"] != second["access_token"]
 
 
-@pytest.mark.parametrize("params", [
-    {"appkey": KEY}, {"appsecret": SECRET}, {"appkey": "", "appsecret": SECRET},
-    {"appkey": "wrong", "appsecret": SECRET}, {"appkey": KEY, "appsecret": "wrong"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"appkey": KEY},
+        {"appsecret": SECRET},
+        {"appkey": "", "appsecret": SECRET},
+        {"appkey": "wrong", "appsecret": SECRET},
+        {"appkey": KEY, "appsecret": "wrong"},
+    ],
+)
 def test_gettoken_rejects_bad_credentials_with_40089(srv, params):
     reply = requests.get(srv.url + "/gettoken", params=params).json()
     assert reply["errcode"] == 40089 and "access_token" not in reply
@@ -87,9 +97,18 @@ def test_expire_tokens_expires_every_issued_token_but_not_new_ones(srv, api):
 
 # ---- /chat/create ---------------------------------------------------------------------------
 
+
 def test_create_answers_ids_and_stores_the_chat(srv, api):
-    reply = api.post_json("/chat/create", {"name": "工程值班", "owner": "alice", "useridlist": ["alice", "bob", "alice"],
-                                      "searchable": 1, "chatBannedType": 0})
+    reply = api.post_json(
+        "/chat/create",
+        {
+            "name": "工程值班",
+            "owner": "alice",
+            "useridlist": ["alice", "bob", "alice"],
+            "searchable": 1,
+            "chatBannedType": 0,
+        },
+    )
     assert reply["errcode"] == 0 and reply["conversationTag"] == 2
     assert reply["chatid"].startswith("chat") and len(reply["chatid"]) == 4 + 32
     assert int(reply["chatid"][4:], 16) >= 0 and reply["openConversationId"].startswith("cid")
@@ -105,23 +124,26 @@ def test_create_counts_characters_not_bytes_and_accepts_the_limits(srv, api):
     assert srv.chat(cid)["name"] == "群" * NAME_MAX and len(srv.chat(cid)["useridlist"]) == BATCH_SIZE
 
 
-@pytest.mark.parametrize("change, errcode", [
-    ({"name": ""}, 40035),
-    ({"name": "x" * (NAME_MAX + 1)}, 40035),
-    ({"name": None}, 40035),
-    ({"name": 12}, 40035),
-    ({"useridlist": []}, 40032),
-    ({"useridlist": ids(BATCH_SIZE + 1)}, 40032),
-    ({"useridlist": "alice,bob"}, 40032),
-    ({"useridlist": ["alice", 7]}, 40032),
-    ({"useridlist": None}, 40032),
-    ({"owner": "carol"}, 40035),
-    ({"owner": None}, 40035),
-    ({"searchable": 2}, 40035),
-    ({"searchable": True}, 40035),
-    ({"chatBannedType": "1"}, 40035),
-    ({"showHistoryType": -1}, 40035),
-])
+@pytest.mark.parametrize(
+    "change, errcode",
+    [
+        ({"name": ""}, 40035),
+        ({"name": "x" * (NAME_MAX + 1)}, 40035),
+        ({"name": None}, 40035),
+        ({"name": 12}, 40035),
+        ({"useridlist": []}, 40032),
+        ({"useridlist": ids(BATCH_SIZE + 1)}, 40032),
+        ({"useridlist": "alice,bob"}, 40032),
+        ({"useridlist": ["alice", 7]}, 40032),
+        ({"useridlist": None}, 40032),
+        ({"owner": "carol"}, 40035),
+        ({"owner": None}, 40035),
+        ({"searchable": 2}, 40035),
+        ({"searchable": True}, 40035),
+        ({"chatBannedType": "1"}, 40035),
+        ({"showHistoryType": -1}, 40035),
+    ],
+)
 def test_create_rules(srv, api, change, errcode):
     body = {"name": "ok", "owner": "alice", "useridlist": ["alice", "bob"], **change}
     reply = api.post_json("/chat/create", body)
@@ -141,13 +163,25 @@ def test_create_and_update_reject_users_outside_the_directory_naming_them():
 
 # ---- /chat/update ---------------------------------------------------------------------------
 
+
 def test_update_changes_what_is_sent_and_nothing_else(srv, api):
     cid = api.create(members=["alice", "bob", "dave"], searchable=1, validationType=1)
-    reply = api.post_json("/chat/update", {
-        "chatid": cid, "name": "新名字", "owner": "bob", "add_useridlist": ["carol"], "del_useridlist": ["dave"],
-        "icon": "@media", "chatBannedType": 1, "searchable": None,
-        "add_extidlist": ["x"], "del_extidlist": [], "isBan": True,
-    })
+    reply = api.post_json(
+        "/chat/update",
+        {
+            "chatid": cid,
+            "name": "新名字",
+            "owner": "bob",
+            "add_useridlist": ["carol"],
+            "del_useridlist": ["dave"],
+            "icon": "@media",
+            "chatBannedType": 1,
+            "searchable": None,
+            "add_extidlist": ["x"],
+            "del_extidlist": [],
+            "isBan": True,
+        },
+    )
     assert reply == {"errcode": 0, "errmsg": "ok"}
     info = srv.chat(cid)
     assert (info["name"], info["owner"], info["icon"]) == ("新名字", "bob", "@media")
@@ -161,8 +195,13 @@ def test_update_with_only_chatid_or_empty_icon_changes_nothing(srv, api):
     api.post_json("/chat/update", {"chatid": cid, "icon": "@media"})
     before = srv.chat(cid)
     assert api.post_json("/chat/update", {"chatid": cid})["errcode"] == 0
-    assert api.post_json("/chat/update", {"chatid": cid, "icon": "", "name": None, "owner": None,
-                                     "add_useridlist": [], "del_useridlist": None})["errcode"] == 0
+    assert (
+        api.post_json(
+            "/chat/update",
+            {"chatid": cid, "icon": "", "name": None, "owner": None, "add_useridlist": [], "del_useridlist": None},
+        )["errcode"]
+        == 0
+    )
     assert srv.chat(cid) == before
 
 
@@ -174,7 +213,9 @@ def test_a_setting_sent_as_zero_is_set_to_zero(srv, api):
 
 def test_adding_a_member_or_deleting_a_non_member_is_harmless(srv, api):
     cid = api.create(members=["alice", "bob"])
-    reply = api.post_json("/chat/update", {"chatid": cid, "add_useridlist": ["bob", "carol"], "del_useridlist": ["nobody"]})
+    reply = api.post_json(
+        "/chat/update", {"chatid": cid, "add_useridlist": ["bob", "carol"], "del_useridlist": ["nobody"]}
+    )
     assert reply["errcode"] == 0 and srv.chat(cid)["useridlist"] == ["alice", "bob", "carol"]
 
 
@@ -184,26 +225,29 @@ def test_update_may_fill_a_chat_to_exactly_the_member_cap(srv, api):
     assert reply["errcode"] == 0 and len(srv.chat(cid)["useridlist"]) == MEMBER_CAP
 
 
-@pytest.mark.parametrize("change, errcode", [
-    ({"chatid": None}, 34001),
-    ({"chatid": "not-a-chat"}, 34001),
-    ({"chatid": "chatXYZ"}, 34001),
-    ({"chatid": "chat" + "0" * 32}, 34013),
-    ({"add_useridlist": ids(BATCH_SIZE + 1)}, 40032),
-    ({"del_useridlist": ids(BATCH_SIZE + 1)}, 40032),
-    ({"add_useridlist": "carol"}, 40032),
-    ({"del_useridlist": ["alice"]}, 40035),                       # the current owner
-    ({"owner": "carol"}, 40035),                                   # not a member
-    ({"owner": "carol", "add_useridlist": ["carol"]}, 40035),     # only becomes one in this call
-    ({"owner": "bob", "del_useridlist": ["bob"]}, 40035),         # new owner removed
-    ({"owner": "bob", "del_useridlist": ["alice"]}, 40035),       # old owner removed in the transfer call
-    ({"owner": 5}, 40035),
-    ({"name": ""}, 40035),
-    ({"name": "x" * (NAME_MAX + 1)}, 40035),
-    ({"searchable": 2}, 40035),
-    ({"managementType": False}, 40035),
-    ({"icon": 3}, 40035),
-])
+@pytest.mark.parametrize(
+    "change, errcode",
+    [
+        ({"chatid": None}, 34001),
+        ({"chatid": "not-a-chat"}, 34001),
+        ({"chatid": "chatXYZ"}, 34001),
+        ({"chatid": "chat" + "0" * 32}, 34013),
+        ({"add_useridlist": ids(BATCH_SIZE + 1)}, 40032),
+        ({"del_useridlist": ids(BATCH_SIZE + 1)}, 40032),
+        ({"add_useridlist": "carol"}, 40032),
+        ({"del_useridlist": ["alice"]}, 40035),  # the current owner
+        ({"owner": "carol"}, 40035),  # not a member
+        ({"owner": "carol", "add_useridlist": ["carol"]}, 40035),  # only becomes one in this call
+        ({"owner": "bob", "del_useridlist": ["bob"]}, 40035),  # new owner removed
+        ({"owner": "bob", "del_useridlist": ["alice"]}, 40035),  # old owner removed in the transfer call
+        ({"owner": 5}, 40035),
+        ({"name": ""}, 40035),
+        ({"name": "x" * (NAME_MAX + 1)}, 40035),
+        ({"searchable": 2}, 40035),
+        ({"managementType": False}, 40035),
+        ({"icon": 3}, 40035),
+    ],
+)
 def test_update_rules_reject_the_whole_call(srv, api, change, errcode):
     cid = api.create(members=["alice", "bob"], searchable=1)
     before = srv.chat(cid)
@@ -233,25 +277,39 @@ def test_owner_transfer_then_removal_in_separate_calls_works(srv, api):
 
 # ---- /chat/get ---------------------------------------------------------------------------------
 
+
 def test_get_returns_chat_info_exactly_as_documented(srv, api):
     cid = api.create(members=["alice", "bob"], showHistoryType=1)
     reply = api.get_json("/chat/get", chatid=cid)
     assert reply["errcode"] == 0 and reply["errmsg"] == "ok"
     assert reply["chat_info"] == {
-        "chatid": cid, "name": "工程值班", "owner": "alice", "useridlist": ["alice", "bob"],
-        "extidlist": [], "agentidlist": [], "icon": "", "conversationTag": 2, "status": 1,
-        "searchable": 0, "validationType": 0, "mentionAllAuthority": 0, "managementType": 0,
-        "chatBannedType": 0, "showHistoryType": 1,
+        "chatid": cid,
+        "name": "工程值班",
+        "owner": "alice",
+        "useridlist": ["alice", "bob"],
+        "extidlist": [],
+        "agentidlist": [],
+        "icon": "",
+        "conversationTag": 2,
+        "status": 1,
+        "searchable": 0,
+        "validationType": 0,
+        "mentionAllAuthority": 0,
+        "managementType": 0,
+        "chatBannedType": 0,
+        "showHistoryType": 1,
     }
 
 
-@pytest.mark.parametrize("params, errcode", [({}, 34001), ({"chatid": "oops"}, 34001),
-                                             ({"chatid": "chat" + "f" * 32}, 34013)])
+@pytest.mark.parametrize(
+    "params, errcode", [({}, 34001), ({"chatid": "oops"}, 34001), ({"chatid": "chat" + "f" * 32}, 34013)]
+)
 def test_get_unknown_or_malformed_chatid(srv, api, params, errcode):
     assert api.get_json("/chat/get", **params)["errcode"] == errcode
 
 
 # ---- /chat/send and /chat/getReadList -----------------------------------------------------------
+
 
 def test_send_then_read_list_pages_through_members_at_send_time(srv, api):
     members = ids(250)
@@ -271,35 +329,48 @@ def test_send_then_read_list_pages_through_members_at_send_time(srv, api):
     assert sum(pages, []) == sorted(members)
 
 
-@pytest.mark.parametrize("message", [
-    {"msgtype": "markdown", "markdown": {"title": "t", "text": "**x**"}},
-    {"msgtype": "link", "link": {"messageUrl": "https://x", "title": "t", "text": "x", "picUrl": ""}},
-    {"msgtype": "action_card", "action_card": {"title": "t", "markdown": "x"}},
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"msgtype": "markdown", "markdown": {"title": "t", "text": "**x**"}},
+        {"msgtype": "link", "link": {"messageUrl": "https://x", "title": "t", "text": "x", "picUrl": ""}},
+        {"msgtype": "action_card", "action_card": {"title": "t", "markdown": "x"}},
+    ],
+)
 def test_send_accepts_other_message_types(srv, api, message):
     cid = api.create()
     assert api.post_json("/chat/send", {"chatid": cid, **message})["errcode"] == 0
 
 
-@pytest.mark.parametrize("message, errcode", [
-    ({"msgtype": "sms", "sms": {"content": "x"}}, 40035),
-    ({"msgtype": "text"}, 40035),
-    ({"msgtype": "text", "text": {}}, 40035),
-    ({"msgtype": "text", "text": "hello"}, 40035),
-    ({"msgtype": "markdown", "markdown": {"text": "no title"}}, 40035),
-    ({"chatid": "chat" + "a" * 32, "msgtype": "text", "text": {"content": "x"}}, 34013),
-    ({"chatid": "bad", "msgtype": "text", "text": {"content": "x"}}, 34001),
-])
+@pytest.mark.parametrize(
+    "message, errcode",
+    [
+        ({"msgtype": "sms", "sms": {"content": "x"}}, 40035),
+        ({"msgtype": "text"}, 40035),
+        ({"msgtype": "text", "text": {}}, 40035),
+        ({"msgtype": "text", "text": "hello"}, 40035),
+        ({"msgtype": "markdown", "markdown": {"text": "no title"}}, 40035),
+        ({"chatid": "chat" + "a" * 32, "msgtype": "text", "text": {"content": "x"}}, 34013),
+        ({"chatid": "bad", "msgtype": "text", "text": {"content": "x"}}, 34001),
+    ],
+)
 def test_send_rules(srv, api, message, errcode):
     cid = api.create()
     assert api.post_json("/chat/send", {"chatid": cid, **message})["errcode"] == errcode
 
 
-@pytest.mark.parametrize("params", [
-    {"messageId": "nope", "cursor": 0, "size": 10},
-    {"messageId": None},
-    {"size": 0}, {"size": READ_LIST_PAGE_MAX + 1}, {"size": "ten"}, {"cursor": -1}, {"cursor": None},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"messageId": "nope", "cursor": 0, "size": 10},
+        {"messageId": None},
+        {"size": 0},
+        {"size": READ_LIST_PAGE_MAX + 1},
+        {"size": "ten"},
+        {"cursor": -1},
+        {"cursor": None},
+    ],
+)
 def test_read_list_rules_are_40035(srv, api, params):
     cid = api.create()
     mid = api.post_json("/chat/send", {"chatid": cid, "msgtype": "text", "text": {"content": "x"}})["messageId"]
@@ -309,6 +380,7 @@ def test_read_list_rules_are_40035(srv, api, params):
 
 
 # ---- protocol edges ------------------------------------------------------------------------------
+
 
 def test_protocol_edges(srv, api):
     url = srv.url + "/chat/create"
@@ -324,7 +396,9 @@ def test_protocol_edges(srv, api):
 
 def test_chunked_request_bodies_are_read(srv, api):
     body = json.dumps({"name": "chunked", "owner": "alice", "useridlist": ["alice"]}).encode()
-    reply = api.http.post(srv.url + "/chat/create", params={"access_token": api.token}, data=iter([body[:10], body[10:]]))
+    reply = api.http.post(
+        srv.url + "/chat/create", params={"access_token": api.token}, data=iter([body[:10], body[10:]])
+    )
     assert reply.json()["errcode"] == 0
 
 
@@ -336,6 +410,7 @@ def test_keep_alive_serves_many_requests_on_one_connection(srv, api):
 
 
 # ---- call log, counters, reset, direct access ----------------------------------------------------
+
 
 def test_call_log_and_counters_record_every_api_request_without_secrets(srv, api):
     cid = api.create()
@@ -409,6 +484,7 @@ def test_admin_routes(srv, api):
 
 # ---- persistence ---------------------------------------------------------------------------------
 
+
 def test_data_survives_a_restart_in_the_documented_format(tmp_path):
     path = tmp_path / "sandbox" / "emulator.json"
     path.parent.mkdir()
@@ -420,7 +496,10 @@ def test_data_survives_a_restart_in_the_documented_format(tmp_path):
     assert os.listdir(path.parent) == ["emulator.json"]  # no temp files left behind
     with EmulatorServer(data_path=str(path)) as second, RawApi(second) as client:
         assert client.get_json("/chat/get", chatid=cid)["chat_info"]["searchable"] == 1
-        assert client.get_json("/chat/getReadList", messageId=mid, cursor=0, size=10)["readUserIdList"] == ["alice", "bob"]
+        assert client.get_json("/chat/getReadList", messageId=mid, cursor=0, size=10)["readUserIdList"] == [
+            "alice",
+            "bob",
+        ]
 
 
 def test_a_data_file_in_a_missing_folder_is_refused_at_start(tmp_path):
@@ -430,8 +509,15 @@ def test_a_data_file_in_a_missing_folder_is_refused_at_start(tmp_path):
     assert not path.parent.exists()
 
 
-@pytest.mark.parametrize("content", ["{truncated", "[]", '{"format": "other", "version": 1, "chats": {}}',
-                                     '{"format": "dtchat-emulator", "version": 1, "chats": {"chat1": {"name": 1}}}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{truncated",
+        "[]",
+        '{"format": "other", "version": 1, "chats": {}}',
+        '{"format": "dtchat-emulator", "version": 1, "chats": {"chat1": {"name": 1}}}',
+    ],
+)
 def test_a_corrupt_data_file_raises_naming_it_and_is_left_alone(tmp_path, content):
     path = tmp_path / "emulator.json"
     path.write_text(content, encoding="utf-8")
@@ -442,26 +528,33 @@ def test_a_corrupt_data_file_raises_naming_it_and_is_left_alone(tmp_path, conten
 
 # ---- org directory ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, content", [
-    ("users.yaml", "- alice\n- bob\n"),
-    ("users.yml", "users: [alice, bob]\n"),
-    ("users.json", '{"users": ["alice", "bob"]}'),
-    ("users.json", '["alice", "bob", "alice"]'),
-])
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("users.yaml", "- alice\n- bob\n"),
+        ("users.yml", "users: [alice, bob]\n"),
+        ("users.json", '{"users": ["alice", "bob"]}'),
+        ("users.json", '["alice", "bob", "alice"]'),
+    ],
+)
 def test_load_users_reads_list_and_mapping_forms(tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     assert load_users(path) == frozenset({"alice", "bob"})
 
 
-@pytest.mark.parametrize("name, content", [
-    ("users.yaml", "alice: 1\n"),
-    ("users.yaml", "- alice\n- 12345\n"),
-    ("users.yaml", "users: alice\n"),
-    ("users.yaml", "- [unclosed\n"),
-    ("users.json", "{nope"),
-    ("users.json", '[""]'),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("users.yaml", "alice: 1\n"),
+        ("users.yaml", "- alice\n- 12345\n"),
+        ("users.yaml", "users: alice\n"),
+        ("users.yaml", "- [unclosed\n"),
+        ("users.json", "{nope"),
+        ("users.json", '[""]'),
+    ],
+)
 def test_load_users_rejects_bad_content_naming_the_file(tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
@@ -470,6 +563,7 @@ def test_load_users_rejects_bad_content_naming_the_file(tmp_path, name, content)
 
 
 # ---- concurrency ---------------------------------------------------------------------------------------
+
 
 def test_fifty_concurrent_creates_make_fifty_distinct_chats(srv, api):
     barrier = threading.Barrier(50)
@@ -480,8 +574,11 @@ def test_fifty_concurrent_creates_make_fifty_distinct_chats(srv, api):
         try:
             with requests.Session() as http:
                 barrier.wait()
-                reply = http.post(srv.url + "/chat/create", params={"access_token": api.token},
-                                  json={"name": f"c{i}", "owner": "alice", "useridlist": ["alice", f"u{i}"]}).json()
+                reply = http.post(
+                    srv.url + "/chat/create",
+                    params={"access_token": api.token},
+                    json={"name": f"c{i}", "owner": "alice", "useridlist": ["alice", f"u{i}"]},
+                ).json()
                 results.append(reply["chatid"])
         except BaseException as exc:  # reported below, in the test thread
             errors.append(exc)

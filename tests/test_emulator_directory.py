@@ -1,4 +1,5 @@
 """The emulator's org directory: the contact API of dingtalk-api.md over real HTTP, its faults and edits."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ import pytest
 import requests
 import yaml
 
-from helpers import RawApi
 from reconciler.emulator import SANDBOX_ORG, EmulatorServer, Faults, Org, OrgError, load_org
+
+from helpers import RawApi
 
 LISTID = "/topapi/user/listid"
 LISTSUBID = "/topapi/v2/department/listsubid"
@@ -62,9 +64,12 @@ def result(answer: dict[str, Any]) -> Any:
 
 # ---- the six endpoints -------------------------------------------------------------------------
 
+
 def test_listid_lists_direct_members_only_in_file_order(api):
     assert result(api.post_json(LISTID, {"dept_id": 110})) == {"userid_list": ["alice", "bob"]}
-    assert result(api.post_json(LISTID, {"dept_id": 100})) == {"userid_list": ["alice"]}  # not bob: he is one level down
+    assert result(api.post_json(LISTID, {"dept_id": 100})) == {
+        "userid_list": ["alice"]
+    }  # not bob: he is one level down
     assert result(api.post_json(LISTID, {"dept_id": 1})) == {"userid_list": ["erin"]}
     answer = api.post_json(LISTID, {"dept_id": 120})
     assert answer["errmsg"] == "ok" and answer["request_id"]
@@ -131,23 +136,29 @@ def test_simplelist_ignores_offset_and_size_unless_both_are_sent(paging):
 
 def test_simplelist_entries_carry_userid_name_and_manage_scopes(api):
     listed = result(api.post_json(SIMPLELIST, {"role_id": 3001, "offset": 0, "size": 100}))
-    assert listed == {"hasMore": False, "list": [
-        {"userid": "alice", "name": "Alice", "manageScopes": []},
-        {"userid": "bob", "name": "bob", "manageScopes": []},
-    ]}
+    assert listed == {
+        "hasMore": False,
+        "list": [
+            {"userid": "alice", "name": "Alice", "manageScopes": []},
+            {"userid": "bob", "name": "bob", "manageScopes": []},
+        ],
+    }
     assert result(api.post_json(SIMPLELIST, {"role_id": 3003})) == {"hasMore": False, "list": []}
 
 
-@pytest.mark.parametrize("body, errcode", [
-    ({"role_id": 9999}, 33011),
-    ({}, 400002),
-    ({"role_id": "3001"}, 400002),
-    ({"role_id": 3001, "offset": -1, "size": 10}, 40068),
-    ({"role_id": 3001, "offset": "0", "size": 10}, 40068),
-    ({"role_id": 3001, "offset": 0, "size": 0}, 40069),
-    ({"role_id": 3001, "offset": 0, "size": 101}, 40069),
-    ({"role_id": 3001, "offset": 0, "size": "20"}, 40069),
-])
+@pytest.mark.parametrize(
+    "body, errcode",
+    [
+        ({"role_id": 9999}, 33011),
+        ({}, 400002),
+        ({"role_id": "3001"}, 400002),
+        ({"role_id": 3001, "offset": -1, "size": 10}, 40068),
+        ({"role_id": 3001, "offset": "0", "size": 10}, 40068),
+        ({"role_id": 3001, "offset": 0, "size": 0}, 40069),
+        ({"role_id": 3001, "offset": 0, "size": 101}, 40069),
+        ({"role_id": 3001, "offset": 0, "size": "20"}, 40069),
+    ],
+)
 def test_simplelist_errors(api, body, errcode):
     answer = api.post_json(SIMPLELIST, body)
     assert answer["errcode"] == errcode and answer["request_id"]
@@ -155,10 +166,13 @@ def test_simplelist_errors(api, body, errcode):
 
 def test_role_list_groups_roles_and_pages_over_groups(api):
     listed = result(api.post_json(ROLE_LIST, {"offset": 0, "size": 200}))
-    assert listed == {"hasMore": False, "list": [
-        {"groupId": 1, "name": "默认", "roles": [{"id": 3001, "name": "值班"}, {"id": 3003, "name": "空"}]},
-        {"groupId": 2, "name": "业务", "roles": [{"id": 3002, "name": "销售"}]},
-    ]}
+    assert listed == {
+        "hasMore": False,
+        "list": [
+            {"groupId": 1, "name": "默认", "roles": [{"id": 3001, "name": "值班"}, {"id": 3003, "name": "空"}]},
+            {"groupId": 2, "name": "业务", "roles": [{"id": 3002, "name": "销售"}]},
+        ],
+    }
     first = result(api.post_json(ROLE_LIST, {"offset": 0, "size": 1}))
     assert first["hasMore"] is True and [g["groupId"] for g in first["list"]] == [1]
     second = result(api.post_json(ROLE_LIST, {"offset": 1, "size": 1}))
@@ -166,25 +180,33 @@ def test_role_list_groups_roles_and_pages_over_groups(api):
     assert len(result(api.post_json(ROLE_LIST, {}))["list"]) == 2
 
 
-@pytest.mark.parametrize("body, errcode", [
-    ({"offset": -1, "size": 10}, 40068), ({"offset": 0, "size": 201}, 40069), ({"size": 0}, 40069),
-])
+@pytest.mark.parametrize(
+    "body, errcode",
+    [
+        ({"offset": -1, "size": 10}, 40068),
+        ({"offset": 0, "size": 201}, 40069),
+        ({"size": 0}, 40069),
+    ],
+)
 def test_role_list_errors(api, body, errcode):
     assert api.post_json(ROLE_LIST, body)["errcode"] == errcode
 
 
-@pytest.mark.parametrize("mobile, answer", [
-    ("13800000001", "alice"),
-    ("13800000004", 60121),         # dave has not joined (active: false)
-    ("13900000000", 60121),         # nobody's
-    ("+8613800000001", 40104),      # the client must normalise
-    ("138 0000 0001", 40104),
-    ("138-0000-0001", 40104),
-    ("1" * 16, 40104),
-    ("", 40104),
-    (13800000001, 400002),
-    (None, 400002),
-])
+@pytest.mark.parametrize(
+    "mobile, answer",
+    [
+        ("13800000001", "alice"),
+        ("13800000004", 60121),  # dave has not joined (active: false)
+        ("13900000000", 60121),  # nobody's
+        ("+8613800000001", 40104),  # the client must normalise
+        ("138 0000 0001", 40104),
+        ("138-0000-0001", 40104),
+        ("1" * 16, 40104),
+        ("", 40104),
+        (13800000001, 400002),
+        (None, 400002),
+    ],
+)
 def test_getbymobile_finds_active_users_by_normalised_number(api, mobile, answer):
     body = {} if mobile is None else {"mobile": mobile}
     reply = api.post_json(BY_MOBILE, body)
@@ -203,6 +225,7 @@ def test_directory_calls_must_be_post_with_a_json_object(srv, api, endpoint):
 
 
 # ---- tokens, permission, quirks ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("token", [None, "", "0" * 32])
 @pytest.mark.parametrize("endpoint", DIRECTORY)
@@ -245,6 +268,7 @@ def test_string_errcode_prints_every_topapi_errcode_as_a_string(srv, api):
 
 # ---- faults ----------------------------------------------------------------------------------------
 
+
 def test_fail_lookups_fails_exactly_the_named_lookup(srv, api):
     srv.faults.fail_lookups = {"dept:110": 60003, "role:3001": 33011, "mobile:13800000002": 60121}
     for endpoint in (LISTID, LISTSUBID, DEPT_GET):
@@ -270,9 +294,14 @@ def test_fail_lookups_is_set_over_the_admin_route_and_checked(srv, api):
     assert reply.status_code == 200 and reply.json()["faults"]["fail_lookups"] == {"dept:110": "88:60011"}
     assert srv.faults.endpoint_latency_ms == {LISTID: 5}
     assert api.post_json(LISTID, {"dept_id": 110})["sub_code"] == "60011"
-    for bad in ({"fail_lookups": {"dept:1": "60003"}}, {"fail_lookups": {"dept:1": 1.5}},
-                {"fail_lookups": ["dept:1"]}, {"endpoint_latency_ms": {LISTID: -1}},
-                {"endpoint_latency_ms": {LISTID: "5"}}, {"string_errcode": 1}):
+    for bad in (
+        {"fail_lookups": {"dept:1": "60003"}},
+        {"fail_lookups": {"dept:1": 1.5}},
+        {"fail_lookups": ["dept:1"]},
+        {"endpoint_latency_ms": {LISTID: -1}},
+        {"endpoint_latency_ms": {LISTID: "5"}},
+        {"string_errcode": 1},
+    ):
         assert api.admin("faults", bad).status_code == 400, bad
 
 
@@ -315,6 +344,7 @@ def test_endpoint_latency_can_time_a_client_out_on_one_endpoint(srv, api):
 
 # ---- the org as the user directory of chats ------------------------------------------------------
 
+
 def test_with_an_org_chats_accept_only_its_users_naming_the_others(srv, api):
     create = {"name": "x", "owner": "alice", "useridlist": ["alice", "dave", "zed", "yan"]}
     answer = api.post_json("/chat/create", create)
@@ -332,6 +362,7 @@ def test_users_and_org_together_are_refused():
 
 
 # ---- changing the org at run time ------------------------------------------------------------------
+
 
 def test_python_edits_change_the_answers_at_once(srv, api):
     srv.move_user("bob", [120])
@@ -399,11 +430,14 @@ def test_admin_org_edits_without_an_org_answer_404():
 
 # ---- loading and validating org files ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
 def test_load_org_reads_yaml_and_json(tmp_path, suffix):
     path = tmp_path / f"org{suffix}"
-    path.write_text(json.dumps(ORG, ensure_ascii=False) if suffix == ".json" else yaml.safe_dump(ORG, allow_unicode=True),
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(ORG, ensure_ascii=False) if suffix == ".json" else yaml.safe_dump(ORG, allow_unicode=True),
+        encoding="utf-8",
+    )
     org = load_org(path)
     assert org.to_data() == Org.from_data(ORG).to_data()
     assert org.userids == {"alice", "bob", "carol", "dave", "erin"}
@@ -418,31 +452,44 @@ def _with(section: str, entry: Any = None, **changes: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("data, words", [
-    (_with("departments", {"id": 300, "name": "孤儿", "parent": 7}), "unknown parent 7"),
-    (_with("departments", departments=[{"id": 1, "name": "公司"}, {"id": 2, "name": "a", "parent": 3},
-                                        {"id": 3, "name": "b", "parent": 2}], users=[]), "cycle"),
-    (_with("users", {"userid": "zed", "departments": [999]}), "unknown department 999"),
-    (_with("departments", {"id": 110, "name": "又一个", "parent": 1}), "department 110: duplicate id"),
-    (_with("users", {"userid": "alice", "departments": [1]}), "alice: duplicate userid"),
-    (_with("users", {"userid": "zed", "mobile": "13800000001", "departments": [1]}), "already alice's"),
-    (_with("roles", {"id": 3001, "name": "又一个"}), "role 3001: duplicate id"),
-    (_with("roles", {"id": 3009, "name": "x", "holders": ["zed"]}), "unknown holder zed"),
-    (_with("departments", departments=[{"id": 100, "name": "x", "parent": 1}], users=[], roles=[]), "root"),
-    (_with("departments", departments=[{"id": 1, "name": "x", "parent": 1}], users=[], roles=[]), "root"),
-    (_with("departments", {"id": 300, "name": "无主"}), "no parent"),
-    (_with("users", {"userid": 412345678, "departments": [1]}), "quote numeric ids"),
-    (_with("users", {"userid": "zed", "mobile": 13800000009, "departments": [1]}), "mobile"),
-    (_with("users", {"userid": "zed", "mobile": "+86 138", "departments": [1]}), "mobile"),
-    (_with("users", {"userid": "zed", "departments": []}), "at least one department"),
-    (_with("users", {"userid": "zed", "departments": [1], "active": "yes"}), "active"),
-    (_with("users", {"userid": "zed", "departments": [1], "email": "z@x"}), "unknown field(s) email"),
-    (_with("users", {"name": "nobody", "departments": [1]}), "missing userid"),
-    (_with("departments", {"id": "300", "name": "x", "parent": 1}), "positive integer"),
-    (_with("users", extra=[]), "unknown field(s) extra"),
-    (_with("users", users={"alice": {}}), "users: expected a list"),
-    ([1, 2], "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (_with("departments", {"id": 300, "name": "孤儿", "parent": 7}), "unknown parent 7"),
+        (
+            _with(
+                "departments",
+                departments=[
+                    {"id": 1, "name": "公司"},
+                    {"id": 2, "name": "a", "parent": 3},
+                    {"id": 3, "name": "b", "parent": 2},
+                ],
+                users=[],
+            ),
+            "cycle",
+        ),
+        (_with("users", {"userid": "zed", "departments": [999]}), "unknown department 999"),
+        (_with("departments", {"id": 110, "name": "又一个", "parent": 1}), "department 110: duplicate id"),
+        (_with("users", {"userid": "alice", "departments": [1]}), "alice: duplicate userid"),
+        (_with("users", {"userid": "zed", "mobile": "13800000001", "departments": [1]}), "already alice's"),
+        (_with("roles", {"id": 3001, "name": "又一个"}), "role 3001: duplicate id"),
+        (_with("roles", {"id": 3009, "name": "x", "holders": ["zed"]}), "unknown holder zed"),
+        (_with("departments", departments=[{"id": 100, "name": "x", "parent": 1}], users=[], roles=[]), "root"),
+        (_with("departments", departments=[{"id": 1, "name": "x", "parent": 1}], users=[], roles=[]), "root"),
+        (_with("departments", {"id": 300, "name": "无主"}), "no parent"),
+        (_with("users", {"userid": 412345678, "departments": [1]}), "quote numeric ids"),
+        (_with("users", {"userid": "zed", "mobile": 13800000009, "departments": [1]}), "mobile"),
+        (_with("users", {"userid": "zed", "mobile": "+86 138", "departments": [1]}), "mobile"),
+        (_with("users", {"userid": "zed", "departments": []}), "at least one department"),
+        (_with("users", {"userid": "zed", "departments": [1], "active": "yes"}), "active"),
+        (_with("users", {"userid": "zed", "departments": [1], "email": "z@x"}), "unknown field(s) email"),
+        (_with("users", {"name": "nobody", "departments": [1]}), "missing userid"),
+        (_with("departments", {"id": "300", "name": "x", "parent": 1}), "positive integer"),
+        (_with("users", extra=[]), "unknown field(s) extra"),
+        (_with("users", users={"alice": {}}), "users: expected a list"),
+        ([1, 2], "expected a mapping"),
+    ],
+)
 def test_org_validation_names_the_problem_in_one_line(tmp_path, data, words):
     path = tmp_path / "org.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
@@ -500,7 +547,15 @@ def test_the_sandbox_org_is_a_believable_company():
     for d in data["departments"][1:]:
         depth[d["id"]] = depth[d["parent"]] + 1
     assert max(depth.values()) >= 2  # 公司 → 研发部 → 后端组
-    assert {d["name"] for d in data["departments"]} >= {"公司", "研发部", "后端组", "前端组", "SRE", "销售部", "销售实习"}
+    assert {d["name"] for d in data["departments"]} >= {
+        "公司",
+        "研发部",
+        "后端组",
+        "前端组",
+        "SRE",
+        "销售部",
+        "销售实习",
+    }
     assert any(len(u["departments"]) > 1 for u in data["users"])
     assert all(u.get("mobile") for u in data["users"])
     oncall = next(r for r in data["roles"] if r["name"] == "值班")

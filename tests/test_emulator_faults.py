@@ -1,4 +1,5 @@
 """Injected faults: each one over real HTTP, as a DingTalk client would meet it."""
+
 from __future__ import annotations
 
 import http.client
@@ -12,9 +13,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from helpers import RawApi
 from reconciler.emulator import EmulatorServer, Faults
 from reconciler.emulator import faults as faults_module
+
+from helpers import RawApi
 
 
 @pytest.fixture
@@ -164,10 +166,18 @@ def test_faults_can_be_set_over_the_admin_route(srv, api, cid):
     assert api.errcode(api.get("/chat/get", chatid=cid)) == 34013
 
 
-@pytest.mark.parametrize("values", [
-    {"busy_every": 1.5}, {"busy_every": True}, {"ip_ban_html": 1}, {"latency_ms": "10"},
-    {"fault_endpoints": "/chat/get"}, {"fail_chatids": {"chat1": "60011"}}, {"bogus": 1},
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"busy_every": 1.5},
+        {"busy_every": True},
+        {"ip_ban_html": 1},
+        {"latency_ms": "10"},
+        {"fault_endpoints": "/chat/get"},
+        {"fail_chatids": {"chat1": "60011"}},
+        {"bogus": 1},
+    ],
+)
 def test_faults_update_refuses_bad_values(values):
     faults = Faults()
     with pytest.raises(ValueError):

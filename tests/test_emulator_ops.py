@@ -1,4 +1,5 @@
 """The emulator states DingTalk's rules itself, and gives operators and crash tests their handles."""
+
 from __future__ import annotations
 
 import errno
@@ -16,8 +17,7 @@ import pytest
 import requests
 
 import reconciler.batching
-from reconciler.emulator import Call, EmulatorServer, Faults, ListenError
-from reconciler.emulator import limits
+from reconciler.emulator import Call, EmulatorServer, Faults, ListenError, limits
 from reconciler.plan import Action, ChatChange
 
 EMULATOR_DIR = Path(limits.__file__).resolve().parent
@@ -29,17 +29,28 @@ def token_of(http: requests.Session, srv: EmulatorServer) -> str:
 
 # ---- independence from the client's rules (issue 13 #3) ----------------------------------------
 
+
 def test_no_emulator_module_imports_the_clients_rules():
     pattern = re.compile(r"from \.\.rules|from reconciler\.rules|import rules")
-    offenders = [f"{p.name}:{n}" for p in sorted(EMULATOR_DIR.glob("*.py"))
-                 for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    offenders = [
+        f"{p.name}:{n}"
+        for p in sorted(EMULATOR_DIR.glob("*.py"))
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert offenders == []
 
 
 def test_the_emulator_states_dingtalks_numbers_from_the_reference():
     assert (limits.IDS_PER_CALL, limits.MEMBER_CAP, limits.NAME_MIN, limits.NAME_MAX) == (40, 1000, 1, 20)
-    assert limits.SETTING_FIELDS == ("chatBannedType", "searchable", "validationType",
-                                     "mentionAllAuthority", "managementType", "showHistoryType")
+    assert limits.SETTING_FIELDS == (
+        "chatBannedType",
+        "searchable",
+        "validationType",
+        "mentionAllAuthority",
+        "managementType",
+        "showHistoryType",
+    )
     assert (limits.TOKEN_TTL_SECONDS, limits.QPS_PER_API, limits.READ_LIST_PAGE_MAX) == (7200, 20, 100)
     assert (limits.ROLE_USERS_PAGE_DEFAULT, limits.ROLE_USERS_PAGE_MAX, limits.ROLE_LIST_PAGE_MAX) == (20, 100, 200)
     assert (limits.IP_LIMIT_CALLS, limits.IP_LIMIT_WINDOW, limits.IP_BAN_SECONDS) == (10_000, 20.0, 300.0)
@@ -82,12 +93,15 @@ def test_the_clients_real_batches_are_accepted():
 
 # ---- constructor knobs and the request log (issue 14) ---------------------------------------------
 
+
 def test_qps_limit_and_latency_are_constructor_parameters_that_reset_restores():
     with EmulatorServer(qps_limit=2, latency_ms=1) as srv, requests.Session() as http:
         assert (srv.faults.qps_limit, srv.faults.latency_ms) == (2, 1)
         token = token_of(http, srv)
-        codes = [http.get(srv.url + "/chat/get", params={"access_token": token, "chatid": "chat00"}).json()["errcode"]
-                 for _ in range(3)]
+        codes = [
+            http.get(srv.url + "/chat/get", params={"access_token": token, "chatid": "chat00"}).json()["errcode"]
+            for _ in range(3)
+        ]
         assert codes == [34013, 34013, 90018]
         srv.faults.qps_limit = 0
         srv.reset()
@@ -99,8 +113,11 @@ def test_on_request_sees_every_call_without_secrets():
     with EmulatorServer(on_request=seen.append) as srv, requests.Session() as http:
         secret = "s3cr3t-app-secret"
         token = http.get(srv.url + "/gettoken", params={"appkey": "k", "appsecret": secret}).json()["access_token"]
-        http.post(srv.url + "/chat/create", params={"access_token": token},
-                  json={"name": "x", "owner": "a", "useridlist": ["a", "b"]})
+        http.post(
+            srv.url + "/chat/create",
+            params={"access_token": token},
+            json={"name": "x", "owner": "a", "useridlist": ["a", "b"]},
+        )
         http.get(srv.url + "/__emulator__/counters")  # admin routes are not API calls
         assert [c.endpoint for c in seen] == ["/gettoken", "/chat/create"]
         lines = [c.describe() for c in seen]
@@ -119,8 +136,9 @@ def test_a_failing_on_request_callback_does_not_break_the_api():
 
 
 def test_describe_says_when_there_was_no_errcode_or_no_answer():
-    base: dict[str, Any] = dict(seq=3, method="GET", endpoint="/chat/get", params={"chatid": "chat1"}, body=None,
-                                elapsed_ms=1.0)
+    base: dict[str, Any] = dict(
+        seq=3, method="GET", endpoint="/chat/get", params={"chatid": "chat1"}, body=None, elapsed_ms=1.0
+    )
     assert Call(status=200, errcode=None, **base).describe().endswith("→ HTTP 200, no errcode (1.0 ms)")
     assert "dropped, no answer" in Call(status=0, errcode=0, **base).describe()
 
@@ -133,8 +151,9 @@ def test_a_busy_port_is_a_clear_error():
         srv = EmulatorServer(port=port)
         with pytest.raises(ListenError) as info:
             srv.start()
-        assert str(info.value) == (f"cannot listen on 127.0.0.1:{port}: the port is already in use; "
-                                   f"pick another with --port")
+        assert str(info.value) == (
+            f"cannot listen on 127.0.0.1:{port}: the port is already in use; pick another with --port"
+        )
         assert isinstance(info.value, OSError) and info.value.errno == errno.EADDRINUSE
         with pytest.raises(ListenError):
             srv.serve_forever()
@@ -142,13 +161,17 @@ def test_a_busy_port_is_a_clear_error():
 
 # ---- before_reply: the crash tests' hook ------------------------------------------------------------
 
+
 def test_before_reply_runs_after_the_commit_and_before_the_answer():
     with EmulatorServer() as srv, requests.Session() as http:
         token = token_of(http, srv)
         seen: list[tuple[str, int, int]] = []
         srv.before_reply = lambda call: seen.append((call.endpoint, call.errcode, len(srv.chats())))
-        answer = http.post(srv.url + "/chat/create", params={"access_token": token},
-                           json={"name": "x", "owner": "a", "useridlist": ["a"]}).json()
+        answer = http.post(
+            srv.url + "/chat/create",
+            params={"access_token": token},
+            json={"name": "x", "owner": "a", "useridlist": ["a"]},
+        ).json()
         assert answer["errcode"] == 0
         assert seen == [("/chat/create", 0, 1)]  # the chat existed before its answer was written
 
@@ -162,8 +185,11 @@ def test_before_reply_raising_closes_the_connection_unanswered():
 
         srv.before_reply = lose_it
         with pytest.raises(requests.ConnectionError):
-            http.post(srv.url + "/chat/create", params={"access_token": token},
-                      json={"name": "x", "owner": "a", "useridlist": ["a"]})
+            http.post(
+                srv.url + "/chat/create",
+                params={"access_token": token},
+                json={"name": "x", "owner": "a", "useridlist": ["a"]},
+            )
         assert len(srv.chats()) == 1
 
 
@@ -189,8 +215,9 @@ def test_a_client_killed_between_commit_and_answer_leaves_the_chat_behind():
                 holder["proc"].wait()
 
         srv.before_reply = kill_client
-        holder["proc"] = proc = subprocess.Popen([sys.executable, "-c", CLIENT], env=env,
-                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        holder["proc"] = proc = subprocess.Popen(
+            [sys.executable, "-c", CLIENT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL and b"ANSWERED" not in out
         assert killed == [1]
@@ -200,6 +227,7 @@ def test_a_client_killed_between_commit_and_answer_leaves_the_chat_behind():
 
 # ---- the documentation keeps up --------------------------------------------------------------------
 
+
 def test_every_fault_knob_and_admin_route_is_documented():
     from dataclasses import fields
 
@@ -207,7 +235,17 @@ def test_every_fault_knob_and_admin_route_is_documented():
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "emulator.md").read_text(encoding="utf-8")
     missing = [f.name for f in fields(Faults) if f"`{f.name}`" not in doc]
-    routes = ["GET calls", "GET counters", "GET chats", "GET faults", "POST faults", "POST reset",
-              "POST expire-tokens", "GET org", "POST org", *(f"POST {name}" for name in _ORG_EDITS)]
+    routes = [
+        "GET calls",
+        "GET counters",
+        "GET chats",
+        "GET faults",
+        "POST faults",
+        "POST reset",
+        "POST expire-tokens",
+        "GET org",
+        "POST org",
+        *(f"POST {name}" for name in _ORG_EDITS),
+    ]
     missing += [r for r in routes if f"`{r}" not in doc]
     assert missing == []

@@ -1,4 +1,5 @@
 """GitOps features end to end against the emulator: drift, saved plans, removal safety, dump, notify."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,12 @@ def applied(emulator, tmp_path):
     """Two chats applied: `eng` (exact, 3 members, muted) and `all` (additive, 20 members)."""
     cfg = tmp_path / "chats"
     chats = {
-        "eng": {"name": "Eng | <b>核心</b>", "owner": "alice", "members": ["bob", "carol"], "settings": {"muted": True}},
+        "eng": {
+            "name": "Eng | <b>核心</b>",
+            "owner": "alice",
+            "members": ["bob", "carol"],
+            "settings": {"muted": True},
+        },
         "all": {"name": "All", "owner": "boss", "members": users(20), "members_policy": "additive"},
     }
     write_config(cfg, chats)
@@ -97,15 +103,22 @@ def test_saved_plan_is_refused_when_the_yaml_changed_since(emulator, applied, tm
     assert result.exit_code == 1 and "configuration files changed" in result.output
 
 
-@pytest.mark.parametrize("content, message", [
-    ("nope", "not a JSON plan file"),
-    ('{"kind": "other"}', "not a dtchat plan"),
-    ('{"kind": "dtchat-plan", "format_version": 1, "config": {"digest": "x"}, "changes": [{"key": "a", "action": "explode"}]}',
-     "config.files: must be a list of strings"),
-    ('{"kind": "dtchat-plan", "format_version": 1, "config": {"digest": "x", "files": ["c.yaml"]}, "changes": {}}',
-     "changes: must be a list"),
-    ("[" * 100_000, "nested too deeply"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("nope", "not a JSON plan file"),
+        ('{"kind": "other"}', "not a dtchat plan"),
+        (
+            '{"kind": "dtchat-plan", "format_version": 1, "config": {"digest": "x"}, "changes": [{"key": "a", "action": "explode"}]}',
+            "config.files: must be a list of strings",
+        ),
+        (
+            '{"kind": "dtchat-plan", "format_version": 1, "config": {"digest": "x", "files": ["c.yaml"]}, "changes": {}}',
+            "changes: must be a list",
+        ),
+        ("[" * 100_000, "nested too deeply"),
+    ],
+)
 def test_bad_saved_plan_files_are_one_line_errors(emulator, tmp_path, content, message):
     path = tmp_path / "p.json"
     path.write_text(content)
@@ -115,13 +128,15 @@ def test_bad_saved_plan_files_are_one_line_errors(emulator, tmp_path, content, m
 
 def test_large_removal_is_refused_without_force_and_applied_with_it(emulator, tmp_path):
     cfg = tmp_path / "c"
-    chats = {"big": {"name": "Big", "owner": "boss", "members": users(49)},
-             "tiny": {"name": "Tiny", "owner": "a", "members": ["b", "c"]}}
+    chats = {
+        "big": {"name": "Big", "owner": "boss", "members": users(49)},
+        "tiny": {"name": "Tiny", "owner": "a", "members": ["b", "c"]},
+    }
     write_config(cfg, chats)
     dtchat(emulator, "apply", str(cfg), "--auto-approve")
     ids = state_of(cfg / "dtchat.state.json")
     chats["big"]["members"] = users(9)  # 50 → 10: lose 40 of 50 = 80 %
-    chats["tiny"]["members"] = ["b"]     # 1 of 3: small chats are exempt
+    chats["tiny"]["members"] = ["b"]  # 1 of 3: small chats are exempt
     write_config(cfg, chats)
 
     plan = dtchat(emulator, "plan", str(cfg))
@@ -211,13 +226,18 @@ def writes(emulator) -> int:
 
 STATE_EDITS = {
     # case: (bind `legacy` before the plan is saved?, the state command run after, the reason given)
-    "forgotten": (True, lambda legacy, other: ("forget", "legacy"),
-                  "legacy: in the saved plan, not in the plan made now"),
-    "imported": (False, lambda legacy, other: ("import", "legacy", legacy),
-                 "legacy: not in the saved plan"),
-    "re-pointed": (True, lambda legacy, other: ("import", "legacy", other),
-                   "legacy: the saved entry differs from the plan made now (the state or the directory changed "
-                   "since, or the file was edited)"),
+    "forgotten": (
+        True,
+        lambda legacy, other: ("forget", "legacy"),
+        "legacy: in the saved plan, not in the plan made now",
+    ),
+    "imported": (False, lambda legacy, other: ("import", "legacy", legacy), "legacy: not in the saved plan"),
+    "re-pointed": (
+        True,
+        lambda legacy, other: ("import", "legacy", other),
+        "legacy: the saved entry differs from the plan made now (the state or the directory changed "
+        "since, or the file was edited)",
+    ),
 }
 
 
@@ -254,10 +274,22 @@ def test_dry_run_notify_lists_the_exact_message_for_each_changed_chat_only(emula
     assert result.exit_code == 0, result.output
     sends = [line.split(" POST /chat/send ", 1) for line in result.stdout.splitlines() if "/chat/send" in line]
     assert [(key, json.loads(body)) for key, body in sends] == [
-        ("  eng:", {"chatid": ids["eng"], "msgtype": "text",
-                   "text": {"content": "【dtchat】本群已按配置更新：加入 dave；移出 carol"}}),
-        ("  new:", {"chatid": "<chatid of new chat new>", "msgtype": "text",
-                   "text": {"content": "【dtchat】本群已按配置更新：创建本群，共 1 名成员"}}),
+        (
+            "  eng:",
+            {
+                "chatid": ids["eng"],
+                "msgtype": "text",
+                "text": {"content": "【dtchat】本群已按配置更新：加入 dave；移出 carol"},
+            },
+        ),
+        (
+            "  new:",
+            {
+                "chatid": "<chatid of new chat new>",
+                "msgtype": "text",
+                "text": {"content": "【dtchat】本群已按配置更新：创建本群，共 1 名成员"},
+            },
+        ),
     ]  # nothing for `all`, which is unchanged
     assert "  all: " not in result.stdout
     assert writes(emulator) == before

@@ -1,4 +1,5 @@
 """One key, one chat (design §6): attacks on the state link, each a way dtchat once created a chat twice or lost one."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
 
@@ -118,8 +118,7 @@ def _edits(changes: list) -> list:
 
 def test_every_kind_of_saved_plan_edit_is_refused_with_zero_writes(emulator, tmp_path):
     folder = tmp_path / "chats"
-    chats = {"eng": {"name": "Eng", "owner": "alice", "members": ["bob"]},
-             "ops": {"name": "Ops", "owner": "carol"}}
+    chats = {"eng": {"name": "Eng", "owner": "alice", "members": ["bob"]}, "ops": {"name": "Ops", "owner": "carol"}}
     write_config(folder, chats)
     assert dtchat(emulator, "apply", str(folder), "--auto-approve").exit_code == 0
     chats["eng"]["members"] = ["bob", "dave"]
@@ -156,8 +155,18 @@ def test_plan_with_bad_credentials_fails_even_when_every_chat_is_new(emulator, t
 def test_an_additive_chat_that_would_overflow_is_a_plan_error_with_the_real_cause(emulator, tmp_path):
     folder = tmp_path / "chats"
     chatid = emulator.seed_chat("Company", "boss", ["boss", *users(996, "old")])
-    write_config(folder, {"company": {"name": "Company", "owner": "boss", "chatid": chatid,
-                                      "members_policy": "additive", "members": users(5, "new")}})
+    write_config(
+        folder,
+        {
+            "company": {
+                "name": "Company",
+                "owner": "boss",
+                "chatid": chatid,
+                "members_policy": "additive",
+                "members": users(5, "new"),
+            }
+        },
+    )
     result = dtchat(emulator, "plan", str(folder))
     assert result.exit_code == 1
     assert "! error company" in result.output and "1002 members" in result.output
@@ -210,17 +219,35 @@ def _scenario(emulator, folder: Path) -> dict:
         "transfer": {"name": "Transfer", "owner": "bob", "members": ["carol"]},
     }
     write_config(folder, chats)
-    folder.joinpath("dtchat.state.json").write_text(json.dumps(
-        {"format": "dtchat-state", "version": 1, "chats": {"churn": {"chatid": churn}, "transfer": {"chatid": transfer}}}))
+    folder.joinpath("dtchat.state.json").write_text(
+        json.dumps(
+            {
+                "format": "dtchat-state",
+                "version": 1,
+                "chats": {"churn": {"chatid": churn}, "transfer": {"chatid": transfer}},
+            }
+        )
+    )
     return chats
 
 
 def _run(emulator, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "NO_COLOR": "1",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "DINGTALK_APP_KEY": APP_KEY,
+        "DINGTALK_APP_SECRET": APP_SECRET,
+        "NO_COLOR": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("DTCHAT_STATE", None)
-    return subprocess.run([sys.executable, "-m", "reconciler", "--api-base", emulator.url, "--max-qps", "1000", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", "--api-base", emulator.url, "--max-qps", "1000", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _settle_pending(emulator, cwd: Path, output: str, chats: dict) -> bool:
@@ -260,7 +287,7 @@ def test_sigkill_at_every_write_never_creates_a_chat_twice_nor_loses_one(emulato
         seen = {"n": 0}
         proc_box: dict = {}
 
-        def killer(call, n=kill_at):
+        def killer(call, n=kill_at, seen=seen, proc_box=proc_box):
             if call.endpoint in WRITES:
                 seen["n"] += 1
                 if seen["n"] == n and "proc" in proc_box:
@@ -268,9 +295,28 @@ def test_sigkill_at_every_write_never_creates_a_chat_twice_nor_loses_one(emulato
 
         emulator.before_reply = killer
         env = {**os.environ, "DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "--api-base", emulator.url, "--max-qps", "1000",
-                                 "apply", "chats", "--auto-approve", "--force", "--parallelism", "1"],
-                                cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "--api-base",
+                emulator.url,
+                "--max-qps",
+                "1000",
+                "apply",
+                "chats",
+                "--auto-approve",
+                "--force",
+                "--parallelism",
+                "1",
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         proc_box["proc"] = proc
         proc.communicate(timeout=120)
         emulator.before_reply = None

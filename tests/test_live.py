@@ -1,14 +1,16 @@
 """Concurrent reads: paced under the server's limit, ticking as they land, stopping on fatal errors."""
+
 from __future__ import annotations
 
 import time
 
 import pytest
 
-from helpers import APP_KEY
 from reconciler.dingtalk import AuthError, DingTalkClient
 from reconciler.live import read_live
 from reconciler.model import ReadFailure
+
+from helpers import APP_KEY
 
 
 def seed(emulator, n):
@@ -20,8 +22,12 @@ def test_client_pacing_at_the_servers_own_limit_provokes_no_throttling(emulator,
     emulator.faults.qps_limit = 25
     client = make_client(max_qps=25)  # the same number as the server: headroom must keep us under it
     ticks = []  # (when, how many reads the emulator had answered by then)
-    live = read_live(client, ids, parallelism=8,
-                     on_done=lambda: ticks.append((time.monotonic(), emulator.counters().get("/chat/get", 0))))
+    live = read_live(
+        client,
+        ids,
+        parallelism=8,
+        on_done=lambda: ticks.append((time.monotonic(), emulator.counters().get("/chat/get", 0))),
+    )
     assert len(live) == 50 and not any(isinstance(r, ReadFailure) for r in live.values())
     assert [c for c in emulator.calls if c.errcode == 90018] == []
     assert len(emulator.calls_to("/chat/get")) == 50  # not one retry
@@ -37,8 +43,7 @@ def test_per_chat_failures_are_values_and_fatal_errors_stop_the_run(emulator, ma
     assert isinstance(live[ids[1]], ReadFailure) and "not found" not in live[ids[1]].message
     assert live[ids[2]].name == "c2"
 
-    with DingTalkClient(APP_KEY, "wrong-secret-123", api_base=emulator.url, max_qps=0) as bad, \
-            pytest.raises(AuthError):
+    with DingTalkClient(APP_KEY, "wrong-secret-123", api_base=emulator.url, max_qps=0) as bad, pytest.raises(AuthError):
         read_live(bad, ids, parallelism=4)
 
 

@@ -1,4 +1,5 @@
 """Concurrent reads must not change the plan: parallelism 1, 8 and 16 give the same Plan, sorted by key."""
+
 from __future__ import annotations
 
 import json
@@ -6,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import users, write_config
 from reconciler.config import load_config
 from reconciler.manager import Manager
 from reconciler.plan import Action
 from reconciler.state import FORMAT, VERSION, StateFile
+
+from helpers import users, write_config
 
 #: Chats per kind; keys are shuffled across kinds so sorting has work to do.
 PER_KIND = 10
@@ -24,13 +26,21 @@ def build(emulator, folder: Path) -> tuple[Path, Path]:
     for i in range(PER_KIND):
         members = people[i : i + 5]
         in_sync = emulator.seed_chat(f"同步 {i}", members[0], members, chatBannedType=1)
-        chats[f"k{i:02d}-sync"] = {"name": f"同步 {i}", "owner": members[0], "members": members,
-                                    "settings": {"muted": True}}
+        chats[f"k{i:02d}-sync"] = {
+            "name": f"同步 {i}",
+            "owner": members[0],
+            "members": members,
+            "settings": {"muted": True},
+        }
         state[f"k{i:02d}-sync"] = {"chatid": in_sync}
 
         drifted = emulator.seed_chat(f"漂移 {i}", members[0], members[:3] + ["intruder"], chatBannedType=0)
-        chats[f"k{59 - i:02d}-drift"] = {"name": f"漂移 {i}!", "owner": members[0], "members": members,
-                                         "settings": {"muted": True}}
+        chats[f"k{59 - i:02d}-drift"] = {
+            "name": f"漂移 {i}!",
+            "owner": members[0],
+            "members": members,
+            "settings": {"muted": True},
+        }
         state[f"k{59 - i:02d}-drift"] = {"chatid": drifted}
 
         chats[f"k{30 + i:02d}-gone"] = {"name": f"不在 {i}", "owner": members[0], "members": members}
@@ -42,8 +52,12 @@ def build(emulator, folder: Path) -> tuple[Path, Path]:
         chats[f"k{40 + i:02d}-new"] = {"name": f"新 {i}", "owner": members[0], "members": members}
 
         pinned = emulator.seed_chat(f"固定 {i}", members[1], members[1:])
-        chats[f"k{10 + i:02d}-pin"] = {"name": f"固定 {i}", "owner": members[1], "members": members[1:],
-                                       "chatid": pinned}
+        chats[f"k{10 + i:02d}-pin"] = {
+            "name": f"固定 {i}",
+            "owner": members[1],
+            "members": members[1:],
+            "chatid": pinned,
+        }
     for i in range(3):
         state[f"k{i:02d}-forgotten"] = {"chatid": emulator.seed_chat("旧", "u0000", ["u0000"])}
     config = write_config(folder, chats)

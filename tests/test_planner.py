@@ -1,21 +1,30 @@
 """The planner is pure: these tests feed it values and read the Plan."""
+
 from __future__ import annotations
 
-from reconciler.model import DesiredChat, LiveChat
+from reconciler.model import DesiredChat, LiveChat, ReadFailure
 from reconciler.plan import Action, SettingChange
-from reconciler.model import ReadFailure
 from reconciler.planner import make_plan, resolve
 from reconciler.state import Binding
 
 
-def desired(key="team", members=("alice", "bob"), owner="alice", policy="exact", settings=None, chatid=None, name="Team"):
-    return DesiredChat(key=key, name=name, owner=owner, members=members, members_policy=policy,
-                       settings=settings or {}, chatid=chatid)
+def desired(
+    key="team", members=("alice", "bob"), owner="alice", policy="exact", settings=None, chatid=None, name="Team"
+):
+    return DesiredChat(
+        key=key, name=name, owner=owner, members=members, members_policy=policy, settings=settings or {}, chatid=chatid
+    )
 
 
 def live(chatid="chat1", members=("alice", "bob"), owner="alice", settings=None, name="Team"):
-    base = {"muted": False, "searchable": False, "join_validation": False,
-            "mention_all": "everyone", "management": "everyone", "show_history": False}
+    base = {
+        "muted": False,
+        "searchable": False,
+        "join_validation": False,
+        "mention_all": "everyone",
+        "management": "everyone",
+        "show_history": False,
+    }
     base.update(settings or {})
     return LiveChat(chatid=chatid, name=name, owner=owner, members=members, settings=base)
 
@@ -42,15 +51,19 @@ def test_members_added_and_removed_exact():
 
 
 def test_additive_never_removes_and_reports_kept():
-    plan = make_plan([desired(members=("alice",), policy="additive")], {"team": Binding("chat1")},
-                     {"chat1": live(members=("alice", "bob", "zed"))})
+    plan = make_plan(
+        [desired(members=("alice",), policy="additive")],
+        {"team": Binding("chat1")},
+        {"chat1": live(members=("alice", "bob", "zed"))},
+    )
     (c,) = plan.changes
     assert c.action is Action.NOOP and c.remove == () and c.kept == ("bob", "zed")
 
 
 def test_undeclared_setting_changed_by_hand_is_left_alone():
-    plan = make_plan([desired(settings={"muted": False})], {"team": Binding("chat1")},
-                     {"chat1": live(settings={"searchable": True})})
+    plan = make_plan(
+        [desired(settings={"muted": False})], {"team": Binding("chat1")}, {"chat1": live(settings={"searchable": True})}
+    )
     assert plan.changes[0].action is Action.NOOP
 
 
@@ -74,8 +87,11 @@ def test_key_gone_from_yaml_is_an_orphan_that_is_kept_unless_pruned():
 
 
 def test_unreadable_chat_is_an_error_for_that_chat_only():
-    plan = make_plan([desired("a"), desired("b")], {"a": Binding("chat1"), "b": Binding("chat2")},
-                     {"chat1": ReadFailure("gone"), "chat2": live("chat2")})
+    plan = make_plan(
+        [desired("a"), desired("b")],
+        {"a": Binding("chat1"), "b": Binding("chat2")},
+        {"chat1": ReadFailure("gone"), "chat2": live("chat2")},
+    )
     assert [(c.key, c.action) for c in plan.changes] == [("a", Action.ERROR), ("b", Action.NOOP)]
     assert plan.changes[0].error == "gone"
 
@@ -108,5 +124,9 @@ def test_targets_limit_the_plan_and_order_is_sorted():
 
 def test_fingerprint_changes_when_live_changes():
     a = make_plan([desired()], {"team": Binding("chat1")}, {"chat1": live()}).changes[0].fingerprint
-    b = make_plan([desired()], {"team": Binding("chat1")}, {"chat1": live(members=("alice", "bob", "x"))}).changes[0].fingerprint
+    b = (
+        make_plan([desired()], {"team": Binding("chat1")}, {"chat1": live(members=("alice", "bob", "x"))})
+        .changes[0]
+        .fingerprint
+    )
     assert a and b and a != b

@@ -1,4 +1,5 @@
 """The token bucket and the adaptive per-endpoint rate (fake clock, no real sleeping)."""
+
 from __future__ import annotations
 
 import threading
@@ -118,6 +119,7 @@ def test_capacity_below_one_is_refused():
 
 
 # ------------------------------------------------------------ adaptive rate (AIMD)
+
 
 def test_set_rate_spaces_later_calls_at_the_new_rate():
     clock = FakeClock()

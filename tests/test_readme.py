@@ -1,4 +1,5 @@
 """The README's quickstart works verbatim: every command in its block, in a fresh folder."""
+
 from __future__ import annotations
 
 import os
@@ -75,5 +76,5 @@ def test_ci_runs_exactly_the_readmes_test_command():
     test_command = line.rsplit(" && ", 1)[1].replace(".venv/bin/", "")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert test_command == "python -m pytest"
-    assert any(l.strip() == test_command for l in ci.splitlines())
+    assert any(row.strip() == test_command for row in ci.splitlines())
     assert "-e '.[test]'" in line and "-e '.[test]'" in ci

@@ -4,6 +4,7 @@ That is the evidence that the emulator speaks DingTalk's real wire format
 (paths, query token, JSON bodies, response keys), and it pins down the SDK
 bug dtchat exists to avoid: ``Chat.update`` resets every setting to 0.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,7 +53,13 @@ def test_the_seed_sdk_drives_every_chat_endpoint(srv, sdk):
     assert last["readUserIdList"] == ["carol"] and "next_cursor" not in last
 
     assert [c.endpoint for c in srv.calls] == [
-        "/gettoken", "/chat/create", "/chat/update", "/chat/get", "/chat/send", "/chat/getReadList", "/chat/getReadList",
+        "/gettoken",
+        "/chat/create",
+        "/chat/update",
+        "/chat/get",
+        "/chat/send",
+        "/chat/getReadList",
+        "/chat/getReadList",
     ]
 
 

@@ -1,4 +1,5 @@
 """The state file: atomic, locked, and never overwritten when it is not ours."""
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,10 @@ def test_move_renames_a_binding_and_refuses_to_overwrite(tmp_path):
     with pytest.raises(StateError, match="no chat key `nope`"):
         state.move("nope", "new")
     state.move("old", "new")
-    assert {k: b.chatid for k, b in StateFile(tmp_path / "s.json").bindings.items()} == {"new": "chat1", "taken": "chat2"}
+    assert {k: b.chatid for k, b in StateFile(tmp_path / "s.json").bindings.items()} == {
+        "new": "chat1",
+        "taken": "chat2",
+    }
 
 
 def test_a_rewritten_state_file_keeps_its_mode(tmp_path):
@@ -86,9 +90,8 @@ def test_a_symlink_and_the_real_path_share_one_lock(tmp_path):
 
 
 def test_locking_never_creates_a_folder_and_finds_an_unwritable_one_first(tmp_path):
-    with pytest.raises(StateError, match="does not exist"):
-        with locked(tmp_path / "no" / "such" / "s.json"):
-            pass
+    with pytest.raises(StateError, match="does not exist"), locked(tmp_path / "no" / "such" / "s.json"):
+        pass
     assert not (tmp_path / "no").exists()
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -96,9 +99,8 @@ def test_locking_never_creates_a_folder_and_finds_an_unwritable_one_first(tmp_pa
     try:
         if os.access(ro, os.W_OK):  # root ignores permissions: nothing to prove there
             return
-        with pytest.raises(StateError, match="cannot write state file here"):
-            with locked(ro / "s.json"):
-                pass
+        with pytest.raises(StateError, match="cannot write state file here"), locked(ro / "s.json"):
+            pass
     finally:
         ro.chmod(0o755)
 
@@ -122,14 +124,17 @@ def test_state_location_follows_one_rule(tmp_path, monkeypatch):
     assert not (tmp_path / "no").exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{", "not valid JSON"),
-    ("[]", "not a dtchat state file"),
-    ('{"format": "dtchat-state", "version": 9, "chats": {}}', "version 9 is not supported"),
-    ('{"format": "dtchat-state", "version": 1, "chats": []}', '"chats" must be an object'),
-    ('{"format": "dtchat-state", "version": 1, "chats": {"a": {"chatid": 5}}}', "chats.a.chatid"),
-    ('{"format": "dtchat-state", "version": 1, "chats": {"a": {}}}', "needs a chatid"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{", "not valid JSON"),
+        ("[]", "not a dtchat state file"),
+        ('{"format": "dtchat-state", "version": 9, "chats": {}}', "version 9 is not supported"),
+        ('{"format": "dtchat-state", "version": 1, "chats": []}', '"chats" must be an object'),
+        ('{"format": "dtchat-state", "version": 1, "chats": {"a": {"chatid": 5}}}', "chats.a.chatid"),
+        ('{"format": "dtchat-state", "version": 1, "chats": {"a": {}}}', "needs a chatid"),
+    ],
+)
 def test_bad_files_are_refused_with_the_path(tmp_path, content, message):
     path = tmp_path / "s.json"
     path.write_text(content)
@@ -148,10 +153,8 @@ def test_non_utf8_state_is_refused(tmp_path):
 
 def test_lock_is_exclusive(tmp_path):
     path = tmp_path / "s.json"
-    with locked(path):
-        with pytest.raises(StateError, match="another dtchat run holds the lock"):
-            with locked(path):
-                pass
+    with locked(path), pytest.raises(StateError, match="another dtchat run holds the lock"), locked(path):
+        pass
     with locked(path) as state:  # released
         state.record("a", "chat1")
 

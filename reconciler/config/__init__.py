@@ -4,6 +4,7 @@
 problem at once, each at ``file:line:col``. ``dump_config`` writes values
 back as YAML that loads to the same values.
 """
+
 from .dump import dump_config
 from .issues import ConfigError, ConfigIssue
 from .loader import Config, load_config

@@ -10,9 +10,11 @@ kept readable.
 Members are written as literal user ids only: a chat whose directory
 selectors are not resolved yet cannot be written without changing what it means.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -36,8 +38,8 @@ _Dumper.add_representer(str, _represent_str)
 
 def dump_config(
     chats: Iterable[DesiredChat],
-    groups: Optional[Mapping[str, Sequence[str]]] = None,
-    defaults: Optional[Mapping[str, Any]] = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> str:
     """YAML text for ``chats`` (and optional ``groups`` and ``defaults.settings``).
 

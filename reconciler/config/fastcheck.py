@@ -19,11 +19,13 @@ Patterns follow ECMA-262, as the schema's other readers (editors) do: there
 final newline, which would let ``"alice\\n"`` pass as a user id. Both this
 module and the jsonschema fallback compile patterns with :func:`search`.
 """
+
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
 
 Check = Callable[[Any], bool]
 
@@ -45,8 +47,8 @@ class UnsupportedSchema(ValueError):
     """The schema uses a keyword this compiler cannot evaluate."""
 
 
-@lru_cache(maxsize=None)
-def search(pattern: str) -> Callable[[str], Optional[re.Match[str]]]:
+@cache
+def search(pattern: str) -> Callable[[str], re.Match[str] | None]:
     """``re.compile(pattern).search`` with ECMA-262's ``$``: the end of the string, not "before a final newline"."""
     return re.compile(_ecma_to_python(pattern)).search
 
@@ -91,7 +93,9 @@ class _Compiler:
             return lambda value: True
         if schema is False:
             return lambda value: False
-        checks = [self._keyword(name, argument, schema) for name, argument in schema.items() if name not in _ANNOTATIONS]
+        checks = [
+            self._keyword(name, argument, schema) for name, argument in schema.items() if name not in _ANNOTATIONS
+        ]
         if len(checks) == 1:
             return checks[0]
 
@@ -103,7 +107,7 @@ class _Compiler:
 
         return every
 
-    def build_for_strings(self, schema: Any) -> Optional[Callable[[set[Any]], bool]]:
+    def build_for_strings(self, schema: Any) -> Callable[[set[Any]], bool] | None:
         """``schema`` applied to a set of values at once, if it is a plain string schema; else None."""
         keywords = self._keywords_of(schema)
         if keywords is None:
@@ -130,7 +134,7 @@ class _Compiler:
 
         return strings
 
-    def _keywords_of(self, schema: Any) -> Optional[dict[str, Any]]:
+    def _keywords_of(self, schema: Any) -> dict[str, Any] | None:
         """The keywords that affect validity, after following plain ``$ref``s; None for a boolean schema."""
         while isinstance(schema, dict) and set(schema) - _ANNOTATIONS == {"$ref"}:
             schema = self._resolve(schema["$ref"])
@@ -178,8 +182,9 @@ class _Compiler:
             return lambda value: not isinstance(value, dict) or all(key in value for key in argument)
         if name == "dependentRequired":
             rules = [(key, tuple(needed)) for key, needed in argument.items()]
-            return lambda value: not isinstance(value, dict) or all(
-                all(other in value for other in needed) for key, needed in rules if key in value
+            return lambda value: (
+                not isinstance(value, dict)
+                or all(all(other in value for other in needed) for key, needed in rules if key in value)
             )
         if name == "anyOf":
             branches = [self.build(branch) for branch in argument]
@@ -196,8 +201,8 @@ class _Compiler:
             if argument is False:
                 return lambda value: not isinstance(value, dict) or known.issuperset(value)
             check = self.build(argument)
-            return lambda value: not isinstance(value, dict) or all(
-                check(item) for key, item in value.items() if key not in known
+            return lambda value: (
+                not isinstance(value, dict) or all(check(item) for key, item in value.items() if key not in known)
             )
         if name == "propertyNames":
             check = self.build(argument)
@@ -217,7 +222,7 @@ class _Compiler:
         return target
 
 
-def _items(check: Check, strings: Optional[Callable[[set[Any]], bool]]) -> Check:
+def _items(check: Check, strings: Callable[[set[Any]], bool] | None) -> Check:
     """``items``, remembering the strings that passed so each distinct one is checked once."""
     passed: set[str] = set()
 

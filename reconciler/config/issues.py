@@ -3,12 +3,14 @@
 A CI run should show every problem in one go, so loading collects
 :class:`ConfigIssue` values and raises one :class:`ConfigError` at the end.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import DtchatError
 from ..model import Location

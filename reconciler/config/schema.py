@@ -8,21 +8,23 @@ at the ``file:line:col`` where it was written.
 jsonschema is slow on large valid files, so a compiled yes/no check
 (:mod:`.fastcheck`) runs first; jsonschema runs only on files that fail it.
 """
+
 from __future__ import annotations
 
 import datetime
 import difflib
 import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from jsonschema.exceptions import ValidationError
 
-from .fastcheck import UnsupportedSchema, compile_schema, search
 from ..model import Location
+from .fastcheck import UnsupportedSchema, compile_schema, search
 from .issues import ConfigIssue, quoted
 from .yamlload import Document
 
@@ -46,9 +48,7 @@ _DEF_NOUNS = {
     "selector": "selector",
 }
 #: Keywords about one value (not about a mapping's keys): one message per value is enough.
-_VALUE_KEYWORDS = frozenset(
-    {"type", "enum", "const", "pattern", "minLength", "maxLength", "minimum", "maximum"}
-)
+_VALUE_KEYWORDS = frozenset({"type", "enum", "const", "pattern", "minLength", "maxLength", "minimum", "maximum"})
 
 
 @cache
@@ -260,7 +260,7 @@ def _empty_chats(data: Any, chat_fields: Mapping[str, Any]) -> dict[Any, list[An
     if not isinstance(chats, dict):
         return {}
     empty: dict[Any, list[Any]] = {}
-    current: Optional[list[Any]] = None
+    current: list[Any] | None = None
     for key, value in chats.items():
         is_chat = isinstance(value, dict) and ("name" in value or "owner" in value)
         if current is not None and isinstance(key, str) and key in chat_fields and not is_chat:

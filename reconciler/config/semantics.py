@@ -6,17 +6,19 @@ broken, so one run reports as much as possible. Groups are expanded here
 :class:`~reconciler.model.DesiredChat` values built. Selectors stay
 unresolved: ``validate`` is offline, the directory is read at plan time.
 """
+
 from __future__ import annotations
 
 import difflib
 import string
 from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
-from ..notify import PLACEHOLDERS
 from ..model import DesiredChat, Location, Selector
+from ..notify import PLACEHOLDERS
 from ..rules import EXACT, MEMBER_CAP
 from .issues import ConfigIssue, quoted
 from .schema import SchemaResult
@@ -50,7 +52,7 @@ class Resolved:
     #: Group name -> its directory selectors (nested groups expanded), sorted; only groups that have some.
     group_selectors: Mapping[str, tuple[Selector, ...]] = field(default_factory=dict)
     #: ``defaults.notify``, or None.
-    default_notify: Optional[str] = None
+    default_notify: str | None = None
 
 
 #: The placeholders a notify template may use; the applier fills them in.
@@ -91,24 +93,32 @@ def _merge_defaults(checked: Sequence[tuple[Document, SchemaResult]], issues: li
         for name, value in (document.data.get("defaults") or {}).get("settings", {}).items():
             if name in first:
                 before = first[name].locate((*path, name), key=True)
-                issues.append(ConfigIssue(document.locate((*path, name), key=True),
-                                          f"default setting `{name}` is defined twice: first at {before}"))
+                issues.append(
+                    ConfigIssue(
+                        document.locate((*path, name), key=True),
+                        f"default setting `{name}` is defined twice: first at {before}",
+                    )
+                )
             else:
                 merged[name], first[name] = value, document
     return merged
 
 
-def _default_notify(checked: Sequence[tuple[Document, SchemaResult]], issues: list[ConfigIssue]) -> Optional[str]:
+def _default_notify(checked: Sequence[tuple[Document, SchemaResult]], issues: list[ConfigIssue]) -> str | None:
     """``defaults.notify`` of all files (defined once at most), if it is a valid template."""
-    found: Optional[tuple[str, Document]] = None
+    found: tuple[str, Document] | None = None
     valid = True
     path = ("defaults", "notify")
     for document, result in checked:
         if result.is_broken(path) or "notify" not in (document.data.get("defaults") or {}):
             continue
         if found is not None:
-            issues.append(ConfigIssue(document.locate(path, key=True),
-                                      f"default `notify` is defined twice: first at {found[1].locate(path, key=True)}"))
+            issues.append(
+                ConfigIssue(
+                    document.locate(path, key=True),
+                    f"default `notify` is defined twice: first at {found[1].locate(path, key=True)}",
+                )
+            )
             continue
         found = (document.data["defaults"]["notify"], document)
         valid = _check_template(found[0], lambda d=document: d.locate(path), issues)
@@ -124,7 +134,7 @@ def _check_template(template: str, where: Callable[[], Location], issues: list[C
     return problem is None
 
 
-def _template_problem(template: str) -> Optional[str]:
+def _template_problem(template: str) -> str | None:
     """Checked with the parser ``str.format`` uses, so a template that passes here cannot fail at apply time.
 
     Attribute access, indexing, conversions and format specs are refused:
@@ -150,7 +160,9 @@ def _template_problem(template: str) -> Optional[str]:
     return None
 
 
-def _collect(section: str, checked: Sequence[tuple[Document, SchemaResult]], issues: list[ConfigIssue]) -> dict[str, _Entry]:
+def _collect(
+    section: str, checked: Sequence[tuple[Document, SchemaResult]], issues: list[ConfigIssue]
+) -> dict[str, _Entry]:
     """Every entry of ``section`` across files; a name defined twice is an error naming both places."""
     noun = section[:-1]
     entries: dict[str, _Entry] = {}
@@ -161,7 +173,9 @@ def _collect(section: str, checked: Sequence[tuple[Document, SchemaResult]], iss
             entry = _Entry(document, section, name, value, result.is_broken((section, name)))
             if name in entries:
                 first = entries[name].locate(key=True)
-                issues.append(ConfigIssue(entry.locate(key=True), f"{noun} `{name}` is defined twice: first at {first}"))
+                issues.append(
+                    ConfigIssue(entry.locate(key=True), f"{noun} `{name}` is defined twice: first at {first}")
+                )
             else:
                 entries[name] = entry
     return entries
@@ -199,7 +213,7 @@ class _Expander:
     def __init__(self, groups: Mapping[str, _Entry], issues: list[ConfigIssue]) -> None:
         self._groups = groups
         self._issues = issues
-        self.expanded: dict[str, Optional[_Members]] = {}
+        self.expanded: dict[str, _Members | None] = {}
         #: "@name" of every group; names that are not strings are broken (the schema reported them).
         self._references = frozenset("@" + name for name in groups if isinstance(name, str))
         for name in self._order_without_cycles():
@@ -207,7 +221,7 @@ class _Expander:
             members = None if entry.broken or name in self.expanded else self._expand(entry.value, entry, ())
             self.expanded[name] = None if members is None else _Members(frozenset(members[0]), frozenset(members[1]))
 
-    def chat(self, entry: _Entry, defaults: Mapping[str, Any], default_notify: Optional[str]) -> Optional[DesiredChat]:
+    def chat(self, entry: _Entry, defaults: Mapping[str, Any], default_notify: str | None) -> DesiredChat | None:
         """The chat's desired value, or None when its members or template could not be worked out."""
         chat = entry.value
         members = self._expand(chat.get("members", ()), entry, ("members",))
@@ -287,7 +301,7 @@ class _Expander:
 
     def _expand(
         self, items: Sequence[Any], entry: _Entry, path: tuple[Any, ...]
-    ) -> Optional[tuple[list[str], set[Selector]]]:
+    ) -> tuple[list[str], set[Selector]] | None:
         """User ids (sorted) and selectors of ``items``, groups expanded; None if a reference cannot be expanded.
 
         Runs for every chat (10,000 x 200 ids): set operations and one sort, no Python loop over the ids

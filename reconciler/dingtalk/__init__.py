@@ -5,6 +5,7 @@ on first use of :class:`DingTalkClient`, so commands that never call the API
 (``--help``, ``validate``) start fast while ``from reconciler.dingtalk import
 DingTalkClient`` keeps working.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -6,6 +6,7 @@ mapping and keeping secrets out of logs and errors. It sends exactly what the
 caller gives (batching is the applier's job): :meth:`DingTalkClient.write` is
 the one way a write leaves, so ``--dry-run`` can print exactly what is sent.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -19,8 +20,9 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -37,8 +39,8 @@ from .errors import (
     IpBanError,
     ReadTimeoutError,
     TransportError,
-    error_from_payload,
     errcode_of,
+    error_from_payload,
     is_retryable,
     is_token_error,
 )
@@ -90,8 +92,8 @@ def normalize_mobile(text: str) -> str:
     """
     number = _MOBILE_JUNK.sub("", str(text))
     for prefix in ("+86", "0086"):
-        if number.startswith(prefix) and _MAINLAND.fullmatch(number[len(prefix):]):
-            number = number[len(prefix):]
+        if number.startswith(prefix) and _MAINLAND.fullmatch(number[len(prefix) :]):
+            number = number[len(prefix) :]
             break
     if not number:
         raise ValueError("empty mobile number")
@@ -111,11 +113,11 @@ class _Failure:
     #: The request may have reached the server (matters for non-idempotent create).
     ambiguous: bool
     #: The server's ``wait`` hint in seconds (IP ban), if any.
-    wait: Optional[float] = None
+    wait: float | None = None
     #: False for answers another attempt cannot change (a redirect, a 404, an unknown host).
     retry: bool = True
     #: At most this many attempts in all for this kind of failure (None: the client's max_attempts).
-    attempts: Optional[int] = None
+    attempts: int | None = None
     #: An IP-ban answer: the whole client pauses for ``wait``.
     ban: bool = False
 
@@ -172,7 +174,7 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _wait_hint(payload: Any, text: str) -> Optional[float]:
+def _wait_hint(payload: Any, text: str) -> float | None:
     """The ``wait`` seconds of an IP-ban answer (JSON or HTML), if it carries one."""
     if isinstance(payload, dict):
         wait = payload.get("wait")
@@ -183,7 +185,7 @@ def _wait_hint(payload: Any, text: str) -> Optional[float]:
     return float(match.group(1)) if match else None
 
 
-def _is_ban(payload: Any, wait: Optional[float]) -> bool:
+def _is_ban(payload: Any, wait: float | None) -> bool:
     if wait is not None:
         return True
     return isinstance(payload, dict) and ("punish" in payload or payload.get("status") == 1111)
@@ -218,7 +220,7 @@ class DingTalkClient:
         backoff_cap: float = 8.0,
         token_refresh_margin: float = 300.0,
         pool_size: int = 32,
-        ip_limit: Optional[tuple[int, float]] = (IP_LIMIT_CALLS, IP_LIMIT_WINDOW),
+        ip_limit: tuple[int, float] | None = (IP_LIMIT_CALLS, IP_LIMIT_WINDOW),
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -241,13 +243,14 @@ class DingTalkClient:
         if ip_limit is not None:
             calls, window = ip_limit
             burst = min(IP_BURST, max(1, calls // 10))
-            self._ip_bucket: Optional[TokenBucket] = TokenBucket(
-                (calls - burst) / window * (1 - rules.RATE_HEADROOM), capacity=burst)
+            self._ip_bucket: TokenBucket | None = TokenBucket(
+                (calls - burst) / window * (1 - rules.RATE_HEADROOM), capacity=burst
+            )
         else:
             self._ip_bucket = None
         self._session = self._make_session(pool_size)
         self._token_lock = threading.Lock()
-        self._token: Optional[str] = None
+        self._token: str | None = None
         self._token_refresh_at = 0.0
         self._ever_had_token = False
         self._banned_until = 0.0
@@ -317,14 +320,16 @@ class DingTalkClient:
             chatid = payload.get("chatid")
             if not isinstance(chatid, str) or not chatid:
                 raise AmbiguousCreateError(
-                    endpoint, "malformed response: the chat was created but no chatid came back",
-                    detail="check DingTalk and record the chat with `dtchat import KEY CHATID`")
+                    endpoint,
+                    "malformed response: the chat was created but no chatid came back",
+                    detail="check DingTalk and record the chat with `dtchat import KEY CHATID`",
+                )
         elif endpoint == CHAT_SEND:
             self._require(payload, endpoint, "messageId", str)
         return payload
 
     def create_chat(
-        self, name: str, owner: str, userids: Sequence[str], settings: Optional[Mapping[str, int]] = None
+        self, name: str, owner: str, userids: Sequence[str], settings: Mapping[str, int] | None = None
     ) -> str:
         """Create a chat (not idempotent: an unknown outcome raises AmbiguousCreateError)."""
         body: dict[str, Any] = {"name": name, "owner": owner, "useridlist": list(userids)}
@@ -335,11 +340,11 @@ class DingTalkClient:
         self,
         chatid: str,
         *,
-        name: Optional[str] = None,
-        owner: Optional[str] = None,
+        name: str | None = None,
+        owner: str | None = None,
         add: Sequence[str] = (),
         remove: Sequence[str] = (),
-        settings: Optional[Mapping[str, int]] = None,
+        settings: Mapping[str, int] | None = None,
     ) -> None:
         """Change a chat, sending only the given fields (a setting sent as 0 resets it)."""
         body: dict[str, Any] = {"chatid": chatid}
@@ -364,7 +369,7 @@ class DingTalkClient:
 
     def get_read_list(
         self, message_id: str, cursor: int = 0, size: int = rules.READ_LIST_PAGE_MAX
-    ) -> tuple[list[str], Optional[int]]:
+    ) -> tuple[list[str], int | None]:
         """One page of who read a message: (user ids, next cursor or None on the last page)."""
         if not 1 <= size <= rules.READ_LIST_PAGE_MAX:
             raise ValueError(f"size must be 1..{rules.READ_LIST_PAGE_MAX}")
@@ -378,7 +383,7 @@ class DingTalkClient:
 
     def iter_read_list(self, message_id: str) -> Iterator[str]:
         """Every user id that read the message, following cursors."""
-        cursor: Optional[int] = 0
+        cursor: int | None = 0
         while cursor is not None:
             ids, next_cursor = self.get_read_list(message_id, cursor)
             yield from ids
@@ -448,8 +453,12 @@ class DingTalkClient:
     def stats(self) -> dict:
         """A snapshot: HTTP requests per endpoint, retries, token re-fetches, rate cuts."""
         with self._stats_lock:
-            return {"calls": dict(self._calls), "retries": self._retries,
-                    "token_refreshes": self._token_refreshes, "rate_cuts": self._rate_cuts}
+            return {
+                "calls": dict(self._calls),
+                "retries": self._retries,
+                "token_refreshes": self._token_refreshes,
+                "rate_cuts": self._rate_cuts,
+            }
 
     def rate(self, endpoint: str) -> float:
         """The calls/s this client paces ``endpoint`` at now (0 = unlimited)."""
@@ -459,7 +468,7 @@ class DingTalkClient:
         """Close the HTTP session and its pooled connections."""
         self._session.close()
 
-    def __enter__(self) -> "DingTalkClient":
+    def __enter__(self) -> DingTalkClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -468,7 +477,7 @@ class DingTalkClient:
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
-    def _settings(settings: Optional[Mapping[str, int]]) -> dict[str, int]:
+    def _settings(settings: Mapping[str, int] | None) -> dict[str, int]:
         """Only known API setting fields may be sent: a typo would be silently ignored by the server."""
         unknown = sorted(set(settings or {}) - set(rules.SETTING_FIELDS))
         if unknown:
@@ -572,8 +581,8 @@ class DingTalkClient:
         method: str,
         endpoint: str,
         *,
-        params: Optional[Mapping[str, Any]] = None,
-        body: Optional[Mapping[str, Any]] = None,
+        params: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | None = None,
         userids: Sequence[str] = (),
     ) -> dict:
         """An authenticated call; a rejected token is replaced and the call retried once."""
@@ -592,11 +601,9 @@ class DingTalkClient:
                 continue
             raise error_from_payload(endpoint, payload, userids, token_refreshed=refreshed)
 
-    def _retrying(
-        self, method: str, endpoint: str, params: Mapping[str, Any], body: Optional[Mapping[str, Any]]
-    ) -> dict:
+    def _retrying(self, method: str, endpoint: str, params: Mapping[str, Any], body: Mapping[str, Any] | None) -> dict:
         """Repeat transient failures with backoff; returns the first definite errcode answer."""
-        deadline: Optional[float] = None
+        deadline: float | None = None
         attempt = 0
         while True:
             attempt += 1
@@ -639,7 +646,7 @@ class DingTalkClient:
                 self._retries += 1
             time.sleep(delay)
 
-    def _wait_out_ban(self, endpoint: str, deadline: Optional[float]) -> Optional[float]:
+    def _wait_out_ban(self, endpoint: str, deadline: float | None) -> float | None:
         """Another call was told this IP is banned: wait it out before sending (never hammer a ban)."""
         now = time.monotonic()
         left = self._banned_until - now
@@ -663,8 +670,8 @@ class DingTalkClient:
         )
 
     def _attempt(
-        self, method: str, endpoint: str, params: Mapping[str, Any], body: Optional[Mapping[str, Any]]
-    ) -> Union[dict, _Failure]:
+        self, method: str, endpoint: str, params: Mapping[str, Any], body: Mapping[str, Any] | None
+    ) -> dict | _Failure:
         """One rate-limited HTTP request: a payload with an int errcode, or a failure."""
         limiter = self._limiters.get(endpoint) or self._limiter(endpoint)
         ticket = limiter.acquire()
@@ -687,8 +694,9 @@ class DingTalkClient:
         except (requests.exceptions.RequestException, ValueError) as exc:
             outcome = self._network_failure(endpoint, exc)
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s %s -> %s (%d ms)", method, endpoint, type(exc).__name__,
-                          (time.monotonic() - started) * 1000)
+                log.debug(
+                    "%s %s -> %s (%d ms)", method, endpoint, type(exc).__name__, (time.monotonic() - started) * 1000
+                )
             return outcome
         try:
             payload = json.loads(content)
@@ -698,8 +706,15 @@ class DingTalkClient:
         errcode = errcode_of(payload.get("errcode")) if isinstance(payload, dict) else None
         if log.isEnabledFor(logging.DEBUG):
             chatid = params.get("chatid") or (body or {}).get("chatid")
-            log.debug("%s %s%s -> HTTP %d, errcode %s (%d ms)", method, endpoint,
-                      f" chatid={chatid}" if chatid else "", status, errcode, (time.monotonic() - started) * 1000)
+            log.debug(
+                "%s %s%s -> HTTP %d, errcode %s (%d ms)",
+                method,
+                endpoint,
+                f" chatid={chatid}" if chatid else "",
+                status,
+                errcode,
+                (time.monotonic() - started) * 1000,
+            )
         if errcode is not None and (200 <= status < 300 or 400 <= status < 500):
             assert isinstance(payload, dict)
             payload["errcode"] = errcode
@@ -708,15 +723,20 @@ class DingTalkClient:
                 if cut is not None:
                     with self._stats_lock:
                         self._rate_cuts += 1
-                    log.warning("%s: DingTalk is throttling (errcode %d); pacing this API at %.1f calls/s",
-                                endpoint, errcode, cut)
+                    log.warning(
+                        "%s: DingTalk is throttling (errcode %d); pacing this API at %.1f calls/s",
+                        endpoint,
+                        errcode,
+                        cut,
+                    )
             else:
                 limiter.succeeded()
             return payload
         return self._odd_answer(endpoint, response, payload)
 
-    def _prepare(self, method: str, endpoint: str, params: Mapping[str, Any], data: Optional[bytes]
-                 ) -> requests.PreparedRequest:
+    def _prepare(
+        self, method: str, endpoint: str, params: Mapping[str, Any], data: bytes | None
+    ) -> requests.PreparedRequest:
         """This endpoint's request, prepared once by requests, with this call's query and body.
 
         ``Session.request`` re-prepares everything (URL parsing and IDNA,
@@ -775,15 +795,22 @@ class DingTalkClient:
             error = TransportError(endpoint, f"cannot connect through the proxy {self._proxy}: {_reason(exc)}")
             return _Failure(error, ambiguous=False, attempts=CONNECT_ATTEMPTS)
         if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return _Failure(TransportError(endpoint, f"timed out connecting to {base}"),
-                            ambiguous=False, attempts=CONNECT_ATTEMPTS)
+            return _Failure(
+                TransportError(endpoint, f"timed out connecting to {base}"), ambiguous=False, attempts=CONNECT_ATTEMPTS
+            )
         if isinstance(exc, requests.exceptions.Timeout):
             return _Failure(ReadTimeoutError(endpoint, f"no answer from {base} in time (read timeout)"), ambiguous=True)
         if isinstance(exc, requests.exceptions.SSLError):
             error = TransportError(endpoint, f"cannot connect to {base}: {_reason(exc)}")
             return _Failure(error, ambiguous=False, retry=False)
-        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                            requests.exceptions.ContentDecodingError)):
+        if isinstance(
+            exc,
+            (
+                requests.exceptions.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError,
+            ),
+        ):
             if _host_not_found(exc):
                 error = TransportError(endpoint, f"cannot connect to {base}: host name not found; check --api-base")
                 return _Failure(error, ambiguous=False, retry=False)

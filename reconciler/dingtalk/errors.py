@@ -4,10 +4,12 @@ Callers decide what to do by exception class (report a missing chat per chat,
 stop on auth failures, tell the user to ``import`` after an ambiguous create),
 so every errcode the API documents is classified here and nowhere else.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..errors import DtchatError
 from .redact import redact
@@ -23,10 +25,10 @@ class DingTalkError(DtchatError):
         self,
         endpoint: str,
         errmsg: str,
-        errcode: Optional[int] = None,
+        errcode: int | None = None,
         *,
         sub_code: Any = None,
-        sub_msg: Optional[str] = None,
+        sub_msg: str | None = None,
         detail: str = "",
     ) -> None:
         self.endpoint = endpoint
@@ -173,7 +175,7 @@ def is_fatal(exc: DingTalkError) -> bool:
     return isinstance(exc, AuthError) and exc.endpoint == GETTOKEN
 
 
-def errcode_of(value: Any) -> Optional[int]:
+def errcode_of(value: Any) -> int | None:
     """An answer's errcode as an int (some APIs print it as a string, ``"0"``); None when absent or not a number."""
     if type(value) is int:
         return value

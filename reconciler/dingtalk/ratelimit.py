@@ -11,11 +11,12 @@ per second and never in a burst, which is what a server counting calls in
 1-second windows wants. Each caller reserves its slot under the lock and then
 sleeps outside it, so waiting threads queue in order without polling.
 """
+
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 #: DingTalk's per-egress-IP ceiling over all APIs: this many calls ...
 IP_LIMIT_CALLS = 10_000
@@ -106,7 +107,7 @@ class AdaptiveRate:
         self._bucket.acquire()
         return ticket
 
-    def throttled(self, ticket: int) -> "float | None":
+    def throttled(self, ticket: int) -> float | None:
         """The server refused a call as too fast: the new (lower) rate, or None if unchanged."""
         if self.max_rate <= 0:
             return None

@@ -4,6 +4,7 @@ The access token travels in every URL and the app secret in the /gettoken URL,
 so anything derived from a URL, a ``requests`` exception or a third-party log
 line must pass through :func:`redact`.
 """
+
 from __future__ import annotations
 
 import logging

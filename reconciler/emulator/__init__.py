@@ -5,12 +5,23 @@ It speaks the chat and contact (org directory) endpoints of
 never the client's) and error codes, and can inject the failures a client
 must survive. See docs/emulator.md.
 """
+
 from .faults import Faults
 from .org import SANDBOX_ORG, Department, Org, OrgError, Role, User, load_org
 from .server import Call, EmulatorServer, ListenError
 from .store import load_users
 
 __all__ = [
-    "Call", "Department", "EmulatorServer", "Faults", "ListenError", "Org", "OrgError", "Role",
-    "SANDBOX_ORG", "User", "load_org", "load_users",
+    "Call",
+    "Department",
+    "EmulatorServer",
+    "Faults",
+    "ListenError",
+    "Org",
+    "OrgError",
+    "Role",
+    "SANDBOX_ORG",
+    "User",
+    "load_org",
+    "load_users",
 ]

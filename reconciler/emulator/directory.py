@@ -18,9 +18,11 @@ Each handler validates the body and returns the answer's fields besides
   that is not 1..15 digits (``+86``, spaces, dashes) is 40104; a number no
   active user has is 60121.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .limits import (
     MOBILE_MAX,
@@ -179,17 +181,25 @@ HANDLERS: Mapping[str, tuple[Handler, bool]] = {
 }
 
 
-def permission_denied(endpoint: str, note: Optional[str] = None) -> dict[str, Any]:
+def permission_denied(endpoint: str, note: str | None = None) -> dict[str, Any]:
     """The 88 / 60011 answer body (without request_id)."""
     sub_msg = f"应用尚未开通所需的权限：[{PERMISSIONS.get(endpoint, 'qyapi_get_member')}]"
     if note:
         sub_msg += f" ({note})"
-    return {"errcode": 88, "errmsg": f"ding talk error[subcode=60011,submsg={sub_msg}]",
-            "sub_code": "60011", "sub_msg": sub_msg}
+    return {
+        "errcode": 88,
+        "errmsg": f"ding talk error[subcode=60011,submsg={sub_msg}]",
+        "sub_code": "60011",
+        "sub_msg": sub_msg,
+    }
 
 
 def bad_token() -> dict[str, Any]:
     """The 88 / 40014 answer body (without request_id): /topapi's word for a bad or expired token."""
     sub_msg = "不合法的access_token"
-    return {"errcode": 88, "errmsg": f"ding talk error[subcode=40014,submsg={sub_msg}]",
-            "sub_code": "40014", "sub_msg": sub_msg}
+    return {
+        "errcode": 88,
+        "errmsg": f"ding talk error[subcode=40014,submsg={sub_msg}]",
+        "sub_code": "40014",
+        "sub_msg": sub_msg,
+    }

@@ -33,14 +33,16 @@ Choices where the brief leaves room:
   request during the ban answers the ban body with ``wait`` = seconds left.
   The emulator sees every caller as one egress IP (it serves loopback).
 """
+
 from __future__ import annotations
 
 import re
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from .limits import IP_BAN_SECONDS, IP_LIMIT_CALLS, IP_LIMIT_WINDOW
 
@@ -63,7 +65,7 @@ class Faults:
     ip_ban_every: int = 0
     ban_wait: int = 1
     ip_ban_html: bool = False
-    fault_endpoints: "frozenset[str] | set[str]" = field(default_factory=frozenset)
+    fault_endpoints: frozenset[str] | set[str] = field(default_factory=frozenset)
     token_uses: int = 0
     fail_chatids: dict[str, int] = field(default_factory=dict)
     drop_after_create: int = 0
@@ -73,7 +75,7 @@ class Faults:
     ip_limit_window: float = IP_LIMIT_WINDOW
     ip_ban_seconds: float = IP_BAN_SECONDS
     endpoint_latency_ms: dict[str, float] = field(default_factory=dict)
-    fail_lookups: "dict[str, int | str]" = field(default_factory=dict)
+    fail_lookups: dict[str, int | str] = field(default_factory=dict)
     string_errcode: bool = False
 
     def latency_for(self, endpoint: str) -> float:
@@ -100,7 +102,7 @@ class Faults:
         return out
 
 
-def lookup_failure(value: "int | str") -> tuple[int, Optional[str]]:
+def lookup_failure(value: int | str) -> tuple[int, str | None]:
     """A ``fail_lookups`` value as (errcode, sub_code or None)."""
     if isinstance(value, int):
         return value, None
@@ -126,8 +128,9 @@ def _convert(name: str, value: Any, current: Any) -> Any:
         return dict(value)
     if name == "fail_lookups":
         if not isinstance(value, dict) or not all(_is_failure(v) for v in value.values()):
-            raise ValueError('fail_lookups must map "dept:ID" / "role:ID" / "mobile:N" / endpoint -> '
-                             'errcode (int) or "88:SUB_CODE"')
+            raise ValueError(
+                'fail_lookups must map "dept:ID" / "role:ID" / "mobile:N" / endpoint -> errcode (int) or "88:SUB_CODE"'
+            )
         return dict(value)
     if isinstance(current, bool):
         if not isinstance(value, bool):
@@ -155,7 +158,7 @@ class FaultInjector:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._eligible = 0
-        self._every_key: Optional[tuple] = None
+        self._every_key: tuple | None = None
         self._windows: dict[str, deque[float]] = {}
         self._ip_window: deque[float] = deque()
         self._banned_until = 0.0
@@ -168,7 +171,7 @@ class FaultInjector:
             self._ip_window.clear()
             self._banned_until = 0.0
 
-    def ip_ban(self, faults: Faults) -> Optional[float]:
+    def ip_ban(self, faults: Faults) -> float | None:
         """Seconds left of the caller's IP ban (starting one when this request breaks the limit), or None."""
         if faults.ip_limit_calls <= 0:
             return None
@@ -186,7 +189,7 @@ class FaultInjector:
                 return faults.ip_ban_seconds
             return None
 
-    def gateway_fault(self, faults: Faults, endpoint: str) -> Optional[str]:
+    def gateway_fault(self, faults: Faults, endpoint: str) -> str | None:
         """Which "every Nth" fault (IP_BAN, HTTP500, BUSY) hits this request, if any."""
         if endpoint == TOKEN_ENDPOINT or (faults.fault_endpoints and endpoint not in faults.fault_endpoints):
             return None

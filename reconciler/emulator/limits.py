@@ -6,6 +6,7 @@ number in the client must meet DingTalk's number here and fail a test, not
 silently move the emulator along with it. Change a value only when the
 reference (``dingtalk-api.md``) changes.
 """
+
 from __future__ import annotations
 
 # ---- chats ------------------------------------------------------------------------------------

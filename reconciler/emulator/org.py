@@ -23,15 +23,17 @@ Choices where dingtalk-api.md is silent:
   in order of first appearance.
 * Mobiles are 1..15 digits (no ``+86``, spaces or dashes), unique.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any
 
 import yaml
 
@@ -54,14 +56,14 @@ class Department:
     id: int
     name: str
     #: None for the root only.
-    parent: Optional[int]
+    parent: int | None
 
 
 @dataclass(frozen=True)
 class User:
     userid: str
     name: str
-    mobile: Optional[str]
+    mobile: str | None
     departments: tuple[int, ...]
     active: bool = True
 
@@ -105,7 +107,7 @@ def _userid(where: str, value: Any) -> str:
     return value
 
 
-def _mobile(where: str, value: Any) -> Optional[str]:
+def _mobile(where: str, value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not MOBILE_RE.fullmatch(value):
@@ -138,7 +140,7 @@ class Org:
     # ---- building ---------------------------------------------------------------------------
 
     @classmethod
-    def from_data(cls, data: Any) -> "Org":
+    def from_data(cls, data: Any) -> Org:
         """An Org from the file format's parsed document; OrgError names the entry at fault."""
         if not isinstance(data, dict):
             raise OrgError("expected a mapping with departments, users and roles")
@@ -174,11 +176,17 @@ class Org:
             holders = entry.get("holders") or []
             if not isinstance(holders, list):
                 raise OrgError(f"{where} (id {entry['id']}): holders must be a list of user ids")
-            roles.append(Role(entry["id"], _name(where, entry["name"]), _name(f"{where} group", group),
-                              tuple(_userid(f"{where} holders", h) for h in holders)))
+            roles.append(
+                Role(
+                    entry["id"],
+                    _name(where, entry["name"]),
+                    _name(f"{where} group", group),
+                    tuple(_userid(f"{where} holders", h) for h in holders),
+                )
+            )
         return cls(depts, users, roles)
 
-    def copy(self) -> "Org":
+    def copy(self) -> Org:
         """An independent Org with the same content (the server keeps one to restore on reset)."""
         with self._lock:
             return Org(self._depts.values(), self._users.values(), self._roles.values())
@@ -192,8 +200,13 @@ class Org:
                     for d in self._depts.values()
                 ],
                 "users": [
-                    {"userid": u.userid, "name": u.name, **({} if u.mobile is None else {"mobile": u.mobile}),
-                     "departments": list(u.departments), "active": u.active}
+                    {
+                        "userid": u.userid,
+                        "name": u.name,
+                        **({} if u.mobile is None else {"mobile": u.mobile}),
+                        "departments": list(u.departments),
+                        "active": u.active,
+                    }
                     for u in self._users.values()
                 ],
                 "roles": [
@@ -204,25 +217,25 @@ class Org:
 
     # ---- reads (what the contact API answers from) --------------------------------------------
 
-    def department(self, dept_id: int) -> Optional[Department]:
+    def department(self, dept_id: int) -> Department | None:
         with self._lock:
             return self._depts.get(dept_id)
 
-    def sub_departments(self, dept_id: int) -> Optional[list[int]]:
+    def sub_departments(self, dept_id: int) -> list[int] | None:
         """Direct children in file order; None when ``dept_id`` is not a department."""
         with self._lock:
             if dept_id not in self._depts:
                 return None
             return [d.id for d in self._depts.values() if d.parent == dept_id]
 
-    def members(self, dept_id: int) -> Optional[list[str]]:
+    def members(self, dept_id: int) -> list[str] | None:
         """Direct members' user ids in file order; None when ``dept_id`` is not a department."""
         with self._lock:
             if dept_id not in self._depts:
                 return None
             return [u.userid for u in self._users.values() if dept_id in u.departments]
 
-    def role(self, role_id: int) -> Optional[Role]:
+    def role(self, role_id: int) -> Role | None:
         with self._lock:
             return self._roles.get(role_id)
 
@@ -234,11 +247,11 @@ class Org:
                 groups.setdefault(r.group, []).append(r)
         return [(i, name, roles) for i, (name, roles) in enumerate(groups.items(), start=1)]
 
-    def user(self, userid: str) -> Optional[User]:
+    def user(self, userid: str) -> User | None:
         with self._lock:
             return self._users.get(userid)
 
-    def user_by_mobile(self, mobile: str) -> Optional[User]:
+    def user_by_mobile(self, mobile: str) -> User | None:
         """The *active* user with this mobile, or None."""
         with self._lock:
             user = self._users.get(self._by_mobile.get(mobile, ""))
@@ -278,14 +291,25 @@ class Org:
                 if userid in role.holders:
                     self._roles[rid] = replace(role, holders=tuple(h for h in role.holders if h != userid))
 
-    def add_user(self, userid: str, departments: Iterable[int], name: Optional[str] = None,
-                 mobile: Optional[str] = None, active: bool = True) -> None:
+    def add_user(
+        self,
+        userid: str,
+        departments: Iterable[int],
+        name: str | None = None,
+        mobile: str | None = None,
+        active: bool = True,
+    ) -> None:
         """A new hire (OrgError when the id or mobile is taken or a department is unknown)."""
         where = f"user {userid}"
         if not isinstance(active, bool):
             raise OrgError(f"{where}: active must be true or false")
-        user = User(_userid(where, userid), _name(where, name if name is not None else userid),
-                    _mobile(where, mobile), _dept_tuple(where, departments), active)
+        user = User(
+            _userid(where, userid),
+            _name(where, name if name is not None else userid),
+            _mobile(where, mobile),
+            _dept_tuple(where, departments),
+            active,
+        )
         with self._lock:
             self._add(user)
 
@@ -332,7 +356,7 @@ class Org:
             current = d
             while current.parent is not None:
                 if current.parent in seen:
-                    loop = " → ".join(str(i) for i in seen[seen.index(current.parent):] + [current.parent])
+                    loop = " → ".join(str(i) for i in seen[seen.index(current.parent) :] + [current.parent])
                     raise OrgError(f"departments form a cycle: {loop}")
                 seen.append(current.parent)
                 current = self._depts[current.parent]
@@ -385,7 +409,7 @@ def _user_from(where: str, userid: str, entry: Mapping[str, Any]) -> User:
     return User(userid, _name(where, name), _mobile(where, entry.get("mobile")), tuple(depts), active)
 
 
-def load_org(path: "str | os.PathLike[str]") -> Org:
+def load_org(path: str | os.PathLike[str]) -> Org:
     """Read and validate an org file (YAML, or JSON when it ends in ``.json``); ValueError names the file."""
     try:
         text = Path(path).read_text(encoding="utf-8")

@@ -21,6 +21,7 @@ where dingtalk-api.md is silent:
 * ``Call.params`` never holds ``access_token``, and ``appsecret`` is logged as
   ``"<redacted>"``: the call log is printed by tests and served by ``GET calls``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -32,9 +33,10 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .directory import ERRMSGS, HANDLERS, bad_token, lookup_keys, permission_denied
@@ -63,12 +65,12 @@ class Call:
     #: Query parameters, without ``access_token``.
     params: dict
     #: The parsed JSON body, or None (GET, or not JSON).
-    body: Optional[dict]
+    body: dict | None
     status: int
-    errcode: Optional[int]
+    errcode: int | None
     elapsed_ms: float
     #: The ``sub_code`` of an errcode-88 answer (``/topapi``), else None.
-    sub_code: Optional[str] = None
+    sub_code: str | None = None
 
     def describe(self) -> str:
         """One line for a request log (``dtchat emulator -v``): what was asked and how it was answered."""
@@ -96,7 +98,7 @@ class ListenError(OSError):
 class _Route:
     method: str
     #: The store call that answers it; None for /gettoken and the directory, answered by the server.
-    handler: Optional[Callable[[ChatStore, _Payload], dict]]
+    handler: Callable[[ChatStore, _Payload], dict] | None
     #: A contact-API (``/topapi``) endpoint: answered from the org, never metered.
     directory: bool = False
 
@@ -111,8 +113,12 @@ _ROUTES: Mapping[str, _Route] = {
     **{endpoint: _Route("POST", None, directory=True) for endpoint in HANDLERS},
 }
 
-_HTML_500 = b"<html><head><title>500 Internal Server Error</title></head><body><h1>500 Internal Server Error</h1></body></html>"
-_HTML_BAN = "<html><head><title>访问被拒绝</title></head><body><h1>Access denied</h1><p>wait {wait} seconds</p></body></html>"
+_HTML_500 = (
+    b"<html><head><title>500 Internal Server Error</title></head><body><h1>500 Internal Server Error</h1></body></html>"
+)
+_HTML_BAN = (
+    "<html><head><title>访问被拒绝</title></head><body><h1>Access denied</h1><p>wait {wait} seconds</p></body></html>"
+)
 
 
 @dataclass(frozen=True)
@@ -120,10 +126,10 @@ class _Reply:
     status: int
     body: bytes
     content_type: str = "application/json;charset=utf-8"
-    errcode: Optional[int] = None
+    errcode: int | None = None
     #: Close the connection without answering at all.
     drop: bool = False
-    sub_code: Optional[str] = None
+    sub_code: str | None = None
 
 
 def _json(obj: Any, status: int = 200) -> _Reply:
@@ -165,8 +171,12 @@ def _sub_error(errcode: int, sub_code: str, endpoint: str) -> dict[str, Any]:
     if sub_code == "40014":
         return bad_token()
     sub_msg = "injected failure"
-    return {"errcode": errcode, "errmsg": f"ding talk error[subcode={sub_code},submsg={sub_msg}]",
-            "sub_code": sub_code, "sub_msg": sub_msg}
+    return {
+        "errcode": errcode,
+        "errmsg": f"ding talk error[subcode={sub_code},submsg={sub_msg}]",
+        "sub_code": sub_code,
+        "sub_msg": sub_msg,
+    }
 
 
 class EmulatorServer:
@@ -182,11 +192,20 @@ class EmulatorServer:
     there. If ``before_reply`` raises, the connection is closed unanswered.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, users: Optional[Iterable[str]] = None,
-                 data_path: Optional[str] = None, app_key: Optional[str] = None,
-                 app_secret: Optional[str] = None, token_ttl: float = TOKEN_TTL_SECONDS,
-                 org: Optional[Org] = None, qps_limit: float = 0, latency_ms: float = 0,
-                 on_request: Optional[Callable[[Call], None]] = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        users: Iterable[str] | None = None,
+        data_path: str | None = None,
+        app_key: str | None = None,
+        app_secret: str | None = None,
+        token_ttl: float = TOKEN_TTL_SECONDS,
+        org: Org | None = None,
+        qps_limit: float = 0,
+        latency_ms: float = 0,
+        on_request: Callable[[Call], None] | None = None,
+    ) -> None:
         if users is not None and org is not None:
             raise ValueError("give users or org, not both: an org's users are the known users")
         self._fault_defaults = {"qps_limit": qps_limit, "latency_ms": latency_ms}
@@ -197,22 +216,23 @@ class EmulatorServer:
         self._app_secret = app_secret
         self._initial_org = org.copy() if org is not None else None
         self._org = org
-        self._store = ChatStore(users=users, data_path=data_path,
-                                unknown_users=self._unknown_users if users is None else None)
+        self._store = ChatStore(
+            users=users, data_path=data_path, unknown_users=self._unknown_users if users is None else None
+        )
         self._tokens = TokenBook(token_ttl)
         self._injector = FaultInjector()
         self._log_lock = threading.Lock()
         self._calls: list[Call] = []
         self._counters: dict[str, int] = {}
         self._arrivals = 0
-        self._httpd: Optional[_HTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
         self.on_request = on_request
-        self.before_reply: Optional[Callable[[Call], None]] = None
+        self.before_reply: Callable[[Call], None] | None = None
 
     # ---- lifecycle -------------------------------------------------------
 
-    def _bind(self) -> "_HTTPServer":
+    def _bind(self) -> _HTTPServer:
         if self._httpd is None:
             try:
                 self._httpd = _HTTPServer(self._address, _Handler, self)
@@ -223,11 +243,12 @@ class EmulatorServer:
                 raise error from None
         return self._httpd
 
-    def start(self) -> "EmulatorServer":
+    def start(self) -> EmulatorServer:
         """Bind and serve in a daemon thread (ListenError when the address is unusable)."""
         httpd = self._bind()
-        self._thread = threading.Thread(target=httpd.serve_forever, args=(_POLL_SECONDS,),
-                                        name="dtchat-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, args=(_POLL_SECONDS,), name="dtchat-emulator", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -254,7 +275,7 @@ class EmulatorServer:
             self._thread = None
         httpd.close_all()
 
-    def __enter__(self) -> "EmulatorServer":
+    def __enter__(self) -> EmulatorServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -296,12 +317,13 @@ class EmulatorServer:
             self._counters.clear()
             self._arrivals = 0
 
-    def seed_chat(self, name: str, owner: str, members: Iterable[str], chatid: Optional[str] = None,
-                  **api_settings: int) -> str:
+    def seed_chat(
+        self, name: str, owner: str, members: Iterable[str], chatid: str | None = None, **api_settings: int
+    ) -> str:
         """Insert a chat directly (no API rules, not logged); returns its chatid."""
         return self._store.seed(name, owner, members, chatid, api_settings)
 
-    def chat(self, chatid: str) -> Optional[dict]:
+    def chat(self, chatid: str) -> dict | None:
         """The stored ``chat_info`` (a copy), as ``/chat/get`` would return it."""
         return self._store.chat(chatid)
 
@@ -320,11 +342,11 @@ class EmulatorServer:
     # ---- the org directory ------------------------------------------------
 
     @property
-    def org(self) -> Optional[Org]:
+    def org(self) -> Org | None:
         """The live org (edits through it take effect at once), or None."""
         return self._org
 
-    def set_org(self, org: Optional[Org]) -> None:
+    def set_org(self, org: Org | None) -> None:
         """Serve another org from now on (None: the contact API answers 88/60011, chats accept any id)."""
         self._org = org
 
@@ -341,8 +363,14 @@ class EmulatorServer:
         """The user leaves the company: gone from departments, roles, mobile lookup; 60121 for chats."""
         self._live_org().remove_user(userid)
 
-    def add_user(self, userid: str, departments: Iterable[int], name: Optional[str] = None,
-                 mobile: Optional[str] = None, active: bool = True) -> None:
+    def add_user(
+        self,
+        userid: str,
+        departments: Iterable[int],
+        name: str | None = None,
+        mobile: str | None = None,
+        active: bool = True,
+    ) -> None:
         """A new hire appears in the directory."""
         self._live_org().add_user(userid, departments, name=name, mobile=mobile, active=active)
 
@@ -367,10 +395,15 @@ class EmulatorServer:
         reply = self._answer(method, endpoint, query, body)
         params = {k: ("<redacted>" if k == "appsecret" else v) for k, v in query.items() if k != "access_token"}
         call = Call(
-            seq=seq, method=method, endpoint=endpoint, params=params,
+            seq=seq,
+            method=method,
+            endpoint=endpoint,
+            params=params,
             body=body if isinstance(body, dict) else None,
-            status=0 if reply.drop else reply.status, errcode=reply.errcode,
-            elapsed_ms=(time.perf_counter() - started) * 1000.0, sub_code=reply.sub_code,
+            status=0 if reply.drop else reply.status,
+            errcode=reply.errcode,
+            elapsed_ms=(time.perf_counter() - started) * 1000.0,
+            sub_code=reply.sub_code,
         )
         with self._log_lock:
             self._calls.append(call)
@@ -427,8 +460,9 @@ class EmulatorServer:
             return _Reply(0, b"", errcode=0, drop=True)
         return _json({"errcode": 0, "errmsg": "ok", **result})
 
-    def _answer_directory(self, method: str, endpoint: str, query: Mapping[str, str], body: Any,
-                          faults: Faults) -> _Reply:
+    def _answer_directory(
+        self, method: str, endpoint: str, query: Mapping[str, str], body: Any, faults: Faults
+    ) -> _Reply:
         """A contact-API request: like a chat call, minus the quota, in /topapi's answer format."""
         handler, with_errmsg = HANDLERS[endpoint]
         try:
@@ -451,8 +485,9 @@ class EmulatorServer:
                     raise ApiError(code, ERRMSGS.get(code, f"injected failure for {key}"))
             org = self._org
             if org is None:
-                return self._topapi(permission_denied(endpoint, "emulator: no org loaded; start it with an org file"),
-                                    faults)
+                return self._topapi(
+                    permission_denied(endpoint, "emulator: no org loaded; start it with an org file"), faults
+                )
             result = handler(org, body)
         except ApiError as err:
             return self._topapi({"errcode": err.errcode, "errmsg": err.errmsg}, faults)
@@ -466,8 +501,12 @@ class EmulatorServer:
         reply = _json(answer)
         if faults.string_errcode:
             answer["errcode"] = str(answer["errcode"])
-            reply = _Reply(reply.status, json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
-                           errcode=reply.errcode, sub_code=reply.sub_code)
+            reply = _Reply(
+                reply.status,
+                json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+                errcode=reply.errcode,
+                sub_code=reply.sub_code,
+            )
         return reply
 
     def _issue_token(self, query: Mapping[str, str]) -> dict[str, Any]:
@@ -523,8 +562,9 @@ class EmulatorServer:
             missing = [k for k in required if k not in values]
             unknown = sorted(set(values) - set(required) - set(optional))
             if missing or unknown:
-                raise OrgError(f"{name}: needs {', '.join(required)}" + (f"; may have {', '.join(optional)}" if optional
-                                                                          else ""))
+                raise OrgError(
+                    f"{name}: needs {', '.join(required)}" + (f"; may have {', '.join(optional)}" if optional else "")
+                )
             getattr(self._live_org(), method)(**values)
         except LookupError as exc:  # KeyError: no such user/role; LookupError: no org
             text = f"no such user or role: {exc.args[0]}" if isinstance(exc, KeyError) else str(exc)
@@ -548,8 +588,14 @@ def _ban_reply(wait: int, html: bool) -> _Reply:
     """The gateway's IP-ban answer: HTTP 200 with no errcode, as a JSON body or an HTML page."""
     if html:
         return _Reply(200, _HTML_BAN.format(wait=wait).encode("utf-8"), "text/html;charset=utf-8")
-    return _json({"status": 1111, "wait": wait, "punish": "deny",
-                  "message": "Too many requests from your IP; access denied for a while"})
+    return _json(
+        {
+            "status": 1111,
+            "wait": wait,
+            "punish": "deny",
+            "message": "Too many requests from your IP; access denied for a while",
+        }
+    )
 
 
 def _fault_reply(kind: str, faults: Faults) -> _Reply:
@@ -632,7 +678,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         emulator = self.server.emulator
         if parts.path.startswith(ADMIN_PREFIX):
-            reply = emulator.handle_admin(method, parts.path[len(ADMIN_PREFIX):], raw)
+            reply = emulator.handle_admin(method, parts.path[len(ADMIN_PREFIX) :], raw)
         else:
             query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
             reply = emulator.handle_api(method, parts.path, query, raw)
@@ -641,7 +687,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(reply)
 
-    def _read_body(self) -> Optional[bytes]:
+    def _read_body(self) -> bytes | None:
         """The request body (Content-Length or chunked); None when the length is unusable."""
         try:
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

@@ -27,6 +27,7 @@ Where dingtalk-api.md is silent the emulator chooses, and says so here:
 * Tokens: a missing or unknown ``access_token`` is 40014; an expired one
   (past its ttl, ``expire_all``, or out of uses) is 42001.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any
 
 import yaml
 
@@ -73,7 +75,7 @@ class ApiError(Exception):
         self.errmsg = errmsg
 
 
-def load_users(path: "str | os.PathLike[str]") -> frozenset[str]:
+def load_users(path: str | os.PathLike[str]) -> frozenset[str]:
     """Read an org directory (YAML or JSON): a list of user ids or ``{"users": [...]}``."""
     text = Path(path).read_text(encoding="utf-8")
     try:
@@ -127,7 +129,7 @@ def _check_settings(body: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
-def _int_param(params: Mapping[str, Any], key: str, low: int, high: Optional[int] = None) -> int:
+def _int_param(params: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
     raw = params.get(key)
     try:
         value = int(raw)
@@ -144,8 +146,15 @@ def _copy_info(info: Mapping[str, Any]) -> dict[str, Any]:
 
 def _new_info(chatid: str, name: str, owner: str, members: list[str], settings: Mapping[str, int]) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "chatid": chatid, "name": name, "owner": owner, "useridlist": members,
-        "extidlist": [], "agentidlist": [], "icon": "", "conversationTag": 2, "status": 1,
+        "chatid": chatid,
+        "name": name,
+        "owner": owner,
+        "useridlist": members,
+        "extidlist": [],
+        "agentidlist": [],
+        "icon": "",
+        "conversationTag": 2,
+        "status": 1,
     }
     info.update({field: settings.get(field, 0) for field in SETTING_FIELDS})
     return info
@@ -154,8 +163,12 @@ def _new_info(chatid: str, name: str, owner: str, members: list[str], settings: 
 class ChatStore:
     """Chats and messages under one lock, optionally persisted to a JSON file after each change."""
 
-    def __init__(self, users: Optional[Iterable[str]] = None, data_path: "str | os.PathLike[str] | None" = None,
-                 unknown_users: Optional[Callable[[Iterable[str]], list[str]]] = None) -> None:
+    def __init__(
+        self,
+        users: Iterable[str] | None = None,
+        data_path: str | os.PathLike[str] | None = None,
+        unknown_users: Callable[[Iterable[str]], list[str]] | None = None,
+    ) -> None:
         """``users`` is a fixed directory; ``unknown_users`` a live one (the org), asked on every call."""
         if users is not None and unknown_users is not None:
             raise ValueError("give users or unknown_users, not both")
@@ -243,7 +256,9 @@ class ChatStore:
             raise ApiError(40035, f"invalid msgtype; one of {', '.join(MSG_TYPES)}")
         content = body.get(msgtype)
         if not isinstance(content, dict) or not all(content.get(k) for k in MSG_TYPES[msgtype]):
-            raise ApiError(40035, f"{msgtype} message needs an object with {', '.join(MSG_TYPES[msgtype]) or 'its fields'}")
+            raise ApiError(
+                40035, f"{msgtype} message needs an object with {', '.join(MSG_TYPES[msgtype]) or 'its fields'}"
+            )
         with self._lock:
             readers = sorted(self._chat_or_34013(chatid)["useridlist"])
             message_id = secrets.token_hex(16)
@@ -267,8 +282,14 @@ class ChatStore:
 
     # ---- direct access for tests (no rules beyond sanity) ----------------
 
-    def seed(self, name: str, owner: str, members: Iterable[str], chatid: Optional[str] = None,
-             settings: Optional[Mapping[str, int]] = None) -> str:
+    def seed(
+        self,
+        name: str,
+        owner: str,
+        members: Iterable[str],
+        chatid: str | None = None,
+        settings: Mapping[str, int] | None = None,
+    ) -> str:
         """Insert a chat as-is; the owner is made a member if not listed."""
         unknown = sorted(set(settings or {}) - set(SETTING_FIELDS))
         if unknown:
@@ -283,7 +304,7 @@ class ChatStore:
             self._persist()
         return chatid
 
-    def chat(self, chatid: str) -> Optional[dict[str, Any]]:
+    def chat(self, chatid: str) -> dict[str, Any] | None:
         """A copy of the stored ``chat_info``, or None."""
         with self._lock:
             info = self._chats.get(chatid)
@@ -371,7 +392,11 @@ def _is_chat(chatid: Any, info: Any) -> bool:
 
 
 def _is_message(message: Any) -> bool:
-    return isinstance(message, dict) and isinstance(message.get("chatid"), str) and isinstance(message.get("readers"), list)
+    return (
+        isinstance(message, dict)
+        and isinstance(message.get("chatid"), str)
+        and isinstance(message.get("readers"), list)
+    )
 
 
 class TokenBook:
@@ -390,7 +415,7 @@ class TokenBook:
             self._tokens[token] = [time.monotonic() + self._ttl, 0]
         return {"access_token": token, "expires_in": math.ceil(self._ttl)}
 
-    def check(self, token: Optional[str], max_uses: int) -> None:
+    def check(self, token: str | None, max_uses: int) -> None:
         """Raise 40014 (missing/unknown) or 42001 (expired); count one use otherwise."""
         with self._lock:
             entry = self._tokens.get(token or "")
