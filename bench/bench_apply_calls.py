@@ -7,6 +7,7 @@ logged (``/chat/create`` + ``/chat/update``) are compared with
 ``minimum_calls(change)``; the target is equality for every chat. A second
 plan afterwards must show no changes (the calls were not only few, but right).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,17 +59,37 @@ def build(server) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, 
     update("u-plus-41", "update +41", plain, {**plain, "members": base + people("new-", 41)})
     update("u-minus-1", "update -1", plain, {**plain, "members": base[:-1]})
     big = people("old-", 300)
-    update("u-churn", "update +200/-299 churn", {"name": "大群", "owner": big[0], "members": big},
-           {"name": "大群", "owner": big[0], "members": [big[0], *people("fresh-", 200)]})
-    update("u-owner", "owner -> non-member, old owner leaves", plain,
-           {**plain, "owner": "boss", "members": ["boss", *base[1:]]})
+    update(
+        "u-churn",
+        "update +200/-299 churn",
+        {"name": "大群", "owner": big[0], "members": big},
+        {"name": "大群", "owner": big[0], "members": [big[0], *people("fresh-", 200)]},
+    )
+    update(
+        "u-owner",
+        "owner -> non-member, old owner leaves",
+        plain,
+        {**plain, "owner": "boss", "members": ["boss", *base[1:]]},
+    )
     with_settings = {**plain, "settings": {"muted": False, "searchable": True}}
     update("u-settings", "settings only", with_settings, {**plain, "settings": {"muted": True, "searchable": True}})
-    update("u-all", "name + settings + members (+5/-5)", with_settings,
-           {**plain, "name": "改名", "settings": {"muted": True, "searchable": False},
-            "members": base[:-5] + people("plus-", 5)})
-    update("u-additive", "additive: +3, 10 extras kept", {**plain, "members": base + people("extra-", 10)},
-           {**plain, "members": base + people("add-", 3), "members_policy": "additive"})
+    update(
+        "u-all",
+        "name + settings + members (+5/-5)",
+        with_settings,
+        {
+            **plain,
+            "name": "改名",
+            "settings": {"muted": True, "searchable": False},
+            "members": base[:-5] + people("plus-", 5),
+        },
+    )
+    update(
+        "u-additive",
+        "additive: +3, 10 extras kept",
+        {**plain, "members": base + people("extra-", 10)},
+        {**plain, "members": base + people("add-", 3), "members_policy": "additive"},
+    )
     return chats, bindings, labels
 
 
@@ -99,17 +120,39 @@ def main() -> None:
         for change, res in zip(plan.changes, result.results):
             minimum = minimum_calls(change)
             ok = res.ok and logged[change.key] == minimum
-            rows.append([change.key, labels[change.key], change.action.value, len(change.add), len(change.remove),
-                         logged[change.key], minimum, "yes" if ok else f"NO {res.error or ''}".strip()])
+            rows.append(
+                [
+                    change.key,
+                    labels[change.key],
+                    change.action.value,
+                    len(change.add),
+                    len(change.remove),
+                    logged[change.key],
+                    minimum,
+                    "yes" if ok else f"NO {res.error or ''}".strip(),
+                ]
+            )
         total_min = sum(minimum_calls(c) for c in plan.changes)
-        rows.append(["total", "", "", sum(len(c.add) for c in plan.changes),
-                     sum(len(c.remove) for c in plan.changes), len(writes), total_min,
-                     "yes" if len(writes) == total_min and result.ok else "NO"])
+        rows.append(
+            [
+                "total",
+                "",
+                "",
+                sum(len(c.add) for c in plan.changes),
+                sum(len(c.remove) for c in plan.changes),
+                len(writes),
+                total_min,
+                "yes" if len(writes) == total_min and result.ok else "NO",
+            ]
+        )
         converged = not after.has_changes and not after.has_errors
-        print_table("apply: write calls per chat (from the emulator's call log) vs minimum_calls(change)",
-                    ["key", "scenario", "action", "+", "-", "calls", "minimum", "equal"], rows,
-                    note=f"{result.summary()}  Second plan after apply: "
-                         f"{'no changes (converged)' if converged else after.summary()}")
+        print_table(
+            "apply: write calls per chat (from the emulator's call log) vs minimum_calls(change)",
+            ["key", "scenario", "action", "+", "-", "calls", "minimum", "equal"],
+            rows,
+            note=f"{result.summary()}  Second plan after apply: "
+            f"{'no changes (converged)' if converged else after.summary()}",
+        )
 
 
 if __name__ == "__main__":

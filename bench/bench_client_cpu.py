@@ -4,6 +4,7 @@ Design target (design.md §7): under 0.7 ms of CPU per API call. The emulator
 runs in a subprocess so its CPU is not counted; this process only reads chats.
 Run from the repository root: ``python3 bench/bench_client_cpu.py [--calls N] [--threads T]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000, help="chats to read (one /chat/get each)")
     parser.add_argument("--threads", type=int, default=4, help="concurrent readers sharing one client")
     args = parser.parse_args()
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(args.calls)], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(args.calls)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
@@ -62,9 +68,13 @@ def main() -> None:
             proc.stdin.close()
         proc.wait(timeout=10)
     per_call = cpu / calls * 1000
-    print(f"{calls} calls, {args.threads} threads: client CPU {cpu:.3f} s (user {user:.3f} s, "
-          f"system {system:.3f} s: loopback TCP is charged to the sender), wall {wall:.3f} s")
-    print(f"CPU per API call: {per_call:.3f} ms (target < {TARGET_MS} ms): {'met' if per_call < TARGET_MS else 'NOT met'}")
+    print(
+        f"{calls} calls, {args.threads} threads: client CPU {cpu:.3f} s (user {user:.3f} s, "
+        f"system {system:.3f} s: loopback TCP is charged to the sender), wall {wall:.3f} s"
+    )
+    print(
+        f"CPU per API call: {per_call:.3f} ms (target < {TARGET_MS} ms): {'met' if per_call < TARGET_MS else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

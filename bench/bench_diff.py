@@ -10,6 +10,7 @@ the parent's memory is counted. The child times ``load_config`` and
 ``make_plan`` (no network) and reports wall, CPU (``time.process_time``) and
 its peak RSS. Targets: < 3 s CPU and < 500 MB peak RSS.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ from reconciler.config import load_config
 from reconciler.model import LiveChat
 from reconciler.planner import make_plan
 from reconciler.rules import SETTINGS, settings_to_api
-from reconciler.state import FORMAT as STATE_FORMAT, VERSION as STATE_VERSION, StateFile
+from reconciler.state import FORMAT as STATE_FORMAT
+from reconciler.state import VERSION as STATE_VERSION
+from reconciler.state import StateFile
 
 CPU_TARGET_S = 3.0
 RSS_TARGET_MB = 500.0
@@ -87,9 +90,15 @@ def measure(folder: Path) -> dict:
 
     counts = plan.counts()
     return {
-        "load_wall": load_wall, "load_cpu": load_cpu, "plan_wall": plan_wall, "plan_cpu": plan_cpu,
-        "updates": counts["update"], "noops": counts["noop"], "errors": counts["error"],
-        "base_rss_kb": base_rss, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "load_wall": load_wall,
+        "load_cpu": load_cpu,
+        "plan_wall": plan_wall,
+        "plan_cpu": plan_cpu,
+        "updates": counts["update"],
+        "noops": counts["noop"],
+        "errors": counts["error"],
+        "base_rss_kb": base_rss,
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
 
 
@@ -107,8 +116,9 @@ def main() -> None:
         folder = Path(tmp)
         generate(folder / "yaml", args.chats, args.members)
         chats, drifted = record(folder)
-        child = subprocess.run([sys.executable, __file__, "--measure", str(folder)],
-                               capture_output=True, text=True, check=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--measure", str(folder)], capture_output=True, text=True, check=True
+        )
     m = json.loads(child.stdout)
     if m["updates"] != drifted or m["errors"]:
         raise SystemExit(f"unexpected plan: {m}")
@@ -121,10 +131,11 @@ def main() -> None:
     ]
     print_table(
         f"diff: {chats:,} chats x {args.members} members ({drifted:,} drifted), no network",
-        ["step", "wall s", "CPU s", f"CPU < {CPU_TARGET_S:g} s"], rows,
+        ["step", "wall s", "CPU s", f"CPU < {CPU_TARGET_S:g} s"],
+        rows,
         note=f"peak RSS {rss_mb:.0f} MiB (target < {RSS_TARGET_MB:g} MB: {'yes' if rss_mb < RSS_TARGET_MB else 'NO'}); "
-             f"of which {m['base_rss_kb'] / 1024:.0f} MiB before load_config (interpreter + live state + state file). "
-             f"Plan: {m['updates']:,} to update, {m['noops']:,} unchanged.",
+        f"of which {m['base_rss_kb'] / 1024:.0f} MiB before load_config (interpreter + live state + state file). "
+        f"Plan: {m['updates']:,} to update, {m['noops']:,} unchanged.",
     )
 
 

@@ -15,6 +15,7 @@ and 40 chats; the full run takes about two minutes).
 
 Every request gets LATENCY_MS of server latency, within DingTalk's real 50-500 ms.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,14 +51,17 @@ def generate_org(departments: int, users: int, seed: int = 7) -> dict[str, Any]:
         home = rng.randint(1, departments)
         where = [home] if rng.random() >= 0.05 else sorted({home, rng.randint(1, departments)})
         people.append({"userid": f"u{i:05d}", "departments": where})
-    roles = [{"id": 3000 + r, "name": f"角色{r}", "holders": [f"u{x:05d}" for x in rng.sample(range(users), 30)]}
-             for r in range(10)]
+    roles = [
+        {"id": 3000 + r, "name": f"角色{r}", "holders": [f"u{x:05d}" for x in rng.sample(range(users), 30)]}
+        for r in range(10)
+    ]
     return {"departments": depts, "users": people, "roles": roles}
 
 
 def server_for(org: dict[str, Any]) -> EmulatorServer:
-    return EmulatorServer(app_key=APP_KEY, app_secret=APP_SECRET, org=Org.from_data(org),
-                          qps_limit=QPS, latency_ms=LATENCY_MS).start()
+    return EmulatorServer(
+        app_key=APP_KEY, app_secret=APP_SECRET, org=Org.from_data(org), qps_limit=QPS, latency_ms=LATENCY_MS
+    ).start()
 
 
 def bound_of(calls: Counter) -> tuple[float, str]:
@@ -84,8 +88,17 @@ def bench_walk(departments: int, users: int) -> list[Any]:
     assert lookup.error is None and len(lookup.users or ()) == users, lookup.error
     per_api = Counter(c.endpoint for c in calls)
     bound, _ = bound_of(per_api)
-    return [departments, users, per_api["/topapi/user/listid"], per_api["/topapi/v2/department/listsubid"],
-            count_errcode(calls, RATE_LIMITED), wall, bound, wall / bound, "yes" if wall <= TARGET * bound else "NO"]
+    return [
+        departments,
+        users,
+        per_api["/topapi/user/listid"],
+        per_api["/topapi/v2/department/listsubid"],
+        count_errcode(calls, RATE_LIMITED),
+        wall,
+        bound,
+        wall / bound,
+        "yes" if wall <= TARGET * bound else "NO",
+    ]
 
 
 def bench_plan(chats: int, departments: int, users: int, folder: Path) -> list[Any]:
@@ -124,8 +137,17 @@ def bench_plan(chats: int, departments: int, users: int, folder: Path) -> list[A
     bound, _ = bound_of(per_api)
     directory = sum(n for e, n in per_api.items() if e.startswith("/topapi/"))
     summed = per_api["/chat/get"] / QPS + max(n for e, n in per_api.items() if e.startswith("/topapi/")) / QPS
-    return [chats, per_api["/chat/get"], directory, count_errcode(calls, RATE_LIMITED), wall, bound, summed,
-            wall / bound, "yes" if wall <= TARGET * bound else "NO"]
+    return [
+        chats,
+        per_api["/chat/get"],
+        directory,
+        count_errcode(calls, RATE_LIMITED),
+        wall,
+        bound,
+        summed,
+        wall / bound,
+        "yes" if wall <= TARGET * bound else "NO",
+    ]
 
 
 def run_plan(client: Any, config: Any, state: StateFile, parallelism: int) -> Any:
@@ -142,21 +164,30 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a 200-department org and 40 chats")
     args = parser.parse_args()
     departments, users, chats = (200, 2_000, 40) if args.quick else (2_000, 20_000, 200)
-    note = (f"server: {LATENCY_MS:g} ms latency, {QPS:g} calls/s per endpoint; client max_qps {QPS:g} "
-            f"(paced 5 % under it), parallelism {default_parallelism(QPS)} per API. "
-            f"bound = slowest API's calls / {QPS:g} s; target ratio <= {TARGET}.")
+    note = (
+        f"server: {LATENCY_MS:g} ms latency, {QPS:g} calls/s per endpoint; client max_qps {QPS:g} "
+        f"(paced 5 % under it), parallelism {default_parallelism(QPS)} per API. "
+        f"bound = slowest API's calls / {QPS:g} s; target ratio <= {TARGET}."
+    )
     walk = bench_walk(departments, users)
-    print_table("(a) {dept: 1, recursive: true}",
-                ["depts", "users", "listid", "listsubid", "90018", "wall s", "bound s", "ratio", "ok"], [walk], note)
+    print_table(
+        "(a) {dept: 1, recursive: true}",
+        ["depts", "users", "listid", "listsubid", "90018", "wall s", "bound s", "ratio", "ok"],
+        [walk],
+        note,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         try:
             row = bench_plan(chats, departments, users, Path(tmp))
         except (ImportError, AttributeError, TypeError) as exc:  # the manager's entry point changed shape
             print(f"\n(b) plan with selectors: could not run through reconciler.manager: {exc}")
             return
-    print_table("(b) plan: chat reads and directory calls side by side",
-                ["chats", "gets", "dir calls", "90018", "wall s", "bound s", "sum s", "ratio", "ok"], [row],
-                "sum s = the bound if reads and directory calls ran one after the other.")
+    print_table(
+        "(b) plan: chat reads and directory calls side by side",
+        ["chats", "gets", "dir calls", "90018", "wall s", "bound s", "sum s", "ratio", "ok"],
+        [row],
+        "sum s = the bound if reads and directory calls ran one after the other.",
+    )
 
 
 if __name__ == "__main__":
