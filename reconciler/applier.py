@@ -134,34 +134,37 @@ def apply_change(
 ) -> ChatResult:
     """Converge one chat. Never raises for API or state errors: they become a failed ChatResult."""
     key = change.key
+    chatid = change.chatid
+    done = 0
+
+    def failed(error: str, *, sent: int = 0, fatal: bool = False, interrupted: bool = False) -> ChatResult:
+        """The chat's result after ``done`` calls and ``sent`` more that failed."""
+        return ChatResult(
+            key,
+            change.action,
+            ok=False,
+            calls=done + sent,
+            chatid=chatid,
+            error=error,
+            fatal=fatal,
+            interrupted=interrupted,
+        )
+
     if change.action is Action.ERROR:
-        return ChatResult(key, change.action, ok=False, chatid=change.chatid, error=change.error)
+        return failed(change.error or "cannot be planned")
     if change.action in (Action.NOOP, Action.ORPHAN):
-        return ChatResult(key, change.action, ok=True, chatid=change.chatid)
+        return ChatResult(key, change.action, ok=True, chatid=chatid)
     try:
         if change.action is Action.FORGET:
             state.forget(key)
-            return ChatResult(key, change.action, ok=True, chatid=change.chatid)
+            return ChatResult(key, change.action, ok=True, chatid=chatid)
         calls = calls_for(change)
     except DtchatError as exc:  # StateError, BatchingError
-        return ChatResult(
-            key, change.action, ok=False, chatid=change.chatid, error=str(exc), fatal=isinstance(exc, StateError)
-        )
-    chatid = change.chatid
-    done = 0
+        return failed(str(exc), fatal=isinstance(exc, StateError))
     for call in calls:
         if stop is not None and stop.interrupted:
-            return ChatResult(
-                key,
-                change.action,
-                ok=False,
-                calls=done,
-                chatid=chatid,
-                interrupted=True,
-                error=f"interrupted (Ctrl-C) after {done} of {len(calls)} calls",
-            )
-        if chatid:
-            call = call.bound(chatid)
+            return failed(f"interrupted (Ctrl-C) after {done} of {len(calls)} calls", interrupted=True)
+        call = call.bound(chatid) if chatid else call
         if on_call:
             on_call(key, call.describe(key))
         creating = call.endpoint == CREATE
@@ -170,61 +173,33 @@ def apply_change(
                 state.begin_create(key)  # write-ahead: durable before the create leaves
             payload = client.write(call.endpoint, call.body)
         except StateError as exc:
-            return ChatResult(
-                key,
-                change.action,
-                ok=False,
-                calls=done,
-                chatid=chatid,
-                fatal=True,
-                error=f"not created, nothing was sent: {exc}",
-            )
-        except AmbiguousCreateError as exc:
-            return ChatResult(
-                key, change.action, ok=False, calls=done + 1, error=f"{exc}. {_pending_hint(key, state.flag)}"
-            )
+            return failed(f"not created, nothing was sent: {exc}", fatal=True)
+        except AmbiguousCreateError as exc:  # also a success answer without a chatid
+            return failed(f"{exc}. {_pending_hint(key, state.flag)}", sent=1)
         except DingTalkError as exc:
             if creating:
                 try:
                     state.abort_create(key)  # a definite refusal: no chat was made
                 except StateError as state_exc:
-                    return ChatResult(
-                        key, change.action, ok=False, calls=done + 1, fatal=True, error=f"{exc}; and {state_exc}"
-                    )
-            return ChatResult(
-                key, change.action, ok=False, calls=done + 1, chatid=chatid, error=str(exc), fatal=is_fatal(exc)
-            )
+                    return failed(f"{exc}; and {state_exc}", sent=1, fatal=True)
+            return failed(str(exc), sent=1, fatal=is_fatal(exc))
         done += 1
         if creating:
-            new_chatid = payload.get("chatid")
-            if not isinstance(new_chatid, str) or not new_chatid:
-                return ChatResult(
-                    key,
-                    change.action,
-                    ok=False,
-                    calls=done,
-                    error=f"DingTalk accepted the create but sent no chatid. {_pending_hint(key, state.flag)}",
-                )
-            chatid = new_chatid
+            chatid = payload["chatid"]
             try:
                 state.record(key, chatid, created=True)  # before any further call
             except StateError as exc:
-                return ChatResult(
-                    key,
-                    change.action,
-                    ok=False,
-                    calls=done,
-                    chatid=chatid,
-                    fatal=True,
-                    error=f"chat created as {chatid}, but {exc}; once the file is writable, run "
+                return failed(
+                    f"chat created as {chatid}, but {exc}; once the file is writable, run "
                     f"`dtchat import {key} {chatid}{state.flag}` so it is not created again",
+                    fatal=True,
                 )
     bound = state.get(key)
     if chatid and (bound is None or bound.chatid != chatid):
         try:
             state.record(key, chatid)  # a pinned chat: remember it
         except StateError as exc:
-            return ChatResult(key, change.action, ok=False, calls=done, chatid=chatid, error=str(exc), fatal=True)
+            return failed(str(exc), fatal=True)
     warning = None
     if notify and calls and chatid:
         try:
