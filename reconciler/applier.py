@@ -210,6 +210,13 @@ def apply_change(
     return ChatResult(key, change.action, ok=True, calls=done, chatid=chatid, warning=warning)
 
 
+def _chain_length(change: ChatChange) -> int:
+    try:
+        return len(calls_for(change))
+    except DtchatError:
+        return 0
+
+
 def apply_plan(
     plan: Plan,
     client: DingTalkClient,
@@ -250,7 +257,11 @@ def apply_plan(
             on_result(result)
 
     with ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="dtchat-apply") as pool:
-        pending = {pool.submit(run, change) for change in plan.changes}
+        # Longest chains first (a stable sort: ties keep plan order): a 440-member create is 11 calls that must
+        # run one after another, and started last it would trail alone while the other workers idle.
+        # Results are still reported in plan order.
+        longest_first = sorted(plan.changes, key=_chain_length, reverse=True)
+        pending = {pool.submit(run, change) for change in longest_first}
         while pending:
             try:
                 finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)

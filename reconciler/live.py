@@ -24,7 +24,7 @@ LiveResult = LiveChat | ReadFailure
 
 #: Seconds a slow DingTalk answer takes (real round trips are 50–500 ms); with ``max_qps`` it sizes the
 #: default parallelism so that even at 500 ms per call the rate limit, not the latency, is the bound.
-ASSUMED_LATENCY = 0.6
+ASSUMED_LATENCY = 0.8
 MAX_PARALLELISM = 64
 
 

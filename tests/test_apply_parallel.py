@@ -149,15 +149,37 @@ def test_dry_run_prints_exactly_the_bodies_the_real_apply_sends(emulator, tmp_pa
         (m.group(1), m.group(2), json.loads(m.group(3)))
         for m in re.finditer(r"^  ([a-z0-9-]+): POST (\S+) (\{.*\})$", dry.stdout, re.M)
     ]
-    real = dtchat(emulator, "apply", str(folder), "--auto-approve", "--force", "--notify", "--parallelism", "1")
+    real = dtchat(emulator, "apply", str(folder), "--auto-approve", "--force", "--notify", "--parallelism", "4")
     assert real.exit_code == 0, real.output
     ids = state_of(folder / "dtchat.state.json")
-    sent = [
-        (c.endpoint, c.body) for c in emulator.calls if c.endpoint in ("/chat/create", "/chat/update", "/chat/send")
-    ]
-    expected = []
+    by_name = {chat["name"]: ids[key] for key, chat in chats.items()}
+
+    def chat_of(body: dict) -> str:
+        return body.get("chatid") or by_name[body["name"]]  # a create names no chatid yet
+
+    sent: dict[str, list] = {}
+    for c in emulator.calls:
+        if c.endpoint in ("/chat/create", "/chat/update", "/chat/send"):
+            sent.setdefault(chat_of(c.body), []).append((c.endpoint, c.body))
+    expected: dict[str, list] = {}
     for key, endpoint, body in printed:
         if body.get("chatid") == f"<chatid of new chat {key}>":
             body = {**body, "chatid": ids[key]}
-        expected.append((endpoint, body))
-    assert sent == expected
+        expected.setdefault(chat_of(body), []).append((endpoint, body))
+    assert sent == expected  # each chat's calls, bodies and order exactly as printed (chats run side by side)
+    assert sum(map(len, sent.values())) == len(printed)
+
+
+def test_the_longest_chains_start_first_and_results_stay_in_plan_order(emulator, tmp_path):
+    """A 200-member create (5 calls in a row) started last would trail alone; it starts first instead."""
+    folder = tmp_path / "c"
+    write_config(
+        folder,
+        {"a-small": {"name": "Small", "owner": "x"}, "z-big": {"name": "Big", "owner": "y", "members": users(199)}},
+    )
+    result = dtchat(emulator, "apply", str(folder), "--auto-approve", "--parallelism", "1", "--format", "json")
+    assert result.exit_code == 0, result.output
+    writes = [c for c in emulator.calls if c.endpoint in ("/chat/create", "/chat/update")]
+    assert [c.endpoint for c in writes] == ["/chat/create"] + ["/chat/update"] * 4 + ["/chat/create"]
+    assert writes[0].body["name"] == "Big" and writes[-1].body["name"] == "Small"
+    assert [c["key"] for c in json.loads(result.stdout)["chats"]] == ["a-small", "z-big"]

@@ -50,4 +50,4 @@ def test_per_chat_failures_are_values_and_fatal_errors_stop_the_run(emulator, ma
 def test_default_parallelism_follows_the_rate_limit():
     from reconciler.live import default_parallelism
 
-    assert [default_parallelism(q) for q in (0.5, 20, 50, 1000)] == [1, 12, 30, 64]  # 0.6 s per call in flight
+    assert [default_parallelism(q) for q in (0.5, 20, 50, 1000)] == [1, 16, 40, 64]  # 0.8 s per call in flight
