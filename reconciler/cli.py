@@ -73,7 +73,7 @@ class Finite(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
             number = float(value)
-        except (TypeError, ValueError):
+        except ValueError:
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
@@ -713,7 +713,7 @@ def mv(opts: Options, old: str, new: str, state_file: str | None) -> None:
 @click.option("--app-secret", metavar="S", help="Require this app secret.")
 def emulator(opts: Options, host, port, users_file, org_file, data_file, qps, latency_ms, app_key, app_secret) -> None:
     """Run the local DingTalk API emulator (Ctrl-C stops it). -v logs each request."""
-    from .emulator import EmulatorServer, load_org, load_users
+    from .emulator import EmulatorServer, EmulatorSetupError, ListenError, load_org, load_users
 
     try:
         users = load_users(users_file) if users_file else None
@@ -731,7 +731,7 @@ def emulator(opts: Options, host, port, users_file, org_file, data_file, qps, la
             on_request=_log_request(opts) if opts.verbose else None,
         )
         server.start()
-    except (OSError, ValueError) as exc:
+    except (EmulatorSetupError, ListenError) as exc:
         raise UsageError(f"emulator: {exc}") from None
     try:
         opts.echo(f"DingTalk emulator listening on {server.url} (Ctrl-C to stop)")

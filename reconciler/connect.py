@@ -44,12 +44,12 @@ def sandbox_server(folder: Path = SANDBOX_DIR) -> Iterator[str]:
     The sandbox org (shipped with the emulator) matches ``examples/chats/``, so the quickstart resolves
     directory selectors, and an unknown user id fails as in real DingTalk (60121).
     """
-    from .emulator import SANDBOX_ORG, EmulatorServer, load_org
+    from .emulator import SANDBOX_ORG, EmulatorServer, EmulatorSetupError, load_org
 
     try:
         folder.mkdir(exist_ok=True)
         server = EmulatorServer(host="127.0.0.1", port=0, data_path=folder / SANDBOX_DATA, org=load_org(SANDBOX_ORG))
-    except (OSError, ValueError) as exc:
+    except (OSError, EmulatorSetupError) as exc:  # an unwritable folder, a corrupt sandbox data file
         raise SetupError(f"sandbox: {exc}") from None
     server.start()
     try:

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from reconciler.cli import cli
+from reconciler.emulator import EmulatorServer
 
 from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
 
@@ -234,3 +235,70 @@ def test_notify_posts_the_yaml_template_filled_in_and_the_dry_run_shows_it(emula
     bad.write_text(bad.read_text().replace("{added}", "{adde}"))
     result = dtchat(emulator, "validate", str(folder))
     assert result.exit_code == 1 and "chats.yaml:9:" in result.output and "{adde}" in result.output
+
+
+def test_emulator_command_flags_and_a_busy_port(tmp_path):
+    import socket
+
+    import requests
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            [sys.executable, "-m", "reconciler", "emulator", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert busy.returncode == 1 and "Traceback" not in busy.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the port is already in use; pick another with --port" in busy.stderr
+    bad_org = tmp_path / "org.yaml"
+    bad_org.write_text("departments: [{id: 1, name: A, parent: 9}]\nusers: []\n", encoding="utf-8")
+    refused = subprocess.run(
+        [sys.executable, "-m", "reconciler", "emulator", "--port", "0", "--org", str(bad_org)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and str(bad_org) in refused.stderr and "Traceback" not in refused.stderr
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "emulator", "--port", "0", "--qps", "1", "--latency", "50", "-v"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = proc.stdout.readline().split(" on ", 1)[1].split()[0]
+        token = requests.get(url + "/gettoken", params={"appkey": "k", "appsecret": "s"}, timeout=5).json()
+        answers = [
+            requests.get(url + "/chat/get", params={"access_token": token["access_token"], "chatid": "x"}, timeout=5)
+            for _ in range(2)
+        ]
+        assert [a.json()["errcode"] for a in answers] == [34001, 90018]  # --qps 1: the second in a second is refused
+        assert answers[0].elapsed.total_seconds() >= 0.05  # --latency 50
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    log = [line for line in err.splitlines() if "/chat/get" in line]
+    assert len(log) == 2 and token["access_token"] not in err  # -v logs each request, never the token
+
+
+def test_with_verbose_each_failure_is_printed_once(tmp_path):
+    users_known = ["x", "y"]
+    with EmulatorServer(host="127.0.0.1", port=0, app_key=APP_KEY, app_secret=APP_SECRET, users=users_known) as srv:
+        write_config(
+            tmp_path, {"a": {"name": "A", "owner": "x", "members": ["ghost"]}, "b": {"name": "B", "owner": "y"}}
+        )
+        result = dtchat(srv, "apply", str(tmp_path), "--auto-approve", "-v")
+    assert result.exit_code == 1
+    failure = next(line for line in result.stderr.splitlines() if line.startswith("✗ a: "))
+    reason = failure[len("✗ a: ") :]
+    assert "60121" in reason and "ghost" in reason
+    assert result.output.count(reason) == 1, result.output

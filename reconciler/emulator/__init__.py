@@ -6,15 +6,17 @@ never the client's) and error codes, and can inject the failures a client
 must survive. See docs/emulator.md.
 """
 
+from .errors import EmulatorSetupError, ListenError
 from .faults import Faults
 from .org import SANDBOX_ORG, Department, Org, OrgError, Role, User, load_org
-from .server import Call, EmulatorServer, ListenError
+from .server import Call, EmulatorServer
 from .store import load_users
 
 __all__ = [
     "Call",
     "Department",
     "EmulatorServer",
+    "EmulatorSetupError",
     "Faults",
     "ListenError",
     "Org",

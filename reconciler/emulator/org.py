@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from .errors import EmulatorSetupError
 from .limits import MOBILE_MAX, ROOT_DEPT_ID
 
 #: The sandbox's org, shipped with the package: every user of ``examples/chats/`` and a few more.
@@ -76,7 +77,7 @@ class Role:
     holders: tuple[str, ...]
 
 
-class OrgError(ValueError):
+class OrgError(EmulatorSetupError):
     """An org document or an org edit breaks the directory's rules; the message is one line."""
 
 
@@ -415,6 +416,8 @@ def load_org(path: str | os.PathLike[str]) -> Org:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise OrgError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise OrgError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .directory import ERRMSGS, HANDLERS, bad_token, lookup_keys, permission_denied
+from .errors import EmulatorSetupError, ListenError
 from .faults import BUSY, HTTP500, IP_BAN, TOKEN_ENDPOINT, FaultInjector, Faults, lookup_failure
 from .limits import TOKEN_TTL_SECONDS
 from .org import Org, OrgError
@@ -88,10 +89,6 @@ class Call:
         else:
             outcome = f"HTTP {self.status}, no errcode"
         return f"#{self.seq} {self.method} {self.endpoint}{args} → {outcome} ({self.elapsed_ms:.1f} ms)"
-
-
-class ListenError(OSError):
-    """The emulator cannot listen on its address; ``str()`` is a sentence for people, not ``[Errno 98]``."""
 
 
 @dataclass(frozen=True)
@@ -207,7 +204,7 @@ class EmulatorServer:
         on_request: Callable[[Call], None] | None = None,
     ) -> None:
         if users is not None and org is not None:
-            raise ValueError("give users or org, not both: an org's users are the known users")
+            raise EmulatorSetupError("give users or org, not both: an org's users are the known users")
         self._fault_defaults = {"qps_limit": qps_limit, "latency_ms": latency_ms}
         self.faults = Faults()
         self.faults.update(self._fault_defaults)

@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from ..files import write_atomic
+from .errors import EmulatorSetupError
 from .limits import IDS_PER_CALL, MEMBER_CAP, NAME_MAX, NAME_MIN, READ_LIST_PAGE_MAX, SETTING_FIELDS
 
 DATA_FORMAT = "dtchat-emulator"
@@ -77,18 +78,21 @@ class ApiError(Exception):
 
 def load_users(path: str | os.PathLike[str]) -> frozenset[str]:
     """Read an org directory (YAML or JSON): a list of user ids or ``{"users": [...]}``."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EmulatorSetupError(f"{path}: cannot read: {exc}") from None
     try:
         data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
+        raise EmulatorSetupError(f"{path}: not valid YAML/JSON: {exc}") from None
     if isinstance(data, dict) and set(data) == {"users"}:
         data = data["users"]
     if not isinstance(data, list):
-        raise ValueError(f'{path}: expected a list of user ids or {{"users": [...]}}')
+        raise EmulatorSetupError(f'{path}: expected a list of user ids or {{"users": [...]}}')
     bad = [u for u in data if not isinstance(u, str) or not u]
     if bad:
-        raise ValueError(f"{path}: user ids must be non-empty strings (quote numeric ids): {bad[:5]!r}")
+        raise EmulatorSetupError(f"{path}: user ids must be non-empty strings (quote numeric ids): {bad[:5]!r}")
     return frozenset(data)
 
 
@@ -171,7 +175,7 @@ class ChatStore:
     ) -> None:
         """``users`` is a fixed directory; ``unknown_users`` a live one (the org), asked on every call."""
         if users is not None and unknown_users is not None:
-            raise ValueError("give users or unknown_users, not both")
+            raise EmulatorSetupError("give users or unknown_users, not both")
         self._lock = threading.Lock()
         self._users = None if users is None else frozenset(users)
         self._unknown_users = unknown_users
@@ -182,7 +186,7 @@ class ChatStore:
             self._load(self._path)
         elif self._path is not None and not self._path.parent.is_dir():
             # Like every dtchat file, no folder is created: fail now, not on the first create.
-            raise ValueError(f"{self._path}: its folder {self._path.parent} does not exist; create it first")
+            raise EmulatorSetupError(f"{self._path}: its folder {self._path.parent} does not exist; create it first")
 
     # ---- API calls -------------------------------------------------------
 
@@ -368,15 +372,15 @@ class ChatStore:
     def _load(self, path: Path) -> None:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: corrupt emulator data file ({exc}); fix or remove it") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise EmulatorSetupError(f"{path}: corrupt emulator data file ({exc}); fix or remove it") from None
         if not isinstance(data, dict) or data.get("format") != DATA_FORMAT or data.get("version") != DATA_VERSION:
-            raise ValueError(f"{path}: not a {DATA_FORMAT} version {DATA_VERSION} data file; fix or remove it")
+            raise EmulatorSetupError(f"{path}: not a {DATA_FORMAT} version {DATA_VERSION} data file; fix or remove it")
         chats, messages = data.get("chats"), data.get("messages", {})
         if not isinstance(chats, dict) or not all(_is_chat(cid, info) for cid, info in chats.items()):
-            raise ValueError(f"{path}: corrupt emulator data file (bad 'chats'); fix or remove it")
+            raise EmulatorSetupError(f"{path}: corrupt emulator data file (bad 'chats'); fix or remove it")
         if not isinstance(messages, dict) or not all(_is_message(m) for m in messages.values()):
-            raise ValueError(f"{path}: corrupt emulator data file (bad 'messages'); fix or remove it")
+            raise EmulatorSetupError(f"{path}: corrupt emulator data file (bad 'messages'); fix or remove it")
         self._chats, self._messages = chats, messages
 
 
