@@ -315,6 +315,8 @@ def _issue(file: str, text: str, error: BaseException, loader: ConfigLoader | No
             message = "a second YAML document (`---`): put one document in each file"
         elif error.problem == "found unhashable key":
             message = "a mapping key must be a plain value, not a mapping or list"
+        elif (error.problem or "").startswith("exceeded maximum nesting depth"):  # PyYAML >= 6.0.4's own limit
+            message = "the file is nested too deeply to read"
         else:
             message = f"invalid YAML: {error.problem}"
             if error.context and error.context_mark is not None:
