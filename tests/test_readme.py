@@ -49,7 +49,11 @@ def _setup_line(marker: str) -> str:
 
 
 def test_readme_setup_runs_verbatim_in_a_fresh_copy_with_no_python_command(tmp_path):
-    """The main-job line, pasted as is, in a copy of the tracked files, with `python` absent from PATH."""
+    """Both set-up lines, pasted as is, in a copy of the tracked files, with `python` absent from PATH.
+
+    The test line's own pytest run is narrowed to one small file through PYTEST_ADDOPTS (the line itself is
+    unchanged), so the suite does not run itself recursively.
+    """
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         source = ROOT / name
@@ -69,6 +73,12 @@ def test_readme_setup_runs_verbatim_in_a_fresh_copy_with_no_python_command(tmp_p
     proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "to create" in proc.stdout
+    env["PYTEST_ADDOPTS"] = "tests/test_state.py -p no:cacheprovider"
+    tests = subprocess.run(
+        ["bash", "-c", _setup_line("setup-tests")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert tests.returncode == 0, tests.stdout[-2000:] + tests.stderr[-2000:]
+    assert re.search(r"\b\d+ passed\b", tests.stdout), tests.stdout[-2000:]
 
 
 def test_ci_runs_exactly_the_readmes_test_command():
