@@ -90,7 +90,7 @@ def _chat_drift(c: ChatChange) -> ChatDrift | None:
             name=(c.name[1], c.name[0]) if c.name else None,
             owner=(c.owner[1], c.owner[0]) if c.owner else None,
         )
-    return None  # FORGET: not in the YAML, so nothing to audit
+    return None  # ORPHAN, FORGET: not in the YAML, so nothing to audit
 
 
 def drift_report(plan: Plan) -> DriftReport:
