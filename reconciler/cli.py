@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,11 +114,14 @@ class Options:
         """The state file, by design §6's one rule (the sandbox keeps its own)."""
         from .connect import SANDBOX_DIR
 
-        sandbox_path = None
-        if self.sandbox and not given:
-            SANDBOX_DIR.mkdir(exist_ok=True)  # the sandbox's own folder, next to its emulator data
-            sandbox_path = SANDBOX_DIR / "dtchat.state.json"
-        return locate_state(given, first_path=first_path, sandbox_path=sandbox_path, must_exist=must_exist)
+        if not self.sandbox:
+            return locate_state(given, first_path=first_path, must_exist=must_exist)
+        if given:  # a hint's command must talk to the sandbox too, with this file
+            where = locate_state(given, must_exist=must_exist)
+            return replace(where, flag=" --sandbox" + where.flag)
+        SANDBOX_DIR.mkdir(exist_ok=True)  # the sandbox's own folder, next to its emulator data
+        # `--sandbox` alone finds this file again: hints need no --state
+        return StateLocation(locate_state(None, sandbox_path=SANDBOX_DIR / "dtchat.state.json").path, " --sandbox")
 
 
 def _stderr_is_tty() -> bool:

@@ -302,3 +302,18 @@ def test_with_verbose_each_failure_is_printed_once(tmp_path):
     reason = failure[len("✗ a: ") :]
     assert "60121" in reason and "ghost" in reason
     assert result.output.count(reason) == 1, result.output
+
+
+def test_sandbox_hints_name_the_sandbox(tmp_path, monkeypatch):
+    """A hint's command must reach the same (sandbox) chats and state file when pasted as printed."""
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path / "chats", {"old-key": {"name": "Ops", "owner": "zhangwei"}})
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--sandbox", "apply", "chats", "--auto-approve"]).exit_code == 0
+    write_config(tmp_path / "chats", {"new-key": {"name": "Ops", "owner": "zhangwei"}})
+    plan = runner.invoke(cli, ["plan", "chats", "--sandbox"])
+    assert "run `dtchat mv old-key new-key --sandbox` before applying" in plan.stdout
+    moved = runner.invoke(cli, ["mv", "old-key", "new-key", "--sandbox"])
+    assert moved.exit_code == 0, moved.output
+    assert "No changes" in runner.invoke(cli, ["plan", "chats", "--sandbox"]).stdout
+    assert not (tmp_path / "chats" / "dtchat.state.json").exists()  # sandbox ids never enter the real state file
