@@ -596,7 +596,7 @@ def _report(opts: Options, r: ChatResult, quiet: bool) -> None:
             what = {
                 "create": f"created {r.chatid}",
                 "update": f"updated {r.chatid}",
-                "forget": f"forgotten (chat {r.chatid} left as it is)",
+                "forget": f"forgotten ({r.chatid} stays in DingTalk as it is)",
             }.get(r.action.value, r.action.value)
             opts.echo(click.style(f"✓ {r.key}: {what} ({calls})", fg="green"), err=quiet)
     else:
