@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -551,3 +552,110 @@ def test_errors_and_redact_do_not_import_requests():
     ).stdout.split("\n")
     assert json.loads(out[0]) == [False, False]
     assert json.loads(out[1]) is True
+
+
+# ----------------------------------------------------------------- answers that lose data
+
+
+def _topapi_reply(result: dict):
+    """A server that hands out a token and answers every other call with ``result``."""
+
+    def reply(handler) -> tuple:
+        if handler.path.startswith("/gettoken"):
+            body = {"errcode": 0, "access_token": "token-for-the-malformed-test", "expires_in": 7200}
+        else:
+            body = {"errcode": 0, "errmsg": "ok", "result": result}
+        return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+    return reply
+
+
+@pytest.mark.parametrize(
+    "result, call",
+    [
+        ({}, lambda c: c.list_department_user_ids(100)),  # no userid_list: not "nobody"
+        ({"hasMore": False}, lambda c: c.list_role_user_ids(3001)),  # no list: a lost page, not fewer people
+    ],
+)
+def test_a_successful_answer_missing_its_list_is_malformed_not_empty(servers, no_proxy_env, result, call):
+    server = servers(_topapi_reply(result))
+    with fast_client(server.url) as client, pytest.raises(DingTalkError, match="malformed response"):
+        call(client)
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def test_a_tls_failure_after_a_create_was_sent_is_an_unknown_outcome(tmp_path, monkeypatch, no_proxy_env):
+    """The create reached the server; its answer died in TLS. A definite error here would mean a second chat."""
+    import os
+    import ssl
+
+    from reconciler.dingtalk import AmbiguousCreateError
+
+    cert, key = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    creates: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            conn = context.wrap_socket(raw, server_side=True)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            if data.startswith(b"GET /gettoken"):
+                body = json.dumps({"errcode": 0, "access_token": "token-for-the-tls-test", "expires_in": 7200}).encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
+            else:
+                creates.append(data)
+                os.write(conn.fileno(), b"\x17\x03\x03\x00\x20" + os.urandom(32))  # a corrupt TLS record
+            time.sleep(0.2)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    try:
+        with fast_client(f"https://127.0.0.1:{listener.getsockname()[1]}") as client:
+            with pytest.raises(AmbiguousCreateError):
+                client.write("/chat/create", {"name": "n", "owner": "a", "useridlist": ["a"]})
+    finally:
+        listener.close()
+    assert len(creates) == 1  # sent once, never again

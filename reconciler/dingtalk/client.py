@@ -141,6 +141,22 @@ def _never_sent(exc: BaseException) -> bool:
     return any(isinstance(err, NewConnectionError) for err in _chain(exc))
 
 
+def _certificate_refused(exc: BaseException) -> bool:
+    """True when the TLS handshake failed on the server's certificate (before any request byte was sent)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
+            return True
+        linked = (getattr(err, "reason", None), err.__cause__, err.__context__, *err.args)
+        stack.extend(x for x in linked if isinstance(x, BaseException))
+    return False
+
+
 def _host_not_found(exc: BaseException) -> bool:
     return any(isinstance(err, (NameResolutionError, socket.gaierror)) for err in _chain(exc))
 
@@ -500,7 +516,8 @@ class DingTalkClient:
 
     @staticmethod
     def _str_list(result: Mapping[str, Any], endpoint: str, key: str) -> list[str]:
-        ids = result.get(key, [])
+        """A list of user ids that must be there: an answer without it is malformed, never "nobody"."""
+        ids = result.get(key)
         if not isinstance(ids, list) or not all(isinstance(u, str) and u for u in ids):
             raise DingTalkError(endpoint, f"malformed response: {key} is not a list of user ids")
         return ids
@@ -517,9 +534,9 @@ class DingTalkClient:
         offset = 0
         for _ in range(MAX_PAGES):
             result = self._topapi(endpoint, {**body, "offset": offset, "size": size})
-            items = result.get("list", [])
-            if not isinstance(items, list):
-                raise DingTalkError(endpoint, "malformed response: result.list is not a list")
+            items = result.get("list")
+            if not isinstance(items, list):  # missing too: a lost page must not read as fewer people
+                raise DingTalkError(endpoint, "malformed response: result.list is missing or not a list")
             yield items
             if result.get("hasMore") is not True:
                 return
@@ -616,15 +633,15 @@ class DingTalkClient:
                 failure = _Failure(error_from_payload(endpoint, outcome), ambiguous=False)
             else:
                 failure = outcome
-                if not failure.retry:
-                    raise failure.error
-                if endpoint == CHAT_CREATE and failure.ambiguous:
+                if endpoint == CHAT_CREATE and failure.ambiguous:  # before anything else: never a second create
                     raise AmbiguousCreateError(
                         endpoint,
                         f"outcome unknown ({failure.error.errmsg})",
                         detail="the chat may have been created: do not create it again blindly; "
                         "check DingTalk and record an existing chat with `dtchat import KEY CHATID`",
                     )
+                if not failure.retry:
+                    raise failure.error
             now = time.monotonic()
             if deadline is None:
                 deadline = now + self._max_retry_seconds
@@ -802,7 +819,9 @@ class DingTalkClient:
             return _Failure(ReadTimeoutError(endpoint, f"no answer from {base} in time (read timeout)"), ambiguous=True)
         if isinstance(exc, requests.exceptions.SSLError):
             error = TransportError(endpoint, f"cannot connect to {base}: {_reason(exc)}")
-            return _Failure(error, ambiguous=False, retry=False)
+            # A certificate refused in the handshake means nothing was sent; any other TLS failure may come
+            # after the request went out, so for a create the outcome is unknown.
+            return _Failure(error, ambiguous=not _certificate_refused(exc), retry=False)
         if isinstance(
             exc,
             (
