@@ -20,8 +20,12 @@ from typing import Any
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) atomically; raises OSError, leaving no temp file behind."""
-    path = Path(path)
+    """Replace ``path`` with ``text`` (UTF-8) atomically; raises OSError, leaving no temp file behind.
+
+    A symlink is followed: the file it points to is replaced, and the link stays a link (renaming over the
+    link itself would leave the real file, the one other runs read, without the new content).
+    """
+    path = Path(os.path.realpath(path))
     folder = path.parent if str(path.parent) else Path(".")
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)

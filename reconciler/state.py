@@ -317,6 +317,6 @@ def locked(path: str | os.PathLike[str], *, flag: str = "") -> Iterator[StateFil
                         f"{path}: another dtchat run holds the lock ({lock_path}); wait for it to finish"
                     ) from None
                 raise
-        yield StateFile(path, flag=flag)
+        yield StateFile(real, flag=flag)  # read and written at the real path, the one the lock is on
     finally:
         os.close(fd)

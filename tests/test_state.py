@@ -87,6 +87,10 @@ def test_a_symlink_and_the_real_path_share_one_lock(tmp_path):
         with pytest.raises(StateError, match="another dtchat run holds the lock"):
             with locked(tmp_path / "real" / ".." / "real" / "s.json"):
                 pass
+    with locked(tmp_path / "link.json") as state:  # written through the link: the real file changes
+        state.record("b", "chat2")
+    assert (tmp_path / "link.json").is_symlink()
+    assert StateFile(path).get("b") == Binding("chat2")
 
 
 def test_locking_never_creates_a_folder_and_finds_an_unwritable_one_first(tmp_path):
