@@ -48,7 +48,7 @@ from .render import (
 )
 from .rules import DEFAULT_QPS
 from .safety import DEFAULT_MAX_REMOVAL_PCT, MIN_EXISTING_MEMBERS, Thresholds
-from .state import StateFile, StateLocation, locate_state, locked
+from .state import ENV_STATE, StateFile, StateLocation, locate_state, locked
 
 if TYPE_CHECKING:
     from .applier import ChatResult
@@ -504,7 +504,7 @@ def apply(
 ) -> None:
     """Converge DingTalk to the YAML (PATH...), or apply a saved plan (--plan F)."""
     from .applier import ApplyResult
-    from .manager import ApplyOptions, Outcome, saved_plan_options
+    from .manager import ApplyOptions, Outcome, check_saved_state, saved_plan_options
     from .planfile import read_plan
 
     if bool(paths) == bool(plan_file):
@@ -521,9 +521,11 @@ def apply(
     if saved:
         options = saved_plan_options(saved, options)
         paths = saved.config_files
-        state_file = state_file or (saved.state_file if not os.environ.get("DTCHAT_STATE") else None)
+        state_file = state_file or os.environ.get(ENV_STATE) or saved.state_file
     config = load_config(paths)
     location = opts.state(state_file, paths[0])
+    if saved:
+        check_saved_state(saved, location.path)
     as_json = fmt == "json"
 
     def on_plan(the_plan: Plan, warnings: tuple[str, ...]) -> None:

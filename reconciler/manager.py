@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import enum
+import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .adopt import desired_from_live
@@ -215,6 +217,19 @@ def move_key(state: StateFile, old: str, new: str) -> Binding:
     return state.move(old, new)
 
 
+def check_saved_state(saved: SavedPlan, path: Path) -> None:
+    """A saved plan applies only with the state file it was made with.
+
+    A create looks the same whatever the state file says, so applying a plan with another state file
+    (``--state``, ``$DTCHAT_STATE``) would record the new chat where the next plan never looks.
+    """
+    if saved.state_file and os.path.realpath(path) != os.path.realpath(saved.state_file):
+        raise PlanFileError(
+            f"{saved.source}: the plan was made with the state file {saved.state_file}, this run uses {path}; "
+            "refusing the saved plan, nothing was changed"
+        )
+
+
 def saved_plan_options(saved: SavedPlan, options: ApplyOptions) -> ApplyOptions:
     """The options a saved plan was made with; --target cannot narrow it and --prune must match."""
     if options.targets:
@@ -230,6 +245,7 @@ __all__ = [
     "Manager",
     "Outcome",
     "PlanOptions",
+    "check_saved_state",
     "check_targets",
     "move_key",
     "saved_plan_options",

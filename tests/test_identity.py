@@ -140,6 +140,23 @@ def test_every_kind_of_saved_plan_edit_is_refused_with_zero_writes(emulator, tmp
     assert writes(emulator) == before + 1
 
 
+def test_a_saved_plan_applies_only_with_the_state_file_it_was_made_with(emulator, tmp_path):
+    folder = tmp_path / "chats"
+    write_config(folder, {"eng": {"name": "Eng", "owner": "alice"}})
+    plan_path = tmp_path / "plan.json"
+    assert dtchat(emulator, "plan", str(folder), "--out", str(plan_path)).exit_code == 0
+    (tmp_path / "other").mkdir()
+    other = str(tmp_path / "other" / "s.json")
+    for how in ({"env": {"DTCHAT_STATE": other}}, {"args": ("--state", other)}):
+        result = dtchat(
+            emulator, "apply", "--plan", str(plan_path), "--auto-approve", *how.get("args", ()), env=how.get("env")
+        )
+        assert result.exit_code == 1 and "the plan was made with the state file" in result.output
+    assert writes(emulator) == 0 and not Path(other).exists()
+    result = dtchat(emulator, "apply", "--plan", str(plan_path), "--auto-approve")
+    assert result.exit_code == 0 and state_of(folder / "dtchat.state.json").keys() == {"eng"}
+
+
 # -- plans tell the truth early ----------------------------------------------------------------------
 
 
