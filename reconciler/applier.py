@@ -16,8 +16,10 @@ no later run creates the chat a second time.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -210,6 +212,19 @@ def apply_change(
     return ChatResult(key, change.action, ok=True, calls=done, chatid=chatid, warning=warning)
 
 
+@contextlib.contextmanager
+def _sigint_stops(stop: _Stop) -> Iterator[None]:
+    """While chats are applied, Ctrl-C only asks the run to stop (no KeyboardInterrupt mid-bookkeeping)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.interrupt())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _chain_length(change: ChatChange) -> int:
     try:
         return len(calls_for(change))
@@ -229,8 +244,9 @@ def apply_plan(
 ) -> ApplyResult:
     """Apply every change, up to ``parallelism`` chats at once; the caller holds the state lock.
 
-    ``on_result`` is called in this thread as each chat finishes. Ctrl-C (KeyboardInterrupt here) lets
-    the calls in flight finish, starts nothing new and returns what was done with ``interrupted`` set.
+    ``on_result`` is called in this thread as each chat finishes. Ctrl-C (SIGINT, caught here while the
+    chats run) lets the calls in flight finish, starts nothing new and returns what was done with
+    ``interrupted`` set. Any other exception also stops new chats from starting before it propagates.
     """
     stop = _Stop()
     results: dict[str, ChatResult] = {}
@@ -256,19 +272,21 @@ def apply_plan(
         if on_result:
             on_result(result)
 
-    with ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="dtchat-apply") as pool:
+    with _sigint_stops(stop), ThreadPoolExecutor(max(1, parallelism), thread_name_prefix="dtchat-apply") as pool:
         # Longest chains first (a stable sort: ties keep plan order): a 440-member create is 11 calls that must
         # run one after another, and started last it would trail alone while the other workers idle.
         # Results are still reported in plan order.
         longest_first = sorted(plan.changes, key=_chain_length, reverse=True)
         pending = {pool.submit(run, change) for change in longest_first}
-        while pending:
-            try:
+        try:
+            while pending:
                 finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                stop.interrupt()
-                continue
-            for future in finished:
-                collect(future)
+                for future in finished:
+                    collect(future)
+        except BaseException:  # a bug, or Ctrl-C outside the main thread's handler: start nothing more
+            stop.interrupt()
+            for future in pending:
+                future.cancel()
+            raise
     ordered = tuple(results[c.key] for c in plan.changes)
     return ApplyResult(ordered, interrupted=stop.interrupted)

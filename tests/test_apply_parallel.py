@@ -13,7 +13,7 @@ from reconciler.errors import UsageError
 from reconciler.manager import ApplyOptions, Manager, Outcome
 from reconciler.plan import Action
 from reconciler.safety import Thresholds
-from reconciler.state import locate_state
+from reconciler.state import StateFile, locate_state
 
 from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
 
@@ -183,3 +183,22 @@ def test_the_longest_chains_start_first_and_results_stay_in_plan_order(emulator,
     assert [c.endpoint for c in writes] == ["/chat/create"] + ["/chat/update"] * 4 + ["/chat/create"]
     assert writes[0].body["name"] == "Big" and writes[-1].body["name"] == "Small"
     assert [c["key"] for c in json.loads(result.stdout)["chats"]] == ["a-small", "z-big"]
+
+
+def test_an_unexpected_error_while_collecting_results_starts_no_more_chats(emulator, make_client, tmp_path):
+    """A bug in reporting (or a stray KeyboardInterrupt) must not let the pool run every queued chat."""
+    from reconciler.applier import apply_plan
+
+    folder = tmp_path / "c"
+    write_config(folder, {f"k{i:02d}": {"name": f"K{i}", "owner": "x"} for i in range(20)})
+    state = StateFile(tmp_path / "s.json")
+    client = make_client()
+    plan = Manager(client).plan(load_config([folder]), state)
+
+    def explode(result):
+        raise RuntimeError("a bug in a result printer")
+
+    with pytest.raises(RuntimeError):
+        apply_plan(plan, client, state, parallelism=2, on_result=explode)
+    assert len(emulator.calls_to("/chat/create")) <= 3  # the two in flight, at most one more already started
+    assert len(state.bindings) == len(emulator.chats())  # and each of those recorded
