@@ -196,12 +196,6 @@ def apply_change(
                     f"`dtchat import {key} {chatid}{state.flag}` so it is not created again",
                     fatal=True,
                 )
-    bound = state.get(key)
-    if chatid and (bound is None or bound.chatid != chatid):
-        try:
-            state.record(key, chatid)  # a pinned chat: remember it
-        except StateError as exc:
-            return failed(str(exc), fatal=True)
     warning = None
     if notify and calls and chatid:
         try:

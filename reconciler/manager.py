@@ -26,7 +26,7 @@ from .drift import DriftReport, drift_report
 from .errors import UsageError
 from .live import read_live
 from .model import LiveChat, ReadFailure
-from .plan import Plan
+from .plan import Action, Plan
 from .planfile import PlanFileError, PlanOptions, SavedPlan, differences
 from .planner import make_plan, resolve
 from .safety import Thresholds, removal_violations
@@ -172,9 +172,11 @@ class Manager:
             if options.dry_run:
                 return ApplyOutcome(Outcome.DRY_RUN, plan, warnings)
             if not plan.has_changes:
+                _remember_pins(plan, state)
                 return ApplyOutcome(Outcome.NO_CHANGES, plan, warnings)
             if not confirm(plan):
                 return ApplyOutcome(Outcome.CANCELLED, plan, warnings)
+            _remember_pins(plan, state)
             result = apply_plan(
                 plan,
                 self.client,
@@ -208,6 +210,15 @@ class Manager:
         if failures:
             raise UsageError("cannot dump, nothing was written: " + "; ".join(failures))
         return dump_config(desired_from_live(r for r in live.values() if isinstance(r, LiveChat)))
+
+
+def _remember_pins(plan: Plan, state: StateFile) -> None:
+    """Record each chat the YAML pins (``chatid:``) in the state, changed or not, so removing the pin later
+    (the usual step after ``dtchat dump``) does not turn it into a create."""
+    for change in plan.of(Action.UPDATE, Action.NOOP):
+        bound = state.get(change.key)
+        if change.chatid and (bound is None or bound.chatid != change.chatid):
+            state.record(change.key, change.chatid)
 
 
 def move_key(state: StateFile, old: str, new: str) -> Binding:

@@ -351,3 +351,16 @@ def test_sigkill_at_every_write_never_creates_a_chat_twice_nor_loses_one(emulato
             assert state[key]["chatid"] == chats_named(emulator, chat["name"])[0]
         final = _run(emulator, cwd, "plan", "chats", "--detailed-exitcode")
         assert final.returncode == 0 and "No changes" in final.stdout, (kill_at, final.stdout)
+
+
+def test_a_pinned_chat_is_recorded_even_when_nothing_changes(emulator, tmp_path):
+    """dump → apply (no changes) → remove the pin: the chat must be found through the state, not created."""
+    chatid = emulator.seed_chat("Ops", "bob", ["bob", "carol"])
+    folder = tmp_path / "chats"
+    write_config(folder, {"ops": {"name": "Ops", "owner": "bob", "members": ["carol"], "chatid": chatid}})
+    result = dtchat(emulator, "apply", str(folder), "--auto-approve")
+    assert result.exit_code == 0 and "No changes" in result.output
+    assert state_of(folder / "dtchat.state.json") == {"ops": chatid}
+    write_config(folder, {"ops": {"name": "Ops", "owner": "bob", "members": ["carol"]}})
+    result = dtchat(emulator, "plan", str(folder), "--detailed-exitcode")
+    assert result.exit_code == 0 and "No changes" in result.output and emulator.calls_to("/chat/create") == []
