@@ -58,11 +58,18 @@ def resolve(desired: Sequence[DesiredChat], state: Mapping[str, Binding], *, fla
     owners: dict[str, list[str]] = {}
     for key, chatid in chatids.items():
         owners.setdefault(chatid, []).append(key)
+    desired_keys = {chat.key for chat in desired}
+    for key, bound in state.items():  # an orphan still owns its chat: a pin may not take it over
+        if key not in desired_keys and bound.chatid in owners:
+            owners[bound.chatid].append(key)
     for chatid, keys in owners.items():
         if len(keys) > 1:
-            for key in keys:
+            for key in set(keys) & desired_keys:
                 others = ", ".join(k for k in sorted(keys) if k != key)
-                errors[key] = f"chatid {chatid} is also bound to {others}; one chat cannot have two keys"
+                errors[key] = (
+                    f"chatid {chatid} is also bound to {others}; one chat cannot have two keys "
+                    f"(`dtchat forget` or `dtchat mv` the other key{flag and ' with' + flag})"
+                )
                 chatids.pop(key, None)
     return Resolution(chatids=chatids, errors=errors)
 
@@ -189,8 +196,8 @@ def make_plan(
     for key in sorted(state):
         if key not in desired_keys and (targets is None or key in targets):
             bound = state[key]
-            changes.append(
-                ChatChange(key, Action.FORGET if prune else Action.ORPHAN, chatid=bound.chatid, pending=bound.pending)
-            )
+            # --prune never drops a pending create: it is the only record that the chat may exist
+            action = Action.FORGET if prune and not bound.pending else Action.ORPHAN
+            changes.append(ChatChange(key, action, chatid=bound.chatid, pending=bound.pending))
     changes.sort(key=lambda c: c.key)
     return Plan(changes=tuple(changes), flag=flag)

@@ -54,15 +54,21 @@ def _source_line(s: Any) -> str:
     return f"{s.selector} ({s.label}) {verb} {s.count} user{'s' if s.count != 1 else ''}"
 
 
-def _chat_lines(c: ChatChange, verbose: bool = False) -> list[str]:
+def _chat_lines(c: ChatChange, verbose: bool = False, plan_flag: str = "") -> list[str]:
+    """The lines under a chat's heading; ``plan_flag`` is the ``--state`` its hints carry."""
     lines: list[str] = []
     if c.action is Action.ERROR:
         return [c.error or "unknown error", *(_source_line(s) for s in c.sources if verbose)]
     if c.action is Action.FORGET:
         return ["not in the YAML; --prune: dtchat stops managing it; the chat stays in DingTalk"]
     if c.action is Action.ORPHAN:
-        pending = " (a create of it is pending: outcome unknown)" if c.pending else ""
-        return [f"in the state, not in the YAML: kept{pending}"]
+        if c.pending:
+            return [
+                "in the state, not in the YAML: kept; a create of it is pending (outcome unknown), so --prune "
+                f"leaves it: run `dtchat import {c.key} CHATID{plan_flag}` if the chat exists, "
+                f"else `dtchat forget {c.key}{plan_flag}`"
+            ]
+        return ["in the state, not in the YAML: kept"]
     if c.name:
         lines.append(f"name: {c.name[1]}" if c.name[0] is None else f"name: {c.name[0]} → {c.name[1]}")
     if c.owner:
@@ -127,7 +133,7 @@ def _where(chatid: str | None) -> str:
 def render_text(plan: Plan, *, verbose: bool = False, warnings: tuple[str, ...] = ()) -> str:
     """The plan as a terminal shows it; unchanged chats only with ``verbose``."""
     blocks = [
-        (*_SYMBOL[c.action], _heading(c), _chat_lines(c, verbose))
+        (*_SYMBOL[c.action], _heading(c), _chat_lines(c, verbose, plan.flag))
         for c in plan.changes
         if verbose or c.action is not Action.NOOP
     ]
@@ -206,7 +212,7 @@ def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
             _SYMBOL[c.action][0],
             _LABEL[c.action],
             c.key,
-            _chat_lines(c, verbose=True),
+            _chat_lines(c, verbose=True, plan_flag=plan.flag),
         )
         for c in plan.changes
         if c.action is not Action.NOOP

@@ -364,3 +364,28 @@ def test_a_pinned_chat_is_recorded_even_when_nothing_changes(emulator, tmp_path)
     write_config(folder, {"ops": {"name": "Ops", "owner": "bob", "members": ["carol"]}})
     result = dtchat(emulator, "plan", str(folder), "--detailed-exitcode")
     assert result.exit_code == 0 and "No changes" in result.output and emulator.calls_to("/chat/create") == []
+
+
+def test_prune_never_drops_a_pending_create_and_a_pin_cannot_take_an_orphans_chat(emulator, tmp_path):
+    folder = tmp_path / "chats"
+    owned = emulator.seed_chat("Owned", "bob", ["bob"])
+    write_config(folder, {"new": {"name": "New", "owner": "x", "chatid": owned}})
+    (folder / "dtchat.state.json").write_text(
+        json.dumps(
+            {
+                "format": "dtchat-state",
+                "version": 1,
+                "chats": {
+                    "lost": {"chatid": None, "pending_create": True, "created_at": "2026-01-01T00:00:00+00:00"},
+                    "old": {"chatid": owned},
+                },
+            }
+        )
+    )
+    result = dtchat(emulator, "apply", str(folder), "--auto-approve", "--prune")
+    assert result.exit_code == 1
+    assert "? lost" in result.output and "a create of it is pending" in result.output  # kept, with a way out
+    assert "- forget old" in result.output  # a settled orphan is pruned...
+    assert "! error new" in result.output and f"chatid {owned} is also bound to old" in result.output  # ...not stolen
+    state = json.loads((folder / "dtchat.state.json").read_text())["chats"]
+    assert state["lost"]["pending_create"] is True and writes(emulator) == 0
