@@ -46,10 +46,13 @@ class ApiCall:
         """This call with the new chat's id filled in."""
         return ApiCall(self.endpoint, {"chatid": chatid, **self.body}) if self.for_new_chat else self
 
+    def shown_body(self, key: str) -> dict[str, Any]:
+        """The body as it will be sent, with ``<chatid of new chat KEY>`` where a new chat's id will go."""
+        return self.bound(f"<chatid of new chat {key}>").body if self.for_new_chat else dict(self.body)
+
     def describe(self, key: str) -> str:
         """One line: endpoint + JSON body (never a token)."""
-        body = {"chatid": f"<chatid of new chat {key}>", **self.body} if self.for_new_chat else self.body
-        return f"POST {self.endpoint} {json.dumps(body, ensure_ascii=False)}"
+        return f"POST {self.endpoint} {json.dumps(self.shown_body(key), ensure_ascii=False)}"
 
 
 def _settings_body(change: ChatChange) -> dict[str, int]:

@@ -37,6 +37,7 @@ from .render import (
     VALIDATE_FORMATS,
     render_apply_json,
     render_calls,
+    render_calls_json,
     render_drift_json,
     render_drift_markdown,
     render_drift_text,
@@ -257,6 +258,13 @@ class Failure(click.ClickException):
             click.echo(f"Error: {self.message}", err=True)
 
 
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    """A usage error as one ``Error:`` line (no usage block; ``--help`` has it), exit 1 (2 means "changes")."""
+    exc.exit_code = 1
+    exc.ctx = None
+    return exc
+
+
 class Group(click.Group):
     """Maps DtchatError to :class:`Failure` and makes usage errors exit 1 (2 means "changes")."""
 
@@ -264,15 +272,13 @@ class Group(click.Group):
         try:
             return super().make_context(*args, **kwargs)
         except click.UsageError as exc:
-            exc.exit_code = 1
-            raise
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            exc.exit_code = 1
-            raise
+            raise _one_line(exc) from None
         except DtchatError as exc:
             raise Failure(exc) from None
         except KeyboardInterrupt:  # outside apply's writes (apply reports its own): nothing was changed
@@ -547,7 +553,9 @@ def apply(
             on_result=lambda r: _report(opts, r, as_json),
         )
     if outcome.outcome is Outcome.DRY_RUN:
-        opts.echo(render_calls(outcome.plan, notify=notify), err=as_json)
+        opts.echo(
+            render_calls_json(outcome.plan, notify=notify) if as_json else render_calls(outcome.plan, notify=notify)
+        )
         raise click.exceptions.Exit(1 if outcome.plan.has_errors else 0)
     if outcome.outcome is Outcome.CANCELLED:
         opts.echo("Cancelled; nothing was changed.", err=True)
@@ -560,11 +568,14 @@ def apply(
     else:
         opts.echo(result.summary())
     if result.interrupted:
-        done = [r for r in result.results if r.done]
+        touched = [r for r in result.results if r.done or r.calls]  # finished, or stopped part-way
         opts.echo(
             click.style(
-                f"Interrupted: {len(done)} chat{'s' if len(done) != 1 else ''} changed before Ctrl-C: "
-                + (", ".join(f"{r.key} ({r.chatid})" for r in done) or "none")
+                f"Interrupted: {len(touched)} chat{'s' if len(touched) != 1 else ''} changed before Ctrl-C: "
+                + (
+                    ", ".join(f"{r.key} ({r.chatid or 'no chatid yet'}{'' if r.ok else ', part-way'})" for r in touched)
+                    or "none"
+                )
                 + "; the state file records every chat created.",
                 fg="yellow",
             ),

@@ -229,22 +229,46 @@ def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
     )
 
 
+def dry_run_calls(plan: Plan, *, notify: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
+    """(key, endpoint, body) of every call apply would make, in each chat's order; a new chat's id is a
+    placeholder (``<chatid of new chat KEY>``); a forget is ("key", "forget", {"chatid": …}) (no call)."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for change in plan.changes:
+        calls = calls_for(change)
+        out.extend((change.key, call.endpoint, call.shown_body(change.key)) for call in calls)
+        if notify and calls:
+            out.append((change.key, *notify_call(change, change.chatid or f"<chatid of new chat {change.key}>")))
+        if change.action is Action.FORGET:
+            out.append((change.key, "forget", {"chatid": change.chatid}))
+    return out
+
+
 def render_calls(plan: Plan, *, notify: bool = False) -> str:
     """``apply --dry-run``: every API call apply would make, in order, each body exactly as it would be sent."""
     out = ["", "Dry run: these API calls would be made (nothing was changed):"]
     count = 0
-    for change in plan.changes:
-        calls = calls_for(change)
-        out += [f"  {change.key}: {call.describe(change.key)}" for call in calls]
-        count += len(calls)
-        if notify and calls:
-            endpoint, body = notify_call(change, change.chatid or f"<chatid of new chat {change.key}>")
-            out.append(f"  {change.key}: POST {endpoint} {json.dumps(body, ensure_ascii=False)}")
+    for key, endpoint, body in dry_run_calls(plan, notify=notify):
+        if endpoint == "forget":
+            out.append(f"  {key}: (state only) forget {body['chatid']}")
+        else:
+            out.append(f"  {key}: POST {endpoint} {json.dumps(body, ensure_ascii=False)}")
             count += 1
-        if change.action is Action.FORGET:
-            out.append(f"  {change.key}: (state only) forget {change.chatid}")
     out.append(f"{count} API call{'s' if count != 1 else ''}.")
     return "\n".join(out)
+
+
+def render_calls_json(plan: Plan, *, notify: bool = False) -> str:
+    """``apply --dry-run --format json`` (see docs/formats.md)."""
+    calls = [{"key": k, "endpoint": e, "body": b} for k, e, b in dry_run_calls(plan, notify=notify) if e != "forget"]
+    forgets = [k for k, e, _ in dry_run_calls(plan) if e == "forget"]
+    document = {
+        "format_version": FORMAT_VERSION,
+        "kind": "dtchat-dry-run",
+        "calls": calls,
+        "forget": forgets,
+        "errors": [{"key": c.key, "error": c.error} for c in plan.of(Action.ERROR)],
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2)
 
 
 def render_json(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:

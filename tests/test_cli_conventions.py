@@ -317,3 +317,23 @@ def test_sandbox_hints_name_the_sandbox(tmp_path, monkeypatch):
     assert moved.exit_code == 0, moved.output
     assert "No changes" in runner.invoke(cli, ["plan", "chats", "--sandbox"]).stdout
     assert not (tmp_path / "chats" / "dtchat.state.json").exists()  # sandbox ids never enter the real state file
+
+
+def test_dry_run_with_format_json_lists_the_calls_on_stdout(emulator, tmp_path):
+    write_config(tmp_path, {"a": {"name": "A", "owner": "x", "members": users(45)}})
+    result = dtchat(emulator, "apply", str(tmp_path), "--dry-run", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["kind"] == "dtchat-dry-run" and report["errors"] == [] and report["forget"] == []
+    assert [(c["key"], c["endpoint"]) for c in report["calls"]] == [("a", "/chat/create"), ("a", "/chat/update")]
+    assert report["calls"][1]["body"]["chatid"] == "<chatid of new chat a>"
+    assert emulator.calls_to("/chat/create") == []
+
+
+@pytest.mark.parametrize(
+    "args", [("plan",), ("plna", "x"), ("apply", "x", "--parallelism", "0"), ("plan", "x", "--bogus")]
+)
+def test_usage_errors_are_one_line_and_exit_1(args):
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 1
+    assert result.stdout == "" and result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ")
