@@ -132,3 +132,13 @@ class RawApi:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: The contact API's paths, as dingtalk-api.md spells them (tests state them; they never import the code's).
+LISTID = "/topapi/user/listid"
+LISTSUBID = "/topapi/v2/department/listsubid"
+DEPT_GET = "/topapi/v2/department/get"
+SIMPLELIST = "/topapi/role/simplelist"
+ROLE_LIST = "/topapi/role/list"
+BY_MOBILE = "/topapi/v2/user/getbymobile"
+DIRECTORY = (LISTID, LISTSUBID, DEPT_GET, SIMPLELIST, ROLE_LIST, BY_MOBILE)

@@ -20,15 +20,18 @@ from reconciler.emulator import EmulatorServer, Org
 from reconciler.model import DesiredChat, MemberSource, Selector
 from reconciler.rules import MEMBER_CAP
 
-from helpers import APP_KEY, APP_SECRET, write_config
-
-LISTID = "/topapi/user/listid"
-LISTSUBID = "/topapi/v2/department/listsubid"
-DEPT_GET = "/topapi/v2/department/get"
-SIMPLELIST = "/topapi/role/simplelist"
-ROLE_LIST = "/topapi/role/list"
-BY_MOBILE = "/topapi/v2/user/getbymobile"
-DIRECTORY = (LISTID, LISTSUBID, DEPT_GET, SIMPLELIST, ROLE_LIST, BY_MOBILE)
+from helpers import (
+    APP_KEY,
+    APP_SECRET,
+    BY_MOBILE,
+    DEPT_GET,
+    DIRECTORY,
+    LISTID,
+    LISTSUBID,
+    ROLE_LIST,
+    SIMPLELIST,
+    write_config,
+)
 
 BIG = [f"big{i:04d}" for i in range(MEMBER_CAP)]
 

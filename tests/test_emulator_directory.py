@@ -12,15 +12,7 @@ import yaml
 
 from reconciler.emulator import SANDBOX_ORG, EmulatorServer, Faults, Org, OrgError, load_org
 
-from helpers import RawApi
-
-LISTID = "/topapi/user/listid"
-LISTSUBID = "/topapi/v2/department/listsubid"
-DEPT_GET = "/topapi/v2/department/get"
-SIMPLELIST = "/topapi/role/simplelist"
-ROLE_LIST = "/topapi/role/list"
-BY_MOBILE = "/topapi/v2/user/getbymobile"
-DIRECTORY = (LISTID, LISTSUBID, DEPT_GET, SIMPLELIST, ROLE_LIST, BY_MOBILE)
+from helpers import BY_MOBILE, DEPT_GET, DIRECTORY, LISTID, LISTSUBID, ROLE_LIST, SIMPLELIST, RawApi
 
 ORG: dict[str, Any] = {
     "departments": [
