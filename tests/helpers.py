@@ -6,7 +6,9 @@ Test files import from here (``from helpers import ...``); ``conftest.py`` holds
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +144,49 @@ SIMPLELIST = "/topapi/role/simplelist"
 ROLE_LIST = "/topapi/role/list"
 BY_MOBILE = "/topapi/v2/user/getbymobile"
 DIRECTORY = (LISTID, LISTSUBID, DEPT_GET, SIMPLELIST, ROLE_LIST, BY_MOBILE)
+
+
+class LocalServer:
+    """A real HTTP server on 127.0.0.1 for answers the emulator cannot stage (redirects, garbage, drops).
+
+    ``reply(handler)`` returns (status, headers, body bytes), or None to close the connection unanswered;
+    every request line is recorded in ``lines``.
+    """
+
+    def __init__(self, reply: Callable[[BaseHTTPRequestHandler], tuple[int, dict, bytes] | None]) -> None:
+        self.lines: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                outer.lines.append(self.requestline)
+                answer = reply(self)
+                if answer is None:
+                    self.close_connection = True
+                    return
+                status, headers, body = answer
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _serve
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -28,7 +27,7 @@ from reconciler.dingtalk import (
     TransportError,
 )
 
-from helpers import APP_KEY, APP_SECRET
+from helpers import APP_KEY, APP_SECRET, LocalServer
 
 DROP = object()
 
@@ -46,7 +45,7 @@ def client_sleeps(monkeypatch) -> list[float]:
     return slept
 
 
-class CannedServer:
+class CannedServer(LocalServer):
     """Answers /gettoken with a fixed token and every other request with the next scripted reply."""
 
     TOKEN = "canned-token-4f1e9a0b7c"
@@ -54,45 +53,19 @@ class CannedServer:
     def __init__(self) -> None:
         self.replies: list = []
         self.paths: list[str] = []
-        outer = self
+        super().__init__(self._reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                path = self.path.split("?")[0]
-                if path == "/gettoken":
-                    reply = (200, {"errcode": 0, "access_token": outer.TOKEN, "expires_in": 7200})
-                else:
-                    outer.paths.append(path)
-                    reply = outer.replies.pop(0) if len(outer.replies) > 1 else outer.replies[0]
-                if reply is DROP:
-                    self.close_connection = True
-                    return
-                status, body = reply
-                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            do_GET = do_POST = _serve
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self._thread.start()
-        self.url = "http://127.0.0.1:%d" % self._httpd.server_address[1]
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+    def _reply(self, handler) -> tuple[int, dict, bytes] | None:
+        path = handler.path.split("?")[0]
+        if path == "/gettoken":
+            reply = (200, {"errcode": 0, "access_token": self.TOKEN, "expires_in": 7200})
+        else:
+            self.paths.append(path)
+            reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if reply is DROP:
+            return None
+        status, body = reply
+        return status, {}, body if isinstance(body, bytes) else json.dumps(body).encode()
 
 
 @pytest.fixture

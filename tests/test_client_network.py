@@ -41,55 +41,17 @@ from reconciler.dingtalk import (
 from reconciler.dingtalk.client import CONNECT_ATTEMPTS
 from reconciler.dingtalk.errors import DingTalkError
 
-from helpers import APP_KEY, APP_SECRET
+from helpers import APP_KEY, APP_SECRET, LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Recorder:
-    """A real HTTP server on 127.0.0.1 answering every request with ``reply(handler)``; records request lines."""
-
-    def __init__(self, reply) -> None:
-        self.lines: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                outer.lines.append(self.requestline)
-                status, headers, body = reply(self)
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _serve
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        self.url = "http://127.0.0.1:%d" % self._httpd.server_address[1]
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 @pytest.fixture
 def servers():
     started: list = []
 
-    def start(reply) -> Recorder:
-        server = Recorder(reply)
+    def start(reply) -> LocalServer:
+        server = LocalServer(reply)
         started.append(server)
         return server
 
