@@ -165,51 +165,29 @@ def _set(name: str):
     return store
 
 
+_FLAG = {"is_flag": True, "default": None}
+#: (name on Options, option declarations, click settings) of each global option.
+_GLOBAL_OPTIONS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
+    (
+        "sandbox",
+        ("--sandbox",),
+        {**_FLAG, "help": "Run against an embedded emulator (data under .dtchat-sandbox/); no credentials needed."},
+    ),
+    ("api_base", ("--api-base",), {"metavar": "URL", "help": "API base URL (env DINGTALK_API_BASE)."}),
+    ("verbose", ("-v", "--verbose"), {**_FLAG, "help": "Show unchanged chats, member sources and each API call."}),
+    ("no_color", ("--no-color",), {**_FLAG, "help": "No colours (also when NO_COLOR is set)."}),
+    (
+        "max_qps",
+        ("--max-qps",),
+        {"type": Finite(0.1), "help": f"Client-side limit on calls per second per API (default {DEFAULT_QPS:g})."},
+    ),
+)
+
+
 def global_options(f):
     """The global options, on the group and on every command, so they work before or after the command name."""
-    options = [
-        click.option(
-            "--sandbox",
-            is_flag=True,
-            default=None,
-            expose_value=False,
-            callback=_set("sandbox"),
-            help="Run against an embedded emulator (data under .dtchat-sandbox/); no credentials needed.",
-        ),
-        click.option(
-            "--api-base",
-            metavar="URL",
-            expose_value=False,
-            callback=_set("api_base"),
-            help="API base URL (env DINGTALK_API_BASE).",
-        ),
-        click.option(
-            "-v",
-            "--verbose",
-            is_flag=True,
-            default=None,
-            expose_value=False,
-            callback=_set("verbose"),
-            help="Show unchanged chats, member sources and each API call.",
-        ),
-        click.option(
-            "--no-color",
-            is_flag=True,
-            default=None,
-            expose_value=False,
-            callback=_set("no_color"),
-            help="No colours (also when NO_COLOR is set).",
-        ),
-        click.option(
-            "--max-qps",
-            type=Finite(0.1),
-            expose_value=False,
-            callback=_set("max_qps"),
-            help=f"Client-side limit on calls per second per API (default {DEFAULT_QPS:g}).",
-        ),
-    ]
-    for option in reversed(options):
-        f = option(f)
+    for name, declarations, settings in reversed(_GLOBAL_OPTIONS):
+        f = click.option(*declarations, expose_value=False, callback=_set(name), **settings)(f)
     return f
 
 
