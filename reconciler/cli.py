@@ -157,10 +157,7 @@ def _set(name: str):
         if name == "no_color":
             opts.color = False
         else:
-            setattr(opts, name, value)
-            if name == "verbose":
-                _log_handler().setLevel(logging.DEBUG)
-                logging.getLogger("reconciler").setLevel(logging.DEBUG)
+            setattr(opts, name, value)  # -v takes effect when the command starts (_with_logging)
 
     return store
 

@@ -103,7 +103,8 @@ class Manager:
         self.client.authenticate()
         wanted = [c for c in config.chats if targets is None or c.key in targets]
         needs_directory = [c for c in wanted if c.needs_directory]
-        resolution = resolve(config.chats, state.bindings, flag=state.flag)
+        bindings = state.bindings
+        resolution = resolve(config.chats, bindings, flag=state.flag)
         chatids = [cid for key, cid in resolution.chatids.items() if targets is None or key in targets]
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dtchat-plan") as pool:
             directory = pool.submit(self._directory, needs_directory) if needs_directory else None
@@ -117,8 +118,17 @@ class Manager:
             by_key = {c.key: c for c in resolved.chats}
             desired = tuple(by_key.get(c.key, c) for c in config.chats)
             errors, sources = dict(resolved.errors), dict(resolved.sources)
+        # Directory resolution changes members only, never keys or pins: the resolution above still holds.
         return make_plan(
-            desired, state.bindings, live, targets=targets, prune=prune, errors=errors, sources=sources, flag=state.flag
+            desired,
+            bindings,
+            live,
+            targets=targets,
+            prune=prune,
+            errors=errors,
+            sources=sources,
+            flag=state.flag,
+            resolution=resolution,
         )
 
     def _directory(self, chats):

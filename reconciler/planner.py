@@ -156,6 +156,7 @@ def make_plan(
     errors: Mapping[str, str] = {},
     sources: Mapping[str, tuple[MemberSource, ...]] = {},
     flag: str = "",
+    resolution: Resolution | None = None,
 ) -> Plan:
     """Plan every desired chat (or only ``targets``), plus ORPHAN (or, with ``prune``, FORGET) for state keys
     that the YAML of this run does not define.
@@ -163,10 +164,12 @@ def make_plan(
     ``live`` maps chatid -> what ``/chat/get`` said for every chatid that :func:`resolve` produced; a chat
     whose chatid was not read is an error, never silently a create. ``errors`` are chats that failed
     earlier (a directory lookup): they are errors here and never touched. ``sources`` say where each
-    chat's directory members came from.
+    chat's directory members came from. ``resolution`` is :func:`resolve`'s answer when the caller already
+    has it (it chose the chats to read with it).
     """
     wanted = [c for c in desired if targets is None or c.key in targets]
-    resolution = resolve(desired, state, flag=flag)
+    if resolution is None:
+        resolution = resolve(desired, state, flag=flag)
     changes: list[ChatChange] = []
     for chat in wanted:
         chatid = resolution.chatids.get(chat.key)

@@ -259,8 +259,9 @@ def render_calls(plan: Plan, *, notify: bool = False) -> str:
 
 def render_calls_json(plan: Plan, *, notify: bool = False) -> str:
     """``apply --dry-run --format json`` (see docs/formats.md)."""
-    calls = [{"key": k, "endpoint": e, "body": b} for k, e, b in dry_run_calls(plan, notify=notify) if e != "forget"]
-    forgets = [k for k, e, _ in dry_run_calls(plan) if e == "forget"]
+    entries = dry_run_calls(plan, notify=notify)
+    calls = [{"key": k, "endpoint": e, "body": b} for k, e, b in entries if e != "forget"]
+    forgets = [k for k, e, _ in entries if e == "forget"]
     document = {
         "format_version": FORMAT_VERSION,
         "kind": "dtchat-dry-run",

@@ -271,11 +271,6 @@ class StateFile:
                 raise
             return binding
 
-    def to_json(self) -> dict:
-        with self._lock:
-            chats = {k: self._bindings[k].to_json() for k in sorted(self._bindings)}
-        return {"format": FORMAT, "version": VERSION, "chats": chats}
-
     def _save(self) -> None:
         """Atomic replace (caller holds the lock): a crash leaves the old file or the new one."""
         data = {
