@@ -1,14 +1,17 @@
 """CPU and memory of the offline part of ``plan``: load the YAML and diff it against live state.
 
-Run by hand: ``python bench/bench_diff.py [--chats N] [--members M]``
+Run by hand: ``python bench/bench_diff.py [--api v1|legacy] [--chats N] [--members M]``
 (default 10,000 chats x 200 members in 20 files; 10 % of the chats drifted).
 
 The parent process generates the YAML (with ``bench_config.generate``), a
 state file and the recorded live state (``/chat/get`` answers, one JSON per line), then
 runs the measured part in a fresh child process so neither the generation nor
 the parent's memory is counted. The child times ``load_config`` and
-``make_plan`` (no network) and reports wall, CPU (``time.process_time``) and
-its peak RSS. Targets: < 3 s CPU and < 500 MB peak RSS.
+``make_plan`` (no network; its ``backend`` is ``backend_for(api)`` with no
+transport, which only plans the write calls each change needs) and reports
+wall, CPU (``time.process_time``) and its peak RSS. The recorded answers are
+parsed as the backend parses a ``/chat/get`` answer (``parse_chat``), before
+the clock starts. Targets: < 3 s CPU and < 500 MB peak RSS.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import time
 from pathlib import Path
 
 from bench_config import generate
-from common import print_table
+from common import add_api_option, print_table
 
+from reconciler.backends import backend_for
+from reconciler.backends.backend import parse_chat
+from reconciler.backends.fields import API_FIELDS, to_api
 from reconciler.config import load_config
-from reconciler.model import LiveChat
 from reconciler.planner import make_plan
-from reconciler.rules import SETTINGS, settings_to_api
 from reconciler.state import FORMAT as STATE_FORMAT
 from reconciler.state import VERSION as STATE_VERSION
 from reconciler.state import StateFile
@@ -53,8 +57,8 @@ def record(folder: Path) -> tuple[int, int]:
     drifted = 0
     for i, chat in enumerate(config.chats):
         # Every setting as DingTalk reports it: the declared ones as wanted, the others at 0.
-        info = {s.api_field: 0 for s in SETTINGS}
-        info.update(settings_to_api(chat.settings))
+        info = dict.fromkeys(API_FIELDS, 0)
+        info.update(to_api(chat.settings))
         members = list(chat.members)
         name = chat.name
         if i % DRIFT_EVERY == 0:
@@ -73,11 +77,13 @@ def record(folder: Path) -> tuple[int, int]:
     return len(config.chats), drifted
 
 
-def measure(folder: Path) -> dict:
+def measure(folder: Path, api: str) -> dict:
     """The child's job: time load_config and make_plan on the recorded data; report RSS too."""
     state = StateFile(folder / "dtchat.state.json")
+    backend = backend_for(api)  # no transport: it only plans calls
     with open(folder / "live.jsonl", encoding="utf-8") as fh:  # one answer at a time, as the reads arrive
-        live = {chat.chatid: chat for chat in (LiveChat.from_api(json.loads(line)) for line in fh)}
+        infos = (json.loads(line) for line in fh)
+        live = {chat.chatid: chat for chat in (parse_chat(info["chatid"], {"chat_info": info}) for info in infos)}
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     wall, cpu = time.perf_counter(), time.process_time()
@@ -85,7 +91,7 @@ def measure(folder: Path) -> dict:
     load_wall, load_cpu = time.perf_counter() - wall, time.process_time() - cpu
 
     wall, cpu = time.perf_counter(), time.process_time()
-    plan = make_plan(config.chats, state.bindings, live)
+    plan = make_plan(config.chats, state.bindings, live, backend=backend)
     plan_wall, plan_cpu = time.perf_counter() - wall, time.process_time() - cpu
 
     counts = plan.counts()
@@ -97,6 +103,7 @@ def measure(folder: Path) -> dict:
         "updates": counts["update"],
         "noops": counts["noop"],
         "errors": counts["error"],
+        "writes": plan.writes,
         "base_rss_kb": base_rss,
         "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
@@ -104,12 +111,13 @@ def measure(folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_api_option(parser, help="API generation whose write calls make_plan counts (default v1)")
     parser.add_argument("--chats", type=int, default=10_000)
     parser.add_argument("--members", type=int, default=200)
     parser.add_argument("--measure", metavar="DIR", help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(Path(args.measure))))
+        print(json.dumps(measure(Path(args.measure), args.api)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +125,10 @@ def main() -> None:
         generate(folder / "yaml", args.chats, args.members)
         chats, drifted = record(folder)
         child = subprocess.run(
-            [sys.executable, __file__, "--measure", str(folder)], capture_output=True, text=True, check=True
+            [sys.executable, __file__, "--measure", str(folder), "--api", args.api],
+            capture_output=True,
+            text=True,
+            check=True,
         )
     m = json.loads(child.stdout)
     if m["updates"] != drifted or m["errors"]:
@@ -130,12 +141,12 @@ def main() -> None:
         ["total", m["load_wall"] + m["plan_wall"], cpu, "yes" if cpu < CPU_TARGET_S else "NO"],
     ]
     print_table(
-        f"diff: {chats:,} chats x {args.members} members ({drifted:,} drifted), no network",
+        f"diff (--api {args.api}): {chats:,} chats x {args.members} members ({drifted:,} drifted), no network",
         ["step", "wall s", "CPU s", f"CPU < {CPU_TARGET_S:g} s"],
         rows,
         note=f"peak RSS {rss_mb:.0f} MiB (target < {RSS_TARGET_MB:g} MB: {'yes' if rss_mb < RSS_TARGET_MB else 'NO'}); "
         f"of which {m['base_rss_kb'] / 1024:.0f} MiB before load_config (interpreter + live state + state file). "
-        f"Plan: {m['updates']:,} to update, {m['noops']:,} unchanged.",
+        f"Plan: {m['updates']:,} to update ({m['writes']:,} write calls), {m['noops']:,} unchanged.",
     )
 
 

@@ -1,10 +1,17 @@
 """How long ``plan`` takes for chats already in sync, against DingTalk's rate limit.
 
-Run by hand: ``python bench/bench_plan.py [--quick] [--scenarios a,b,c,d]``
-(``--quick``: 100 chats only in (a) and (b); the full run takes about six minutes).
+Run by hand: ``python bench/bench_plan.py [--api v1|legacy] [--quick] [--chats N] [--scenarios a,b,c,d]``
+(``--quick``: 100 chats only in (a) and (b); the full run takes about six minutes; ``--chats N`` runs
+every scenario at N chats, a short check of the bench itself: the targets are for the default sizes).
+
+dtchat runs with ``--api`` (default ``v1``, as the CLI): the reads are ``/chat/get`` in both generations
+(with the v1.0 token under v1, ``/gettoken``'s under legacy); (d)'s updates go to
+``/v1.0/im/group/update`` (v1) or ``/chat/update`` (legacy). The seed SDK baseline in (b) is legacy
+whatever ``--api`` says (that SDK speaks nothing else).
 
 (a) 30 ms per call; the server allows 20 calls/s per endpoint (errcode 90018
-    beyond) and the client runs at its default 20 calls/s: the plan should take
+    beyond; its v1.0 equivalent, HTTP 403 QpsLimitForAppkeyAndApi, on the v1.0
+    host, counted with it) and the client runs at its default 20 calls/s: the plan should take
     no longer than the rate bound (chats / 20 s) allows, ratio <= 1.15, and
     provoke no 90018.
 (b) 30 ms per call; the server allows 200 calls/s: dtchat (max_qps 200,
@@ -36,13 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
-    RATE_LIMITED,
+    TOKEN_PATHS,
     Fixture,
     Workload,
+    add_api_option,
     calls_since,
     cli_env,
+    cli_globals,
     client_for,
-    count_errcode,
+    count_rate_limited,
     emulator,
     print_table,
     replan,
@@ -51,16 +60,17 @@ from common import (
     seed_in_sync,
 )
 
+from reconciler.backends import DEFAULT_API
 from reconciler.config import load_config
 from reconciler.live import default_parallelism
-from reconciler.manager import Manager, Outcome
+from reconciler.manager import Outcome
 from reconciler.plan import Action
 from reconciler.rules import DEFAULT_QPS
 from reconciler.state import StateFile, StateLocation
 
 LATENCY_MS = 30
 GENEROUS_QPS = 200.0
-#: What ``dtchat plan`` uses when --parallelism is not given (12 at the default 20 calls/s).
+#: What ``dtchat plan`` uses when --parallelism is not given (16 at the default 20 calls/s).
 DEFAULT_PARALLELISM = default_parallelism(DEFAULT_QPS)
 RATIO_TARGET = 1.15
 SPEEDUP_TARGET = 5.0
@@ -75,6 +85,8 @@ EAGER_LATENCY_MS = 150
 GET = "/chat/get"
 #: The emulator counts calls in a sliding 1 s window: wait it out between runs so they do not interfere.
 WINDOW_REST = 1.1
+#: The generation dtchat speaks in every run (``--api``); the seed SDK is always legacy.
+API = DEFAULT_API
 
 
 @dataclass(frozen=True)
@@ -98,8 +110,8 @@ def via_library(server, fixture: Fixture, *, max_qps: float, parallelism: int, h
     started = time.perf_counter()
     config = load_config([fixture.config])
     state = StateFile(fixture.state)
-    with client_for(server, max_qps=max_qps, pool_size=max(parallelism, 4)) as client:
-        plan = Manager(client, parallelism=parallelism).plan(config, state)
+    with client_for(server, max_qps=max_qps, pool_size=max(parallelism, 4), api=API) as client:
+        plan = client.manager(parallelism=parallelism).plan(config, state)
     wall = time.perf_counter() - started
     if plan.has_changes or plan.has_errors:
         raise SystemExit(f"bench fixture is not in sync: {plan.summary()}")
@@ -109,13 +121,14 @@ def via_library(server, fixture: Fixture, *, max_qps: float, parallelism: int, h
         max_qps,
         parallelism,
         wall,
-        count_errcode(calls, RATE_LIMITED),
+        count_rate_limited(calls),
         sum(1 for c in calls if c.endpoint == "/chat/get"),
     )
 
 
 def cli(server, max_qps: float, *args: str) -> list[str]:
-    return [sys.executable, "-m", "reconciler", "--api-base", server.url, "--max-qps", f"{max_qps:g}", *args]
+    """``python -m reconciler --api API --api-base URL --openapi-base URL --max-qps Q ARGS`` (both hosts: the emulator)."""
+    return [sys.executable, "-m", "reconciler", *cli_globals(server, api=API, max_qps=max_qps), *args]
 
 
 def cli_run_env() -> dict[str, str]:
@@ -149,13 +162,13 @@ def via_cli(server, fixture: Fixture, *, max_qps: float, parallelism: int) -> Ru
         max_qps,
         parallelism,
         wall,
-        count_errcode(calls, RATE_LIMITED),
+        count_rate_limited(calls),
         sum(1 for c in calls if c.endpoint == "/chat/get"),
     )
 
 
 def via_seed_sdk(server, fixture: Fixture) -> Run:
-    """The naive baseline: the seed SDK, one ``chat.get`` after another."""
+    """The naive baseline: the seed SDK (legacy ``/gettoken`` + ``/chat/get``), one ``chat.get`` after another."""
     rest()
     mark = len(server.calls)
     started = time.perf_counter()
@@ -169,7 +182,7 @@ def via_seed_sdk(server, fixture: Fixture) -> Run:
         0,
         1,
         wall,
-        count_errcode(calls, RATE_LIMITED),
+        count_rate_limited(calls),
         sum(1 for c in calls if c.endpoint == "/chat/get"),
     )
 
@@ -288,8 +301,8 @@ def eager_library(server, work: Workload, *, apply: bool) -> Eager:
     mark = len(server.calls)
     config = load_config([work.fixture.config])
     started = time.perf_counter()
-    with client_for(server, max_qps=EAGER_QPS, pool_size=parallelism) as client:
-        manager = Manager(client, parallelism=parallelism)
+    with client_for(server, max_qps=EAGER_QPS, pool_size=parallelism, api=API) as client:
+        manager = client.manager(parallelism=parallelism)
         if apply:
             outcome = manager.apply(config, StateLocation(work.fixture.state))
             if outcome.outcome is not Outcome.APPLIED or outcome.result is None:
@@ -304,7 +317,7 @@ def eager_library(server, work: Workload, *, apply: bool) -> Eager:
         end_rate = client.rate(GET)
     calls = calls_since(server, mark)
     gets = [c for c in calls if c.endpoint == GET]
-    writes = [c for c in calls if c.endpoint != GET and c.endpoint != "/gettoken"]
+    writes = [c for c in calls if c.endpoint != GET and c.endpoint not in TOKEN_PATHS]
     n = len(work.adds)
     return Eager(
         "library apply" if apply else "library plan",
@@ -312,8 +325,8 @@ def eager_library(server, work: Workload, *, apply: bool) -> Eager:
         n / DEFAULT_QPS * (2 if apply else 1),
         len(gets),
         len(writes),
-        count_errcode(gets, RATE_LIMITED),
-        count_errcode(writes, RATE_LIMITED),
+        count_rate_limited(gets),
+        count_rate_limited(writes),
         stats["retries"],
         stats["rate_cuts"],
         end_rate,
@@ -322,7 +335,7 @@ def eager_library(server, work: Workload, *, apply: bool) -> Eager:
 
 
 def eager_cli(server, work: Workload) -> Eager:
-    """``python -m reconciler --max-qps 60 apply --auto-approve``: exit 0 and "0 failed" in its summary."""
+    """``python -m reconciler --api API --max-qps 60 apply --auto-approve``: exit 0 and "0 failed" in its summary."""
     rest()
     mark = len(server.calls)
     argv = cli(
@@ -337,7 +350,7 @@ def eager_cli(server, work: Workload) -> Eager:
         print(f"CLI apply exited {done.returncode}: {done.stdout.strip()[-300:]} {done.stderr.strip()[-500:]}")
     calls = calls_since(server, mark)
     gets = [c for c in calls if c.endpoint == GET]
-    writes = [c for c in calls if c.endpoint != GET and c.endpoint != "/gettoken"]
+    writes = [c for c in calls if c.endpoint != GET and c.endpoint not in TOKEN_PATHS]
     retries = len(re.findall(r"; retry \d+ in ", done.stderr))
     cuts = len(re.findall(r"DingTalk is throttling", done.stderr))
     return Eager(
@@ -346,8 +359,8 @@ def eager_cli(server, work: Workload) -> Eager:
         len(work.adds) / DEFAULT_QPS * 2,
         len(gets),
         len(writes),
-        count_errcode(gets, RATE_LIMITED),
-        count_errcode(writes, RATE_LIMITED),
+        count_rate_limited(gets),
+        count_rate_limited(writes),
         retries,
         cuts,
         "-",
@@ -391,30 +404,37 @@ def eager_regime(n: int) -> list[list[object]]:
 
 
 def converged(server, work: Workload) -> bool:
-    plan = replan(server, work.fixture)
+    plan = replan(server, work.fixture, api=API)
     return not plan.has_changes and not plan.has_errors
 
 
 def main() -> None:
+    global API
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_api_option(parser)
     parser.add_argument("--quick", action="store_true", help="only the 100-chat case in (a) and (b)")
+    parser.add_argument(
+        "--chats", type=int, help="every scenario at this many chats (a short check; targets are for the defaults)"
+    )
     parser.add_argument("--scenarios", default="a,b,c,d", help="which of a,b,c,d to run (comma-separated)")
     args = parser.parse_args()
+    API = args.api
     logging.getLogger("reconciler").setLevel(logging.ERROR)  # retries are counted in the table instead
-    sizes = [100] if args.quick else [100, 1000]
+    print(f"dtchat speaks --api {API} in every run (the seed SDK: legacy)", flush=True)
+    sizes = [args.chats] if args.chats else [100] if args.quick else [100, 1000]
     scenarios = set(args.scenarios.split(","))
 
     limited: list[list[object]] = []
     generous: list[list[object]] = []
     for n in sizes:
         # The 1,000-chat case takes ~50 s per run at 20 calls/s: run the default parallelism only.
-        parallelisms = [1, 4, 8, DEFAULT_PARALLELISM, 16] if n <= 100 else [DEFAULT_PARALLELISM]
+        parallelisms = sorted({1, 4, 8, DEFAULT_PARALLELISM, 16}) if n <= 100 else [DEFAULT_PARALLELISM]
         if "a" in scenarios:
             limited += limited_regime(n, parallelisms, with_cli=True)
         if "b" in scenarios:
             generous += generous_regime(n, [8, 16], with_cli=True)
-    slow = [slow_regime(SLOW_CHATS, SLOW_LATENCY_MS)] if "c" in scenarios else []
-    eager = eager_regime(EAGER_CHATS) if "d" in scenarios else []
+    slow = [slow_regime(args.chats or SLOW_CHATS, SLOW_LATENCY_MS)] if "c" in scenarios else []
+    eager = eager_regime(args.chats or EAGER_CHATS) if "d" in scenarios else []
 
     if limited:
         print_table(

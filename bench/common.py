@@ -23,17 +23,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from reconciler.dingtalk import DingTalkClient  # noqa: E402
+from reconciler.backends import API_NAMES, DEFAULT_API, LEGACY, Backend, backend_for  # noqa: E402
+from reconciler.backends import endpoints as ep  # noqa: E402
+from reconciler.backends.contacts import Contacts  # noqa: E402
+from reconciler.backends.fields import to_api  # noqa: E402
+from reconciler.backends.packing import IDS_PER_CALL  # noqa: E402
+from reconciler.backends.transport import LEGACY_TOKEN, V1_TOKEN_KIND, Transport  # noqa: E402
 from reconciler.emulator import EmulatorServer  # noqa: E402
 from reconciler.emulator.server import Call  # noqa: E402
-from reconciler.rules import BATCH_SIZE, settings_to_api  # noqa: E402
 from reconciler.state import FORMAT as STATE_FORMAT  # noqa: E402
 from reconciler.state import VERSION as STATE_VERSION
 
 APP_KEY = "bench-app-key"
 APP_SECRET = "bench-app-secret-not-for-output"
-#: errcode the emulator answers when its per-endpoint sliding 1 s window is full.
+#: errcode the emulator answers on the legacy host when its per-endpoint sliding 1 s window is full.
 RATE_LIMITED = 90018
+#: What the v1.0 host answers instead (HTTP 403 with this ``code``): the same refusal as 90018.
+RATE_LIMITED_V1 = "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"
+#: The token endpoints of both generations (not part of any bench's figures).
+TOKEN_PATHS = frozenset({ep.GETTOKEN.path, ep.V1_TOKEN.path})
 #: Settings every seeded chat declares (YAML names and values), so "in sync" covers settings too.
 BENCH_SETTINGS = {"muted": True, "mention_all": "owner", "searchable": False}
 
@@ -51,14 +59,77 @@ def emulator(latency_ms: float = 0, qps_limit: float = 0) -> Iterator[EmulatorSe
         server.stop()
 
 
-def client_for(server: EmulatorServer, *, max_qps: float, pool_size: int = 32) -> DingTalkClient:
-    """A dtchat client with production retry/backoff settings, bound to ``server``."""
-    return DingTalkClient(APP_KEY, APP_SECRET, api_base=server.url, max_qps=max_qps, pool_size=pool_size)
+class Client:
+    """What ``dtchat`` talks to DingTalk through, for one ``--api``: a Transport (both hosts on ``server``),
+    the generation's ChatBackend over it and the Contacts directory (as ``reconciler.connect`` builds them)."""
+
+    def __init__(self, server: EmulatorServer, *, api: str, max_qps: float, pool_size: int = 32) -> None:
+        self.api = api
+        self.transport = Transport(
+            APP_KEY,
+            APP_SECRET,
+            api_base=server.url,
+            openapi_base=server.url,
+            oapi_token=LEGACY_TOKEN if api == LEGACY else V1_TOKEN_KIND,
+            max_qps=max_qps,
+            pool_size=pool_size,
+        )
+        self.backend: Backend = backend_for(api, self.transport)
+        self.directory = Contacts(self.transport)
+
+    def manager(self, parallelism: int = 8) -> Any:
+        """A ``Manager`` over this client's backend and directory."""
+        from reconciler.manager import Manager
+
+        return Manager(self.backend, self.directory, parallelism=parallelism)
+
+    @property
+    def stats(self) -> dict:
+        return self.transport.stats
+
+    def rate(self, path: str) -> float:
+        return self.transport.rate(path)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def client_for(server: EmulatorServer, *, max_qps: float, pool_size: int = 32, api: str = DEFAULT_API) -> Client:
+    """dtchat's transport (production retry/backoff settings), backend and directory, bound to ``server``."""
+    return Client(server, api=api, max_qps=max_qps, pool_size=pool_size)
+
+
+def add_api_option(parser: Any, *, default: str = DEFAULT_API, help: str | None = None) -> None:
+    """``--api v1|legacy`` (default v1, as the CLI): which generation dtchat writes (and gets its token) with."""
+    parser.add_argument(
+        "--api",
+        choices=API_NAMES,
+        default=default,
+        help=help or f"API generation dtchat speaks (default {default}; the seed SDK rows are always legacy)",
+    )
+
+
+def write_paths(api: str) -> tuple[str, str]:
+    """(create path, update path) of ``api``'s write calls: what the emulator logs them under."""
+    if api == LEGACY:
+        return ep.CHAT_CREATE.path, ep.CHAT_UPDATE.path
+    return ep.GROUP_CREATE.path, ep.GROUP_UPDATE.path
 
 
 def cli_env() -> dict[str, str]:
     """Environment variables that give ``python -m reconciler`` the bench app's credentials."""
     return {"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "NO_COLOR": "1"}
+
+
+def cli_globals(server: EmulatorServer, *, api: str, max_qps: float) -> list[str]:
+    """The CLI's global options for ``server``: the generation, both hosts (one emulator) and ``--max-qps``."""
+    return ["--api", api, "--api-base", server.url, "--openapi-base", server.url, "--max-qps", f"{max_qps:g}"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +146,7 @@ def seed_in_sync(
 ) -> Fixture:
     """Seed ``n`` chats in the emulator and write the YAML and state file that match them exactly."""
     rng = random.Random(seed)
-    api_settings = settings_to_api(BENCH_SETTINGS)
+    api_settings = to_api(BENCH_SETTINGS)
     chats: dict[str, dict] = {}
     bindings: dict[str, str] = {}
     chatids = []
@@ -103,7 +174,7 @@ class NewChat:
 
 @dataclass(frozen=True)
 class Workload:
-    """Existing chats that each lack one member (one ``/chat/update`` each) plus chats to create.
+    """Existing chats that each lack one member (one update each) plus chats to create.
 
     ``fixture.chatids`` are the existing chats in key order; ``adds`` holds (key, chatid, userid) for
     each: the one user the YAML adds to it. The YAML and the state are written; the emulator holds
@@ -125,7 +196,7 @@ class Workload:
 
     @property
     def update_calls(self) -> int:
-        """One per existing chat, plus the ``add_useridlist`` updates that fill each new chat."""
+        """One per existing chat, plus the ``add_useridlist`` updates that fill each new chat (both generations)."""
         return len(self.adds) + sum(create_followups(len(c.members)) for c in self.creates)
 
     @property
@@ -135,7 +206,7 @@ class Workload:
 
 def create_followups(members: int) -> int:
     """Updates after a create of ``members`` (the create carries the owner and 39 others, 40 per update after)."""
-    return -(-max(0, members - BATCH_SIZE) // BATCH_SIZE)
+    return -(-max(0, members - IDS_PER_CALL) // IDS_PER_CALL)
 
 
 def seed_changes(
@@ -156,7 +227,7 @@ def seed_changes(
     costs 1 create + ``create_followups(create_members)`` updates (440 -> 1 + 10).
     """
     rng = random.Random(seed)
-    api_settings = settings_to_api(BENCH_SETTINGS)
+    api_settings = to_api(BENCH_SETTINGS)
     total = updates + creates
     chats: dict[str, dict] = {}
     bindings: dict[str, str] = {}
@@ -220,7 +291,10 @@ SDK_SETTING_KWARGS = {
 
 
 def sdk_client(server: EmulatorServer):
-    """The seed SDK (``dingtalk-sdk==1.3.8``) pointed at ``server``; its error log (with URLs) silenced."""
+    """The seed SDK (``dingtalk-sdk==1.3.8``) pointed at ``server``; its error log (with URLs) silenced.
+
+    It speaks only the legacy API (``/gettoken``, ``/chat/*``), so its rows are legacy whatever ``--api`` says.
+    """
     try:
         from dingtalk.client import AppKeyClient
     except ImportError:
@@ -235,7 +309,7 @@ def sdk_client(server: EmulatorServer):
 
 def sdk_settings() -> dict[str, int]:
     """BENCH_SETTINGS as the seed SDK's keyword arguments."""
-    return {SDK_SETTING_KWARGS[field]: value for field, value in settings_to_api(BENCH_SETTINGS).items()}
+    return {SDK_SETTING_KWARGS[field]: value for field, value in to_api(BENCH_SETTINGS).items()}
 
 
 class Timeline:
@@ -271,18 +345,20 @@ class Timeline:
         return sum(e[1] - e[0] for e in entries) / span if span > 0 else 0.0
 
 
-def replan(server: EmulatorServer, fixture: Fixture):
-    """A fresh ``Manager.plan`` (new client, state re-read) with the emulator's latency and limit off:
-    a check that an apply converged, not a measurement."""
+def replan(server: EmulatorServer, fixture: Fixture, *, api: str = DEFAULT_API):
+    """A fresh ``Manager.plan`` (new client, state re-read, every chat read: ``--refresh all``) with the
+    emulator's latency and limit off: a check that an apply converged, not a measurement. (The default
+    ``--refresh changed`` would not read a chat the apply just converged, and so would prove nothing.)"""
     from reconciler.config import load_config
-    from reconciler.manager import Manager
+    from reconciler.manager import REFRESH_ALL
     from reconciler.state import StateFile
 
     latency, limit = server.faults.latency_ms, server.faults.qps_limit
     server.faults.latency_ms, server.faults.qps_limit = 0, 0
     try:
-        with client_for(server, max_qps=0) as client:
-            return Manager(client, parallelism=8).plan(load_config([fixture.config]), StateFile(fixture.state))
+        with client_for(server, max_qps=0, api=api) as client:
+            config, state = load_config([fixture.config]), StateFile(fixture.state)
+            return client.manager(parallelism=8).plan(config, state, refresh=REFRESH_ALL)
     finally:
         server.faults.latency_ms, server.faults.qps_limit = latency, limit
 
@@ -292,8 +368,14 @@ def calls_since(server: EmulatorServer, mark: int) -> list[Call]:
     return [c for c in server.calls if c.seq > mark]
 
 
-def count_errcode(calls: Sequence[Call], errcode: int) -> int:
-    return sum(1 for c in calls if c.errcode == errcode)
+def is_rate_limited(call: Call) -> bool:
+    """The emulator refused ``call`` for its per-endpoint limit: 90018 (legacy host) or its v1.0 equivalent."""
+    return call.errcode == RATE_LIMITED or call.code == RATE_LIMITED_V1
+
+
+def count_rate_limited(calls: Sequence[Call]) -> int:
+    """How many of ``calls`` were refused for the per-endpoint rate limit (the tables' "90018" columns)."""
+    return sum(1 for c in calls if is_rate_limited(c))
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]], note: str | None = None) -> None:

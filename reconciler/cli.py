@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,13 +28,16 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
+from .backends import API_NAMES, DEFAULT_API
 from .config import ConfigError, load_config
 from .errors import DtchatError, UsageError
 from .files import write_atomic
 from .live import ASSUMED_LATENCY, MAX_PARALLELISM, default_parallelism
+from .quota import Budget, Rotation, budget_from, today
 from .render import (
     FORMATS,
     VALIDATE_FORMATS,
+    api_calls_line,
     render_apply_json,
     render_calls,
     render_calls_json,
@@ -49,10 +52,11 @@ from .render import (
 )
 from .rules import DEFAULT_QPS
 from .safety import DEFAULT_MAX_REMOVAL_PCT, MIN_EXISTING_MEMBERS, Thresholds
-from .state import ENV_STATE, StateFile, StateLocation, locate_state, locked
+from .state import ENV_STATE, StateFile, StateLocation, init_state, locate_state, locked, require_state
 
 if TYPE_CHECKING:
     from .applier import ChatResult
+    from .connect import Connection
     from .manager import Manager
     from .plan import Plan
 
@@ -89,10 +93,13 @@ class Options:
     """The global options; set before or after the command name (kubectl convention)."""
 
     sandbox: bool = False
+    api: str | None = None
     api_base: str | None = None
+    openapi_base: str | None = None
     verbose: bool = False
     color: bool | None = None
     max_qps: float = DEFAULT_QPS
+    budget_calls: int | None = None
 
     def __post_init__(self) -> None:
         self._print_lock = threading.Lock()
@@ -102,14 +109,29 @@ class Options:
             click.echo(text, err=err, color=self.color)
 
     @contextlib.contextmanager
-    def manager(self, parallelism: int = 4) -> Iterator[Manager]:
+    def connection(self, parallelism: int = 4) -> Iterator[Connection]:
         from .connect import connect
-        from .manager import Manager
 
         with connect(
-            sandbox=self.sandbox, api_base=self.api_base, max_qps=self.max_qps, pool_size=max(parallelism, 4)
-        ) as client:
-            yield Manager(client, parallelism=parallelism, progress=progress)
+            api=self.api or DEFAULT_API,
+            sandbox=self.sandbox,
+            api_base=self.api_base,
+            openapi_base=self.openapi_base,
+            max_qps=self.max_qps,
+            pool_size=max(parallelism, 4),
+        ) as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def manager(self, parallelism: int = 4) -> Iterator[Manager]:
+        from .manager import Manager
+
+        with self.connection(parallelism) as connection:
+            yield Manager.over(connection, parallelism=parallelism, progress=progress)
+
+    def budget(self) -> Budget | None:
+        """``--budget N``, else ``$DTCHAT_BUDGET``: the most metered calls this run may make (design §11)."""
+        return budget_from(self.budget_calls)
 
     def state(self, given: str | None, first_path: str | None = None, *, must_exist: bool = False) -> StateLocation:
         """The state file, by design §6's one rule (the sandbox keeps its own)."""
@@ -122,7 +144,10 @@ class Options:
             return replace(where, flag=" --sandbox" + where.flag)
         SANDBOX_DIR.mkdir(exist_ok=True)  # the sandbox's own folder, next to its emulator data
         # `--sandbox` alone finds this file again: hints need no --state
-        return StateLocation(locate_state(None, sandbox_path=SANDBOX_DIR / "dtchat.state.json").path, " --sandbox")
+        location = StateLocation(locate_state(None, sandbox_path=SANDBOX_DIR / "dtchat.state.json").path, " --sandbox")
+        if not location.path.exists():  # the sandbox's own playground starts from nothing by itself
+            init_state(location)
+        return location
 
 
 def _stderr_is_tty() -> bool:
@@ -170,9 +195,34 @@ _GLOBAL_OPTIONS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
         ("--sandbox",),
         {**_FLAG, "help": "Run against an embedded emulator (data under .dtchat-sandbox/); no credentials needed."},
     ),
-    ("api_base", ("--api-base",), {"metavar": "URL", "help": "API base URL (env DINGTALK_API_BASE)."}),
+    (
+        "api",
+        ("--api",),
+        {
+            "type": click.Choice(API_NAMES),
+            "envvar": "DTCHAT_API",
+            "help": "DingTalk API generation: v1 (the default; what an app created today can write with) or "
+            "legacy (the oapi chat API, for apps that still hold it). Env DTCHAT_API.",
+        },
+    ),
+    ("api_base", ("--api-base",), {"metavar": "URL", "help": "Legacy (oapi) API base URL (env DINGTALK_API_BASE)."}),
+    (
+        "openapi_base",
+        ("--openapi-base",),
+        {"metavar": "URL", "help": "v1.0 API base URL (env DINGTALK_OPENAPI_ENDPOINT)."},
+    ),
     ("verbose", ("-v", "--verbose"), {**_FLAG, "help": "Show unchanged chats, member sources and each API call."}),
     ("no_color", ("--no-color",), {**_FLAG, "help": "No colours (also when NO_COLOR is set)."}),
+    (
+        "budget_calls",
+        ("--budget",),
+        {
+            "type": click.IntRange(min=0),
+            "metavar": "N",
+            "help": "At most N metered API calls this run (the org's monthly quota counts them); refuses up "
+            "front, never stops half-way through a chat. Env DTCHAT_BUDGET.",
+        },
+    ),
     (
         "max_qps",
         ("--max-qps",),
@@ -205,6 +255,20 @@ parallelism_option = click.option(
     default=None,
     help=f"Chats worked on at once (default: enough to keep --max-qps busy at {ASSUMED_LATENCY:g} s per call).",
 )
+init_option = click.option(
+    "--init",
+    "init",
+    is_flag=True,
+    help="Start from no state file (a first run): every chat is new. Without it a missing state file is an error.",
+)
+refresh_option = click.option(
+    "--refresh",
+    type=click.Choice(("changed", "all")),
+    default="changed",
+    show_default=True,
+    help="changed: read only chats whose YAML or directory members changed since they were last converged "
+    "(and new, failed or never-verified ones); all: read every chat.",
+)
 paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False))
 
 
@@ -218,7 +282,7 @@ class Failure(click.ClickException):
     exit_code = 1
 
     def __init__(self, exc: DtchatError) -> None:
-        from .dingtalk.redact import redact
+        from .backends.redact import redact
 
         super().__init__(redact(str(exc)))
         self.issues = tuple(redact(str(i)) for i in getattr(exc, "issues", ()))
@@ -235,7 +299,7 @@ class Failure(click.ClickException):
 
 def _one_line(exc: click.UsageError) -> click.UsageError:
     """A usage error as one ``Error:`` line (no usage block; ``--help`` has it), exit 1 (2 means "changes")."""
-    exc.exit_code = 1
+    exc.exit_code = 1  # type: ignore[misc]  # click reads it per instance; the class's 2 means "changes" here
     exc.ctx = None
     return exc
 
@@ -261,14 +325,14 @@ class Group(click.Group):
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
-_HANDLER: logging.Handler | None = None
+_HANDLER: logging.StreamHandler | None = None
 
 
-def _log_handler() -> logging.Handler:
+def _log_handler() -> logging.StreamHandler:
     """dtchat's log lines on stderr: warnings (retries, throttling waits) always, everything with -v."""
     global _HANDLER
     if _HANDLER is None:
-        from .dingtalk.redact import RedactingFilter
+        from .backends.redact import RedactingFilter
 
         _HANDLER = logging.StreamHandler()
         _HANDLER.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
@@ -301,6 +365,8 @@ def cli(ctx: click.Context) -> None:
         opts.color = False
     if opts.api_base is None:
         opts.api_base = os.environ.get("DINGTALK_API_BASE") or None
+    if opts.openapi_base is None:
+        opts.openapi_base = os.environ.get("DINGTALK_OPENAPI_ENDPOINT") or None
 
 
 def _with_logging(f):
@@ -397,6 +463,8 @@ def with_options(options):
 @target_option
 @parallelism_option
 @prune_option
+@refresh_option
+@init_option
 @with_options(removal_options)
 def plan(
     opts: Options,
@@ -408,6 +476,8 @@ def plan(
     targets,
     parallelism,
     prune,
+    refresh,
+    init,
     max_removal_pct,
     max_removals,
 ) -> None:
@@ -418,22 +488,25 @@ def plan(
 
     config = load_config(paths)
     location = opts.state(state_file, paths[0])
+    require_state(location, init=init, command="plan", first_path=paths[0])
     state = StateFile(location.path, flag=location.flag)
     wanted = check_targets(config, state, targets)
     workers = _workers(opts, parallelism)
     with opts.manager(workers) as manager:
-        the_plan = manager.plan(config, state, targets=wanted, prune=prune)
+        the_plan = manager.plan(config, state, targets=wanted, prune=prune, refresh=refresh, budget=opts.budget())
+        meter = manager.meter()
     warnings = removal_violations(the_plan, Thresholds(max_removal_pct, max_removals))
     if fmt == "json":
-        opts.echo(render_json(the_plan, warnings=warnings).rstrip("\n"))
+        opts.echo(render_json(the_plan, warnings=warnings, meter=meter).rstrip("\n"))
     elif fmt == "markdown":
-        opts.echo(render_markdown(the_plan, warnings=warnings).rstrip("\n"))
+        opts.echo(render_markdown(the_plan, warnings=warnings, meter=meter).rstrip("\n"))
     else:
-        opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=warnings))
+        opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=warnings, meter=meter))
     if out_file:
-        options = PlanOptions(tuple(sorted(wanted)) if wanted is not None else None, prune)
+        options = PlanOptions(tuple(sorted(wanted)) if wanted is not None else None, prune, refresh)
         document = plan_document(the_plan, config.files, str(location.path), warnings, options)
         _write_text(Path(out_file), json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+        opts.echo(f"Saved the plan to {out_file}; apply exactly it with `dtchat apply --plan {out_file}`.", err=True)
     if the_plan.has_errors:
         raise click.exceptions.Exit(1)
     if detailed_exitcode and the_plan.has_changes:
@@ -459,6 +532,8 @@ def _write_text(path: Path, text: str) -> None:
 @prune_option
 @target_option
 @parallelism_option
+@refresh_option
+@init_option
 @click.option(
     "--format",
     "fmt",
@@ -481,6 +556,8 @@ def apply(
     prune,
     targets,
     parallelism,
+    refresh,
+    init,
     fmt,
 ) -> None:
     """Converge DingTalk to the YAML (PATH...), or apply a saved plan (--plan F)."""
@@ -497,6 +574,8 @@ def apply(
         force=force,
         dry_run=dry_run,
         notify=notify,
+        refresh=refresh,
+        budget=opts.budget(),
     )
     saved = read_plan(plan_file) if plan_file else None
     if saved:
@@ -507,6 +586,7 @@ def apply(
     location = opts.state(state_file, paths[0])
     if saved:
         check_saved_state(saved, location.path)
+    require_state(location, init=init, command="apply", first_path=paths[0])
     as_json = fmt == "json"
 
     def on_plan(the_plan: Plan, warnings: tuple[str, ...]) -> None:
@@ -525,23 +605,26 @@ def apply(
             on_plan=on_plan,
             confirm=lambda p: _confirm(opts, auto_approve),
             on_call=on_call,
-            on_result=lambda r: _report(opts, r, as_json),
+            on_result=_reporter(opts, as_json),
         )
+        meter = manager.meter()
     if outcome.outcome is Outcome.DRY_RUN:
-        opts.echo(
-            render_calls_json(outcome.plan, notify=notify) if as_json else render_calls(outcome.plan, notify=notify)
-        )
+        if as_json:
+            opts.echo(render_calls_json(outcome.plan, outcome.calls))
+        else:
+            opts.echo(render_calls(outcome.plan, outcome.calls) + "\n" + api_calls_line(meter))
         raise click.exceptions.Exit(1 if outcome.plan.has_errors else 0)
     if outcome.outcome is Outcome.CANCELLED:
         opts.echo("Cancelled; nothing was changed.", err=True)
         raise click.exceptions.Exit(1)
     if outcome.outcome is Outcome.NO_CHANGES and not as_json:
+        opts.echo(api_calls_line(meter), err=True)
         raise click.exceptions.Exit(1 if outcome.plan.has_errors else 0)
     result = outcome.result or ApplyResult.unchanged(outcome.plan)
     if as_json:
-        opts.echo(render_apply_json(result))
+        opts.echo(render_apply_json(result, meter))
     else:
-        opts.echo(result.summary())
+        opts.echo(result.summary() + " " + api_calls_line(meter))
     if result.interrupted:
         touched = [r for r in result.results if r.done or r.calls]  # finished, or stopped part-way
         opts.echo(
@@ -558,8 +641,21 @@ def apply(
         )
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
     if not result.ok:
-        failed = ", ".join(r.key for r in result.failed)
-        opts.echo(click.style(f"Failed: {failed}", fg="red"), err=True)
+        stopped = result.not_started
+        failed = ", ".join(r.key for r in result.failed if not r.stopped)
+        if failed:
+            opts.echo(click.style(f"Failed: {failed}", fg="red"), err=True)
+        if stopped:
+            n = len(stopped)
+            opts.echo(
+                click.style(
+                    f"Not started: {n} chat{'s' if n != 1 else ''} ({', '.join(stopped[:10])}"
+                    f"{f' and {n - 10} more' if n > 10 else ''}); nothing was sent for "
+                    f"{'them' if n != 1 else 'it'}, a later apply picks {'them' if n != 1 else 'it'} up",
+                    fg="red",
+                ),
+                err=True,
+            )
         raise click.exceptions.Exit(1)
 
 
@@ -574,8 +670,28 @@ def _confirm(opts: Options, auto_approve: bool) -> bool:
     return answer.strip() == CONFIRM_WORD
 
 
+def _reporter(opts: Options, quiet: bool) -> Callable[[ChatResult], None]:
+    """One line per chat as it finishes (stderr for problems; all to stderr with --format json).
+
+    A fatal error (the quota spent, a legacy write closed to this app, …) is printed once, however many
+    chats in flight met it; chats the run never started are counted in one line at the end instead.
+    """
+    fatal: set[str] = set()
+
+    def report(r: ChatResult) -> None:
+        if r.stopped:
+            return
+        if r.fatal and not r.ok:
+            if r.error in fatal:
+                opts.echo(click.style(f"✗ {r.key}: stopped by the same error", fg="red"), err=True)
+                return
+            fatal.add(r.error or "")
+        _report(opts, r, quiet)
+
+    return report
+
+
 def _report(opts: Options, r: ChatResult, quiet: bool) -> None:
-    """One line per chat as it finishes (stderr for problems; all to stderr with --format json)."""
     if r.warning:
         opts.echo(click.style(f"! {r.key}: {r.warning}", fg="yellow"), err=True)
     if r.ok:
@@ -597,22 +713,33 @@ def _report(opts: Options, r: ChatResult, quiet: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
 @target_option
 @parallelism_option
-def drift(opts: Options, paths, state_file, fmt, targets, parallelism) -> None:
+@click.option(
+    "--rotate",
+    "rotate_days",
+    type=click.IntRange(1, 366),
+    metavar="DAYS",
+    help="Read one stable slice of the chats a day (plus every chat changed or never verified), so each is "
+    "audited at least once in DAYS days for 1/DAYS of the metered calls. The day: UTC, or $DTCHAT_TODAY.",
+)
+def drift(opts: Options, paths, state_file, fmt, targets, parallelism, rotate_days) -> None:
     """Audit live chats against the YAML (read-only). Exit 0 none, 2 drift, 1 error."""
     from .manager import check_targets
 
     config = load_config(paths)
     location = opts.state(state_file, paths[0])
+    require_state(location, init=False, command="drift", first_path=paths[0])
     state = StateFile(location.path, flag=location.flag)
     wanted = check_targets(config, state, targets)
+    rotation = Rotation(rotate_days, today()) if rotate_days else None
     with opts.manager(_workers(opts, parallelism)) as manager:
-        report = manager.drift(config, state, targets=wanted)
+        report = manager.drift(config, state, targets=wanted, rotation=rotation, budget=opts.budget())
+        meter = manager.meter()
     if fmt == "json":
-        opts.echo(render_drift_json(report).rstrip("\n"))
+        opts.echo(render_drift_json(report, meter).rstrip("\n"))
     elif fmt == "markdown":
-        opts.echo(render_drift_markdown(report).rstrip("\n"))
+        opts.echo(render_drift_markdown(report, meter).rstrip("\n"))
     else:
-        opts.echo(render_drift_text(report, verbose=opts.verbose))
+        opts.echo(render_drift_text(report, verbose=opts.verbose, meter=meter))
     if report.has_errors:
         raise click.exceptions.Exit(1)
     if report.has_drift:
@@ -627,11 +754,22 @@ def dump(opts: Options, chatids, out_file, parallelism) -> None:
     """Write live chats as YAML that `plan` then shows as no change."""
     with opts.manager(_workers(opts, parallelism)) as manager:
         text = manager.dump(chatids)
+        opts.echo(api_calls_line(manager.meter()), err=True)
     if out_file:
         _write_text(Path(out_file), text)
         opts.echo(f"Wrote {len(set(chatids))} chat{'s' if len(set(chatids)) != 1 else ''} to {out_file}", err=True)
     else:
         opts.echo(text.rstrip("\n"))
+
+
+@command()
+@click.argument("path", required=False, type=click.Path(exists=False))
+@state_option
+def init(opts: Options, path: str | None, state_file: str | None) -> None:
+    """Write an empty state file (where plan/apply PATH will look for it) to commit beside the YAML."""
+    location = opts.state(state_file, path)
+    written = init_state(location)
+    opts.echo(f"Wrote an empty state file {written}; commit it beside the YAML (it maps each chat key to its chat).")
 
 
 @command("import")
@@ -643,7 +781,9 @@ def import_(opts: Options, key: str, chatid: str, state_file: str | None) -> Non
     location = opts.state(state_file, must_exist=True)
     with locked(location.path, flag=location.flag) as state, opts.manager() as manager:
         live = manager.import_chat(state, key, chatid)
+        meter = manager.meter()
     opts.echo(f"Imported {key} → {chatid} ({live.name}, {len(live.members)} members) into {state.path}")
+    opts.echo(api_calls_line(meter), err=True)
 
 
 @command()
@@ -673,6 +813,95 @@ def mv(opts: Options, old: str, new: str, state_file: str | None) -> None:
 
 
 @command()
+@paths_argument
+@state_option
+@click.option(
+    "--enforce",
+    is_flag=True,
+    help="Re-converge a chat that drifted, with apply's rules (removal thresholds, additive policy); "
+    "never creates one. Without it: alerts only.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="json: one object a line on stdout per chat looked at.",
+)
+@with_options(removal_options)
+def watch(opts: Options, paths, state_file, enforce, fmt, max_removal_pct, max_removals) -> None:
+    """Follow DingTalk's events (Stream mode): alert on drift within seconds, or --enforce the YAML.
+
+    SIGHUP reloads PATH (an invalid configuration is refused and the old one kept); SIGTERM or Ctrl-C lets
+    the chat in progress finish and exits 0. --budget N is per rolling hour here.
+    """
+    import signal
+
+    from .backends.stream import StreamListener, require_sdk
+    from .render import render_watch_json, render_watch_text
+    from .watch import HourlyBudget, Watcher
+
+    require_sdk()
+    location = opts.state(state_file, paths[0])
+    if not location.path.exists():
+        raise UsageError(
+            f"{location.path}: no state file; watch looks after chats dtchat manages: apply first (or pass --state F)"
+        )
+    budget = opts.budget()
+
+    def emit(alert) -> None:
+        if fmt == "json":
+            opts.echo(render_watch_json(alert))
+            return
+        line = render_watch_text(alert)
+        if line is not None:
+            opts.echo(line)
+
+    stop = threading.Event()
+    reload = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    logging.getLogger("reconciler").setLevel(logging.INFO if opts.verbose else logging.WARNING)
+    try:
+        with opts.connection() as connection:
+            from .manager import Manager
+
+            manager = Manager.over(connection, parallelism=4)
+            watcher = Watcher(
+                manager,
+                paths,
+                location,
+                emit=emit,
+                enforce=enforce,
+                thresholds=Thresholds(max_removal_pct, max_removals),
+                budget=HourlyBudget(budget.limit) if budget else None,
+            ).start()
+            listener = StreamListener(
+                connection.app_key, connection.app_secret, connection.openapi_base, watcher.submit
+            ).start()
+            opts.echo(
+                f"Watching {len(watcher.config.chats)} chats{' (enforcing)' if enforce else ''}; "
+                "SIGHUP reloads, SIGTERM or Ctrl-C stops.",
+                err=True,
+            )
+            while not stop.wait(0.2):
+                if reload.is_set():
+                    reload.clear()
+                    watcher.reload()
+            listener.stop()
+            watcher.close()
+            opts.echo(
+                f"Stopped: {watcher.handled} chats looked at, {watcher.ignored} events ignored; "
+                + api_calls_line(manager.meter()),
+                err=True,
+            )
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8780, show_default=True)
 @click.option(
@@ -695,14 +924,38 @@ def mv(opts: Options, old: str, new: str, state_file: str | None) -> None:
     type=Finite(0),
     default=0,
     show_default=True,
-    help="Per-API calls/s before errcode 90018 (0: no limit; DingTalk's is 20).",
+    help="Per-API calls/s before the throttling answer (0: no limit; DingTalk's is 20).",
 )
 @click.option(
     "--latency", "latency_ms", type=Finite(0), default=0, show_default=True, help="Milliseconds added to each answer."
 )
 @click.option("--app-key", metavar="K", help="Require this app key (default: accept any).")
 @click.option("--app-secret", metavar="S", help="Require this app secret.")
-def emulator(opts: Options, host, port, users_file, org_file, data_file, qps, latency_ms, app_key, app_secret) -> None:
+@click.option(
+    "--new-app", is_flag=True, help="Play an app created today: the legacy chat writes are refused (use --api v1)."
+)
+@click.option(
+    "--quota",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Metered calls left this month (default: unlimited); then the quota-used-up answer.",
+)
+@click.option("--robot-code", metavar="C", help="This app's robot code (default: accept any).")
+def emulator(
+    opts: Options,
+    host,
+    port,
+    users_file,
+    org_file,
+    data_file,
+    qps,
+    latency_ms,
+    app_key,
+    app_secret,
+    new_app,
+    quota,
+    robot_code,
+) -> None:
     """Run the local DingTalk API emulator (Ctrl-C stops it). -v logs each request."""
     from .emulator import EmulatorServer, EmulatorSetupError, ListenError, load_org, load_users
 
@@ -720,13 +973,16 @@ def emulator(opts: Options, host, port, users_file, org_file, data_file, qps, la
             qps_limit=qps,
             latency_ms=latency_ms,
             on_request=_log_request(opts) if opts.verbose else None,
+            new_app=new_app,
+            robot_code=robot_code,
+            monthly_quota=-1 if quota is None else quota,
         )
         server.start()
     except (EmulatorSetupError, ListenError) as exc:
         raise UsageError(f"emulator: {exc}") from None
     try:
         opts.echo(f"DingTalk emulator listening on {server.url} (Ctrl-C to stop)")
-        opts.echo(f"  export DINGTALK_API_BASE={server.url}")
+        opts.echo(f"  export DINGTALK_API_BASE={server.url} DINGTALK_OPENAPI_ENDPOINT={server.url}")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -1,26 +1,32 @@
-"""Where the API is: real DingTalk (credentials from the environment) or the embedded sandbox."""
+"""Where the API is and which generation to speak: real DingTalk (credentials from the environment) or the
+embedded sandbox, through ``--api v1`` (the default) or ``--api legacy``."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .backends import DEFAULT_API, LEGACY, ChatBackend, Directory, backend_for
 from .errors import DtchatError
 from .rules import DEFAULT_QPS
 
-if TYPE_CHECKING:
-    from .dingtalk import DingTalkClient
-
 ENV_APP_KEY = "DINGTALK_APP_KEY"
 ENV_APP_SECRET = "DINGTALK_APP_SECRET"
+ENV_API = "DTCHAT_API"
 ENV_API_BASE = "DINGTALK_API_BASE"
+#: The name DingTalk's own Stream SDK reads for the v1.0 host.
+ENV_OPENAPI_BASE = "DINGTALK_OPENAPI_ENDPOINT"
+ENV_ROBOT_CODE = "DTCHAT_ROBOT_CODE"
 DEFAULT_API_BASE = "https://oapi.dingtalk.com"
+DEFAULT_OPENAPI_BASE = "https://api.dingtalk.com"
 #: The sandbox keeps its chats (and its own state file) here, in the working directory.
 SANDBOX_DIR = Path(".dtchat-sandbox")
 SANDBOX_DATA = "emulator.json"
+#: The sandbox app's robot, when DTCHAT_ROBOT_CODE does not name one (its emulator accepts any).
+SANDBOX_ROBOT = "dtchat-sandbox-robot"
 
 
 class SetupError(DtchatError):
@@ -42,13 +48,16 @@ def sandbox_server(folder: Path = SANDBOX_DIR) -> Iterator[str]:
     """Run the emulator in-process on a free loopback port with the sandbox org; its chats persist under ``folder``.
 
     The sandbox org (shipped with the emulator) matches ``examples/chats/``, so the quickstart resolves
-    directory selectors, and an unknown user id fails as in real DingTalk (60121).
+    directory selectors, and an unknown user id fails as in real DingTalk. It is a *new* app: the legacy
+    chat writes are refused as DingTalk refuses them, so the sandbox shows what a company starting today sees.
     """
     from .emulator import SANDBOX_ORG, EmulatorServer, EmulatorSetupError, load_org
 
     try:
         folder.mkdir(exist_ok=True)
-        server = EmulatorServer(host="127.0.0.1", port=0, data_path=folder / SANDBOX_DATA, org=load_org(SANDBOX_ORG))
+        server = EmulatorServer(
+            host="127.0.0.1", port=0, data_path=str(folder / SANDBOX_DATA), org=load_org(SANDBOX_ORG), new_app=True
+        )
     except (OSError, EmulatorSetupError) as exc:  # an unwritable folder, a corrupt sandbox data file
         raise SetupError(f"sandbox: {exc}") from None
     server.start()
@@ -58,34 +67,65 @@ def sandbox_server(folder: Path = SANDBOX_DIR) -> Iterator[str]:
         server.stop()
 
 
-def _api_base(given: str | None, env: Mapping[str, str]) -> str:
-    from .dingtalk.redact import redact
+def _base(given: str | None, env: Mapping[str, str], name: str, default: str, flag: str) -> str:
+    from .backends.redact import redact
 
-    base = (given or env.get(ENV_API_BASE) or DEFAULT_API_BASE).rstrip("/")
+    base = (given or env.get(name) or default).rstrip("/")
     if not base.startswith(("http://", "https://")):
-        raise SetupError(f"--api-base {redact(base)!r}: must start with http:// or https://")
+        raise SetupError(f"{flag} {redact(base)!r}: must start with http:// or https://")
     return base
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What one run talks to DingTalk through: the chat backend of the chosen generation and the directory
+    (and, for ``watch``'s Stream connection, the app's credentials and the v1.0 host)."""
+
+    backend: ChatBackend
+    directory: Directory
+    app_key: str = ""
+    app_secret: str = field(default="", repr=False)
+    openapi_base: str = ""
 
 
 @contextlib.contextmanager
 def connect(
     *,
+    api: str = DEFAULT_API,
     sandbox: bool = False,
     api_base: str | None = None,
+    openapi_base: str | None = None,
     max_qps: float = DEFAULT_QPS,
     pool_size: int = 32,
     env: Mapping[str, str] | None = None,
-) -> Iterator[DingTalkClient]:
-    """A client for the real API or the sandbox, closed (and the sandbox stopped) on exit."""
-    from .dingtalk import DingTalkClient
+) -> Iterator[Connection]:
+    """A connection to the real API or the sandbox, closed (and the sandbox stopped) on exit.
+
+    One transport serves both hosts, so one token and one per-IP budget cover the whole run.
+    """
+    from .backends.contacts import Contacts
+    from .backends.transport import LEGACY_TOKEN, V1_TOKEN_KIND, Transport
 
     env = os.environ if env is None else env
+    robot_code = (env.get(ENV_ROBOT_CODE) or "").strip() or None
     with contextlib.ExitStack() as stack:
         if sandbox:
-            base = stack.enter_context(sandbox_server())
+            oapi = openapi = stack.enter_context(sandbox_server())
             key, secret = "sandbox-app", "sandbox-secret"
+            robot_code = robot_code or SANDBOX_ROBOT
         else:
             key, secret = credentials(env)
-            base = _api_base(api_base, env)
-        client = stack.enter_context(DingTalkClient(key, secret, api_base=base, max_qps=max_qps, pool_size=pool_size))
-        yield client
+            oapi = _base(api_base, env, ENV_API_BASE, DEFAULT_API_BASE, "--api-base")
+            openapi = _base(openapi_base, env, ENV_OPENAPI_BASE, DEFAULT_OPENAPI_BASE, "--openapi-base")
+        transport = stack.enter_context(
+            Transport(
+                key,
+                secret,
+                api_base=oapi,
+                openapi_base=openapi,
+                oapi_token=LEGACY_TOKEN if api == LEGACY else V1_TOKEN_KIND,
+                max_qps=max_qps,
+                pool_size=pool_size,
+            )
+        )
+        yield Connection(backend_for(api, transport, robot_code=robot_code), Contacts(transport), key, secret, openapi)

@@ -29,13 +29,10 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
-from .dingtalk import DingTalkClient, DingTalkError, InvalidUserError, NotFoundError, is_fatal
-from .dingtalk.client import normalize_mobile
+from .backends import DingTalkError, Directory, NotFoundError, is_fatal
 from .model import DesiredChat, MemberSource, Selector
 from .rules import MEMBER_CAP
 
-#: errcodes meaning "no such department / role / user", whatever class the client maps them to.
-_NOT_FOUND_CODES = frozenset({60003, 33011, 60121})
 _EMPTY = "refusing to plan members from an empty directory answer"
 
 
@@ -48,7 +45,7 @@ class Lookup:
     users: frozenset[str] | None
     #: The department's or role's name, or the normalised mobile number: what plans show.
     label: str
-    #: Why it cannot be used (``"{dept: 100}: department 100 not found (errcode 60003)"``); None when usable.
+    #: Why it cannot be used (``"{dept: 100}: department 100 not found (…)"``); None when usable.
     error: str | None = None
 
     @property
@@ -83,18 +80,18 @@ MOBILE = "mobile"
 
 
 def _user_set(ids: Iterable[Any]) -> frozenset[str]:
-    # interned: the same ids come back from /chat/get (LiveChat interns too), so big plans share strings
+    # interned: the same ids come back from the chat reads (they intern too), so big plans share strings
     return frozenset(sys.intern(str(u)) for u in ids)
 
 
-#: lane -> the one client call it makes for an argument.
-_CALLS: Mapping[str, Callable[[DingTalkClient, Any], Any]] = {
-    LISTID: lambda c, dept: _user_set(c.list_department_user_ids(dept)),
-    LISTSUBID: lambda c, dept: tuple(c.list_sub_department_ids(dept)),
-    DEPT: lambda c, dept: str(c.get_department(dept).get("name") or ""),
-    ROLE: lambda c, role: _user_set(c.list_role_user_ids(role)),
-    ROLES: lambda c, _: dict(c.list_roles()),
-    MOBILE: lambda c, mobile: sys.intern(str(c.get_user_id_by_mobile(mobile))),
+#: lane -> the one directory call it makes for an argument.
+_CALLS: Mapping[str, Callable[[Directory, Any], Any]] = {
+    LISTID: lambda d, dept: _user_set(d.department_user_ids(dept)),
+    LISTSUBID: lambda d, dept: tuple(d.sub_department_ids(dept)),
+    DEPT: lambda d, dept: d.department_name(dept),
+    ROLE: lambda d, role: _user_set(d.role_user_ids(role)),
+    ROLES: lambda d, _: dict(d.role_names()),
+    MOBILE: lambda d, mobile: sys.intern(str(d.user_id_by_mobile(mobile))),
 }
 
 
@@ -105,8 +102,8 @@ class _Stopped(Exception):
 class _Calls:
     """Memoised directory calls on per-API lanes; ``drive`` waits for them and reacts as each lands."""
 
-    def __init__(self, client: DingTalkClient, parallelism: int) -> None:
-        self._client = client
+    def __init__(self, directory: Directory, parallelism: int) -> None:
+        self._directory = directory
         self._parallelism = max(1, parallelism)
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._futures: dict[_Key, Future] = {}
@@ -130,7 +127,7 @@ class _Calls:
     def _run(self, lane: str, arg: Any) -> Any:
         if self._stopping:
             raise _Stopped()
-        return _CALLS[lane](self._client, arg)
+        return _CALLS[lane](self._directory, arg)
 
     def drive(self, on_answer: Callable[[str, Any, Any], None]) -> None:
         """Wait until every call (including those ``on_answer`` starts) is done; fatal errors raise at once."""
@@ -163,7 +160,7 @@ class _Calls:
 
 
 def lookup_selectors(
-    client: DingTalkClient, selectors: Iterable[Selector], *, parallelism: int = 8
+    directory: Directory, selectors: Iterable[Selector], *, parallelism: int = 8
 ) -> dict[Selector, Lookup]:
     """Resolve each distinct selector once, concurrently, sharing every call between them.
 
@@ -175,7 +172,7 @@ def lookup_selectors(
     if not wanted:
         return {}
     mobiles: dict[Selector, str | ValueError] = {}
-    calls = _Calls(client, parallelism)
+    calls = _Calls(directory, parallelism)
     try:
         if any(s.kind == ROLE for s in wanted):
             calls.request(ROLES)
@@ -189,7 +186,7 @@ def lookup_selectors(
                 calls.request(ROLE, sel.value)
             elif sel.kind == MOBILE:
                 try:
-                    mobiles[sel] = normalize_mobile(str(sel.value))
+                    mobiles[sel] = directory.normalize_mobile(str(sel.value))
                 except ValueError as exc:
                     mobiles[sel] = exc
                     continue
@@ -264,19 +261,17 @@ def _mobile_lookup(sel: Selector, calls: _Calls, mobile: str | ValueError) -> Lo
     if isinstance(mobile, ValueError):
         return Lookup(sel, None, str(sel.value), f"{sel}: {mobile}")
     user = calls.answer(MOBILE, mobile)
+    if isinstance(user, NotFoundError):
+        return Lookup(sel, None, mobile, f"{sel}: {user.text} ({user.code_text}: unknown, left or not yet joined)")
     if isinstance(user, DingTalkError):
-        if isinstance(user, InvalidUserError) or user.errcode == 60121:
-            reason = f"no active user has mobile {mobile} (errcode {user.errcode}: unknown, left or not yet joined)"
-        else:
-            reason = _reason(user, f"mobile {mobile}")
-        return Lookup(sel, None, mobile, f"{sel}: {reason}")
+        return Lookup(sel, None, mobile, f"{sel}: {_reason(user, f'mobile {mobile}')}")
     return Lookup(sel, frozenset({user}), mobile)
 
 
 def _reason(exc: DingTalkError, what: str) -> str:
-    """One line: "department 100 not found (errcode 60003)", or what the client said."""
-    if isinstance(exc, NotFoundError) or exc.errcode in _NOT_FOUND_CODES:
-        return f"{what} not found (errcode {exc.errcode})"
+    """One line: "department 100 not found (…)", or what the directory said."""
+    if isinstance(exc, NotFoundError):
+        return f"{what} not found ({exc.code_text})"
     return f"cannot read {what}: {exc}"
 
 
@@ -299,8 +294,7 @@ def expand_chats(chats: Sequence[DesiredChat], lookups: Mapping[Selector, Lookup
             out.append(chat)
             continue
         used = sorted({*chat.selectors, *chat.exclude_selectors}, key=Selector.sort_key)
-        problems = [_unusable(sel, lookups.get(sel)) for sel in used]
-        problems = [p for p in problems if p]
+        problems = [p for p in (_unusable(sel, lookups.get(sel)) for sel in used) if p]
         if problems:
             errors[chat.key] = "; ".join(problems)
             out.append(chat)
@@ -360,7 +354,7 @@ def _owner_excluded(chat: DesiredChat, lookups: Mapping[Selector, Lookup]) -> st
     return None
 
 
-def resolve_directory(client: DingTalkClient, chats: Sequence[DesiredChat], *, parallelism: int = 8) -> DirectoryResult:
+def resolve_directory(directory: Directory, chats: Sequence[DesiredChat], *, parallelism: int = 8) -> DirectoryResult:
     """Look up every selector the chats use (once each) and expand the chats with the answers."""
     wanted = {sel for chat in chats for sel in (*chat.selectors, *chat.exclude_selectors)}
-    return expand_chats(chats, lookup_selectors(client, wanted, parallelism=parallelism))
+    return expand_chats(chats, lookup_selectors(directory, wanted, parallelism=parallelism))

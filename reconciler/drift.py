@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .plan import Action, ChatChange, Plan
+from .quota import Rotation
 
 
 class Status(str, enum.Enum):
@@ -22,6 +23,8 @@ class Status(str, enum.Enum):
     MISSING = "missing"
     #: Could not be read or resolved.
     ERROR = "error"
+    #: ``--rotate``: outside today's slice and unchanged since it was last verified, so not read today.
+    NOT_READ = "not_read"
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,17 @@ class ChatDrift:
     name: tuple[str, str] | None = None
     owner: tuple[str, str] | None = None
     error: str | None = None
+    #: NOT_READ: when it was last verified.
+    verified_at: str | None = None
 
 
 @dataclass(frozen=True)
 class DriftReport:
     chats: tuple[ChatDrift, ...]
+    #: ``--rotate``: today's slice; None when every chat was read.
+    rotation: Rotation | None = None
+    #: Metered reads this audit made.
+    reads: int = 0
 
     def of(self, status: Status) -> tuple[ChatDrift, ...]:
         return tuple(c for c in self.chats if c.status is status)
@@ -67,14 +76,22 @@ class DriftReport:
 
     def summary(self) -> str:
         n = self.counts()
-        return (
+        line = (
             f"Drift: {n['drifted']} drifted, {n['missing']} missing, {n['error']} unreadable, {n['in_sync']} in sync."
         )
+        if self.rotation is not None:
+            line += (
+                f" Rotation {self.rotation.describe()}: {self.reads} read, {n['not_read']} not read today "
+                "(unchanged since verified, in another day's slice)."
+            )
+        return line
 
 
 def _chat_drift(c: ChatChange) -> ChatDrift | None:
     if c.action is Action.NOOP:
         return ChatDrift(c.key, Status.IN_SYNC, c.chatid)
+    if c.action is Action.UNREAD:
+        return ChatDrift(c.key, Status.NOT_READ, c.chatid, verified_at=c.verified_at)
     if c.action is Action.ERROR:
         return ChatDrift(c.key, Status.ERROR, c.chatid, error=c.error)
     if c.action is Action.CREATE:
@@ -87,12 +104,13 @@ def _chat_drift(c: ChatChange) -> ChatDrift | None:
             unexpected=c.remove,
             missing=c.add,
             settings=tuple(SettingDrift(s.name, s.new, s.old) for s in c.settings),
-            name=(c.name[1], c.name[0]) if c.name else None,
-            owner=(c.owner[1], c.owner[0]) if c.owner else None,
+            name=(c.name[1], c.name[0] or "") if c.name else None,
+            owner=(c.owner[1], c.owner[0] or "") if c.owner else None,
         )
     return None  # ORPHAN, FORGET: not in the YAML, so nothing to audit
 
 
-def drift_report(plan: Plan) -> DriftReport:
+def drift_report(plan: Plan, rotation: Rotation | None = None) -> DriftReport:
     """The audit view of a plan; ordering follows the plan (sorted by key)."""
-    return DriftReport(tuple(d for d in map(_chat_drift, plan.changes) if d is not None))
+    chats = tuple(d for d in map(_chat_drift, plan.changes) if d is not None)
+    return DriftReport(chats, rotation, plan.reads)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -57,9 +58,43 @@ class TooDeep(ValueError):
     """A JSON document nested deeper than any file dtchat writes."""
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (a bad merge): which one wins is not dtchat's to guess."""
+
+    def __init__(self, key: str, line: int, column: int) -> None:
+        self.key, self.line, self.column = key, line, column
+        super().__init__(f"{line}:{column}: the key {json.dumps(key, ensure_ascii=False)} appears twice in one object")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+class _Duplicate(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _where_twice(text: str, key: str) -> tuple[int, int]:
+    """Line and column of the second ``"key":`` in ``text`` (the one a reader would have silently kept)."""
+    pattern = re.compile(re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:")
+    found = list(pattern.finditer(text)) or list(re.finditer(re.escape(json.dumps(key)) + r"\s*:", text))
+    at = found[1].start() if len(found) > 1 else (found[0].start() if found else 0)
+    line = text.count("\n", 0, at) + 1
+    return line, at - (text.rfind("\n", 0, at) + 1) + 1
+
+
 def loads_bounded(text: str) -> Any:
-    """``json.loads`` that turns pathological nesting (``[[[[…``) into :class:`TooDeep` instead of a RecursionError."""
+    """``json.loads`` that turns pathological nesting (``[[[[…``) into :class:`TooDeep` instead of a RecursionError,
+    and a key written twice in one object into a located :class:`DuplicateKey` instead of keeping the last."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_no_duplicates)
     except RecursionError:
         raise TooDeep("nested too deeply to be a dtchat file") from None
+    except _Duplicate as dup:
+        raise DuplicateKey(dup.key, *_where_twice(text, dup.key)) from None

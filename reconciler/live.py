@@ -1,4 +1,4 @@
-"""Reading live chats: one ``/chat/get`` per chatid, concurrently, sharing one client.
+"""Reading live chats: one read per chatid, concurrently, through one backend (one token, one rate limiter).
 
 Per-chat failures (dissolved chat, no permission) become :class:`ReadFailure`
 values for the planner; failures that would hit every chat (bad credentials,
@@ -11,13 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import TYPE_CHECKING
 
-from .dingtalk.errors import DingTalkError, NotFoundError, is_fatal
+from .backends import ChatBackend, DingTalkError, NotFoundError, is_fatal
 from .model import LiveChat, ReadFailure
-
-if TYPE_CHECKING:  # the client pulls in requests; only commands that talk to DingTalk load it
-    from .dingtalk import DingTalkClient
 
 LiveResult = LiveChat | ReadFailure
 
@@ -33,9 +29,9 @@ def default_parallelism(max_qps: float) -> int:
     return max(1, min(MAX_PARALLELISM, math.ceil(max_qps * ASSUMED_LATENCY)))
 
 
-def read_one(client: DingTalkClient, chatid: str) -> LiveResult:
+def read_one(backend: ChatBackend, chatid: str) -> LiveResult:
     try:
-        return LiveChat.from_api(client.get_chat(chatid), chatid)
+        return backend.read(chatid)
     except DingTalkError as exc:
         if is_fatal(exc):
             raise
@@ -45,7 +41,7 @@ def read_one(client: DingTalkClient, chatid: str) -> LiveResult:
 
 
 def read_live(
-    client: DingTalkClient,
+    backend: ChatBackend,
     chatids: Iterable[str],
     *,
     parallelism: int = 8,
@@ -56,12 +52,12 @@ def read_live(
     results: dict[str, LiveResult] = {}
     if parallelism <= 1 or len(ids) <= 1:
         for chatid in ids:
-            results[chatid] = read_one(client, chatid)
+            results[chatid] = read_one(backend, chatid)
             if on_done:
                 on_done()
         return results
     with ThreadPoolExecutor(max_workers=min(parallelism, len(ids)), thread_name_prefix="dtchat-read") as pool:
-        futures = {pool.submit(read_one, client, chatid): chatid for chatid in ids}
+        futures = {pool.submit(read_one, backend, chatid): chatid for chatid in ids}
         try:
             for future in as_completed(futures):  # tick as each read lands, not all at the end
                 results[futures[future]] = future.result()

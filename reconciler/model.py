@@ -1,13 +1,12 @@
 """The immutable values that flow between config, planner and applier.
 
 Settings use dtchat's YAML names and values (``muted: True``,
-``mention_all: "owner"``); :mod:`reconciler.rules` maps them to the API.
+``mention_all: "owner"``); the backends map them to the wire.
 A setting absent from ``settings`` is unmanaged: never sent, never compared.
 """
 
 from __future__ import annotations
 
-import sys
 from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -143,7 +142,7 @@ def _sorted_unique_with(members: Any, owner: str) -> bool:
 
 @dataclass(frozen=True)
 class LiveChat:
-    """A chat as ``/chat/get`` reports it."""
+    """A chat as DingTalk reports it (a backend's ``read``)."""
 
     chatid: str
     name: str
@@ -156,17 +155,3 @@ class LiveChat:
     def __post_init__(self) -> None:
         object.__setattr__(self, "members", tuple(sorted(set(self.members))))
         object.__setattr__(self, "settings", _freeze(self.settings))
-
-    @classmethod
-    def from_api(cls, chat_info: Mapping[str, Any], chatid: str = "") -> LiveChat:
-        """Build from ``chat_info``, tolerating missing optional and extra keys."""
-        from .rules import settings_from_api
-
-        return cls(
-            chatid=str(chat_info.get("chatid") or chatid),
-            name=str(chat_info.get("name") or ""),
-            owner=str(chat_info.get("owner") or ""),
-            # interned: 10,000 chats x 200 members share their id strings with the config's
-            members=tuple(sys.intern(str(u)) for u in (chat_info.get("useridlist") or ())),
-            settings=settings_from_api(chat_info),
-        )

@@ -1,4 +1,6 @@
-"""``apply --notify``: one short message in each changed chat saying what dtchat changed.
+"""``apply --notify``: the short message posted in each changed chat saying what dtchat changed.
+
+The backend posts it (through the app's robot); this module only words it.
 
 People notice being added or removed; a line in the chat saying it was the
 config (and what else changed) saves a round of "who did this?". The text is a
@@ -9,13 +11,11 @@ are mostly Chinese-speaking and teams word such notices their own way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from .plan import Action, ChatChange, show_value
 
 #: Name at most this many people per placeholder, then "等 N 人".
 MAX_NAMES = 10
-SEND = "/chat/send"
 
 #: The built-in template. Placeholders: {key} {name} {summary} {added} {removed} {added_count} {removed_count}.
 DEFAULT_TEMPLATE = "【dtchat】本群已按配置更新：{summary}"
@@ -59,8 +59,3 @@ def message_for(change: ChatChange, template: str | None = None, name: str = "")
         "removed_count": len(change.remove),
     }
     return (template or DEFAULT_TEMPLATE).format(**values)
-
-
-def notify_call(change: ChatChange, chatid: str) -> tuple[str, dict[str, Any]]:
-    """The ``/chat/send`` call (endpoint, body) that posts the message: what apply sends and dry-run prints."""
-    return SEND, {"chatid": chatid, "msgtype": "text", "text": {"content": change.notify or message_for(change)}}

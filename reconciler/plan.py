@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import LiveChat, MemberSource
+from .model import DesiredChat, LiveChat, MemberSource
 
 
 class Action(str, enum.Enum):
@@ -20,6 +21,8 @@ class Action(str, enum.Enum):
     FORGET = "forget"
     #: The chat cannot be planned (unreadable, conflicting chatids, …).
     ERROR = "error"
+    #: ``--refresh changed``: converged to this very desired chat before (same digest), so not read (design §11).
+    UNREAD = "unread"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,13 @@ class ChatChange:
     notify: str | None = field(default=None, compare=False)
     #: ORPHAN/FORGET of a key whose create is still pending (outcome unknown).
     pending: bool = False
+    #: The digest of the resolved desired chat (``desired_digest``); recorded in the state once it converges.
+    digest: str | None = None
+    #: UNREAD: when the chat was last converged to (or found in sync with) ``digest``.
+    verified_at: str | None = None
+    #: Every setting the live chat reported (an update through the v1.0 API must restate the unchanged ones).
+    #: Covered by ``fingerprint``; not part of the plan's JSON.
+    live_settings: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def changed(self) -> bool:
@@ -76,6 +86,15 @@ class Plan:
     changes: tuple[ChatChange, ...]
     #: The ``--state F`` that follow-up commands in hints need (see ``state.StateLocation``).
     flag: str = field(default="", compare=False)
+    #: Chats read to make this plan (metered calls: the same ``apply`` will make before it writes).
+    reads: int = field(default=0, compare=False)
+    #: The write calls ``apply`` of this plan will make (without ``--notify``), by the backend's packing.
+    writes: int = field(default=0, compare=False)
+
+    @property
+    def forecast(self) -> int:
+        """The metered calls ``apply`` of this plan will make: its reads and its writes (design §11)."""
+        return self.reads + self.writes
 
     def of(self, *actions: Action) -> tuple[ChatChange, ...]:
         return tuple(c for c in self.changes if c.action in actions)
@@ -109,6 +128,8 @@ class Plan:
         )
         if n["orphan"]:
             line += f" {n['orphan']} orphaned key{'s' if n['orphan'] != 1 else ''} kept."
+        if n["unread"]:
+            line += f" {n['unread']} unchanged since last verified, not read."
         if n["error"]:
             line += f" {n['error']} chat{'s' if n['error'] != 1 else ''} could not be planned."
         return line
@@ -121,6 +142,17 @@ def show_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def desired_digest(chat: DesiredChat) -> str:
+    """A stable digest of the resolved desired chat (after groups and directory selectors): equal digests mean
+    nothing the YAML or the directory says about that chat changed (design §11). Which chat it is, is the
+    state's binding (re-pointing a key drops its digest)."""
+    if chat.needs_directory:
+        raise ValueError(f"{chat.key}: resolve the directory selectors first")
+    settings = "\x1f".join(f"{k}={v!r}" for k, v in sorted(chat.settings.items()))
+    blob = "\x1e".join((chat.name, chat.owner, chat.members_policy, "\x1f".join(chat.members), settings))
+    return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
 def live_fingerprint(live: LiveChat) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DtchatError
-from .files import TooDeep, loads_bounded
+from .files import DuplicateKey, TooDeep, loads_bounded
 from .model import MemberSource
 from .plan import ChatChange, Plan
 from .state import now_iso
@@ -65,6 +65,10 @@ def change_to_json(c: ChatChange) -> dict[str, Any]:
     }
     if c.pending:
         data["pending_create"] = True
+    if c.digest:
+        data["digest"] = c.digest
+    if c.verified_at:
+        data["verified_at"] = c.verified_at
     return data
 
 
@@ -75,6 +79,7 @@ def plan_to_json(plan: Plan, **extra: Any) -> dict[str, Any]:
         "kind": KIND,
         **extra,
         "summary": plan.counts(),
+        "forecast": {"metered": plan.forecast, "reads": plan.reads, "writes": plan.writes},
         "changes": [change_to_json(c) for c in plan.changes],
     }
 
@@ -98,9 +103,15 @@ class PlanOptions:
 
     targets: tuple[str, ...] | None = None
     prune: bool = False
+    #: ``--refresh``: which chats were read (``changed``: those that can have changed; ``all``).
+    refresh: str = "changed"
 
     def to_json(self) -> dict[str, Any]:
-        return {"targets": list(self.targets) if self.targets is not None else None, "prune": self.prune}
+        return {
+            "targets": list(self.targets) if self.targets is not None else None,
+            "prune": self.prune,
+            "refresh": self.refresh,
+        }
 
 
 def plan_document(
@@ -152,6 +163,11 @@ def read_plan(path: str | os.PathLike[str]) -> SavedPlan:
         raise PlanFileError(f"{path}: cannot read plan: {exc.strerror}") from None
     except TooDeep as exc:
         raise PlanFileError(f"{path}: not a JSON plan file ({exc})") from None
+    except DuplicateKey as exc:
+        raise PlanFileError(
+            f"{path}:{exc.line}:{exc.column}: the key {exc.key!r} is written twice in one object; "
+            "refusing the plan, nothing was changed"
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise PlanFileError(f"{path}: not a JSON plan file ({exc})") from None
     if not isinstance(data, dict) or data.get("kind") != KIND:
@@ -168,8 +184,14 @@ def read_plan(path: str | os.PathLike[str]) -> SavedPlan:
     if not isinstance(changes, list):
         raise _fail(path, "changes", "must be a list")
     options = data.get("options", {})
-    if not isinstance(options, dict) or not isinstance(options.get("prune", False), bool):
-        raise _fail(path, "options", 'must be {"targets": [...] or null, "prune": true|false}')
+    if (
+        not isinstance(options, dict)
+        or not isinstance(options.get("prune", False), bool)
+        or options.get("refresh", "all") not in ("changed", "all")
+    ):
+        raise _fail(
+            path, "options", 'must be {"targets": [...] or null, "prune": true|false, "refresh": "changed"|"all"}'
+        )
     targets = options.get("targets")
     state_file = data.get("state_file")
     if state_file is not None and not isinstance(state_file, str):
@@ -179,7 +201,10 @@ def read_plan(path: str | os.PathLike[str]) -> SavedPlan:
         config_digest=config["digest"],
         state_file=state_file,
         options=PlanOptions(
-            None if targets is None else _strings(path, "options.targets", targets), options.get("prune", False)
+            None if targets is None else _strings(path, "options.targets", targets),
+            options.get("prune", False),
+            # a plan saved before --refresh existed read every chat
+            options.get("refresh", "all"),
         ),
         changes=changes,
         source=str(path),

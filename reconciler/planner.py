@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from .batching import calls_for
+from .backends.base import ChatBackend
 from .errors import DtchatError
 from .live import LiveResult
 from .model import DesiredChat, LiveChat, MemberSource
 from .notify import message_for
-from .plan import Action, ChatChange, Plan, SettingChange, live_fingerprint
+from .plan import Action, ChatChange, Plan, SettingChange, desired_digest, live_fingerprint
 from .rules import ADDITIVE, MEMBER_CAP
 from .state import Binding
 
@@ -74,8 +74,8 @@ def resolve(desired: Sequence[DesiredChat], state: Mapping[str, Binding], *, fla
     return Resolution(chatids=chatids, errors=errors)
 
 
-def plan_update(chat: DesiredChat, live: LiveChat) -> ChatChange:
-    """The UPDATE (or NOOP) that turns ``live`` into ``chat``, or an ERROR when the API cannot get there."""
+def plan_update(chat: DesiredChat, live: LiveChat, *, backend: ChatBackend) -> ChatChange:
+    """The UPDATE (or NOOP) that turns ``live`` into ``chat``, or an ERROR when ``backend``'s API cannot get there."""
     desired_members = set(chat.members)
     live_members = set(live.members)
     add = tuple(sorted(desired_members - live_members))
@@ -101,16 +101,17 @@ def plan_update(chat: DesiredChat, live: LiveChat) -> ChatChange:
         live_count=len(live_members),
         kept=kept,
         fingerprint=live_fingerprint(live),
+        live_settings=live.settings,
     )
     if change.action is Action.UPDATE:
-        problem = _unreachable(chat, change)
+        problem = _unreachable(chat, change, backend)
         if problem:
             return ChatChange(chat.key, Action.ERROR, chatid=live.chatid, error=problem, fingerprint=change.fingerprint)
         return _with_message(change, chat)
     return change
 
 
-def _unreachable(chat: DesiredChat, change: ChatChange) -> str | None:
+def _unreachable(chat: DesiredChat, change: ChatChange, backend: ChatBackend) -> str | None:
     """Why the API's rules cannot take the chat where the YAML says, or None."""
     final = change.live_count + len(change.add) - len(change.remove)
     if final > MEMBER_CAP:
@@ -120,8 +121,8 @@ def _unreachable(chat: DesiredChat, change: ChatChange) -> str | None:
             f"`members_policy: {chat.members_policy}`; remove people from the YAML or use `members_policy: exact`"
         )
     try:
-        calls_for(change)
-    except DtchatError as exc:  # BatchingError
+        backend.calls(change)
+    except DtchatError as exc:  # UnreachableError
         return f"cannot apply: {exc}"
     return None
 
@@ -157,15 +158,19 @@ def make_plan(
     sources: Mapping[str, tuple[MemberSource, ...]] = {},
     flag: str = "",
     resolution: Resolution | None = None,
+    backend: ChatBackend,
+    unread: Collection[str] = (),
 ) -> Plan:
     """Plan every desired chat (or only ``targets``), plus ORPHAN (or, with ``prune``, FORGET) for state keys
     that the YAML of this run does not define.
 
-    ``live`` maps chatid -> what ``/chat/get`` said for every chatid that :func:`resolve` produced; a chat
+    ``live`` maps chatid -> what the backend read for every chatid that :func:`resolve` produced; a chat
     whose chatid was not read is an error, never silently a create. ``errors`` are chats that failed
     earlier (a directory lookup): they are errors here and never touched. ``sources`` say where each
     chat's directory members came from. ``resolution`` is :func:`resolve`'s answer when the caller already
-    has it (it chose the chats to read with it).
+    has it (it chose the chats to read with it). ``backend`` says whether its API can make each update
+    (its ``calls`` are pure). ``unread`` are keys not read because :func:`unchanged` says so (UNREAD).
+    Every planned chat carries its desired digest; the plan counts its write calls.
     """
     wanted = [c for c in desired if targets is None or c.key in targets]
     if resolution is None:
@@ -185,16 +190,30 @@ def make_plan(
                 )
             )
             continue
+        digest = None if chat.needs_directory else desired_digest(chat)
+        if chat.key in unread:
+            bound = state[chat.key]
+            changes.append(
+                ChatChange(
+                    chat.key,
+                    Action.UNREAD,
+                    chatid=chatid,
+                    digest=digest,
+                    verified_at=bound.verified_at,
+                    sources=sources.get(chat.key, ()),
+                )
+            )
+            continue
         if chatid is None:
             change = plan_create(chat)
         else:
             result = live.get(chatid)
             if isinstance(result, LiveChat):
-                change = plan_update(chat, result)
+                change = plan_update(chat, result, backend=backend)
             else:
                 message = result.message if result else "live state was not read"
                 change = ChatChange(chat.key, Action.ERROR, chatid=chatid, error=message)
-        changes.append(replace(change, sources=sources.get(chat.key, ())))
+        changes.append(replace(change, sources=sources.get(chat.key, ()), digest=digest))
     desired_keys = {c.key for c in desired}
     for key in sorted(state):
         if key not in desired_keys and (targets is None or key in targets):
@@ -203,4 +222,13 @@ def make_plan(
             action = Action.FORGET if prune and not bound.pending else Action.ORPHAN
             changes.append(ChatChange(key, action, chatid=bound.chatid, pending=bound.pending))
     changes.sort(key=lambda c: c.key)
-    return Plan(changes=tuple(changes), flag=flag)
+    writes = sum(len(backend.calls(c)) for c in changes if c.action in (Action.CREATE, Action.UPDATE))
+    return Plan(changes=tuple(changes), flag=flag, writes=writes)
+
+
+def unchanged(chat: DesiredChat, binding: Binding | None, chatid: str | None) -> bool:
+    """The chat was converged to exactly this resolved desired chat before: ``--refresh changed`` need
+    not read it (design §11). Never true for a pending create, an unbound key or an unresolved chat."""
+    if binding is None or binding.pending or not binding.digest or not chatid or chat.needs_directory:
+        return False
+    return binding.chatid == chatid and binding.digest == desired_digest(chat)

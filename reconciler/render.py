@@ -6,15 +6,18 @@ Text uses click styles; click strips them when the output is not a terminal.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .batching import calls_for
 from .drift import ChatDrift, DriftReport, Status
-from .notify import notify_call
 from .plan import Action, ChatChange, Plan, SettingChange, show_value
 from .planfile import FORMAT_VERSION, plan_to_json
+
+if TYPE_CHECKING:
+    from .backends import WireCall
+    from .backends.transport import Meter
 
 FORMATS = ("text", "markdown", "json")
 #: Name at most this many people in one line ("additive: kept …"), then "and N more".
@@ -27,6 +30,7 @@ _SYMBOL = {
     Action.FORGET: ("-", "magenta"),
     Action.ORPHAN: ("?", "cyan"),
     Action.ERROR: ("!", "red"),
+    Action.UNREAD: ("=", None),
 }
 _LABEL = {
     Action.CREATE: "create",
@@ -35,7 +39,10 @@ _LABEL = {
     Action.FORGET: "forget",
     Action.ORPHAN: "orphan",
     Action.ERROR: "error",
+    Action.UNREAD: "unchanged",
 }
+#: Shown only with -v: chats with nothing to do.
+_QUIET = (Action.NOOP, Action.UNREAD)
 
 
 def _setting_line(s: SettingChange) -> str:
@@ -61,6 +68,8 @@ def _chat_lines(c: ChatChange, verbose: bool = False, plan_flag: str = "") -> li
         return [c.error or "unknown error", *(_source_line(s) for s in c.sources if verbose)]
     if c.action is Action.FORGET:
         return ["not in the YAML; --prune: dtchat stops managing it; the chat stays in DingTalk"]
+    if c.action is Action.UNREAD:
+        return [f"unchanged since {c.verified_at or 'last verified'}, not read"]
     if c.action is Action.ORPHAN:
         if c.pending:
             return [
@@ -130,16 +139,31 @@ def _where(chatid: str | None) -> str:
     return f" ({chatid})" if chatid else ""
 
 
-def render_text(plan: Plan, *, verbose: bool = False, warnings: tuple[str, ...] = ()) -> str:
+def api_calls_line(meter: Meter, plan: Plan | None = None) -> str:
+    """The metered calls this run made (the monthly quota counts them) and, for a plan, what apply will make."""
+    line = f"API calls: {meter.metered} metered, {meter.exempt} exempt."
+    if plan is not None:
+        line += (
+            f" Apply of this plan: {plan.forecast} metered call{'s' if plan.forecast != 1 else ''} "
+            f"({plan.reads} read{'s' if plan.reads != 1 else ''} + {plan.writes} write{'s' if plan.writes != 1 else ''}"
+            "; with --notify, 1 or 2 more per changed chat)."
+        )
+    return line
+
+
+def render_text(
+    plan: Plan, *, verbose: bool = False, warnings: tuple[str, ...] = (), meter: Meter | None = None
+) -> str:
     """The plan as a terminal shows it; unchanged chats only with ``verbose``."""
     blocks = [
         (*_SYMBOL[c.action], _heading(c), _chat_lines(c, verbose, plan.flag))
         for c in plan.changes
-        if verbose or c.action is not Action.NOOP
+        if verbose or c.action not in _QUIET
     ]
     clean = None if plan.has_changes or plan.has_errors else "No changes. DingTalk matches the configuration."
     hint = rename_hint(plan)
-    return _text(blocks, plan.summary(), clean, warnings, (hint,) if hint else ())
+    text = _text(blocks, plan.summary(), clean, warnings, (hint,) if hint else ())
+    return text + ("\n" + api_calls_line(meter, plan) if meter is not None else "")
 
 
 def _md(text: Any) -> str:
@@ -197,7 +221,7 @@ def _pair_cell(label: str, pair: tuple | None) -> str | None:
     return _md(f"{label}: {pair[1]}" if pair[0] is None else f"{label}: {pair[0]} → {pair[1]}")
 
 
-def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
+def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = (), meter: Meter | None = None) -> str:
     """A PR comment: summary table, then a collapsible section per changed chat."""
     rows = [
         (
@@ -215,65 +239,61 @@ def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
             _chat_lines(c, verbose=True, plan_flag=plan.flag),
         )
         for c in plan.changes
-        if c.action is not Action.NOOP
+        if c.action not in _QUIET
     ]
     hint = rename_hint(plan)
+    summary = plan.summary() + (" " + api_calls_line(meter, plan) if meter is not None else "")
     return _markdown(
         "dtchat plan",
         ["Chat", "Action", "+ members", "− members", "Name / owner", "Settings"],
         rows,
         "No changes.",
-        plan.summary(),
+        summary,
         warnings,
         (hint,) if hint else (),
     )
 
 
-def dry_run_calls(plan: Plan, *, notify: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
-    """(key, endpoint, body) of every call apply would make, in each chat's order; a new chat's id is a
-    placeholder (``<chatid of new chat KEY>``); a forget is ("key", "forget", {"chatid": …}) (no call)."""
-    out: list[tuple[str, str, dict[str, Any]]] = []
-    for change in plan.changes:
-        calls = calls_for(change)
-        out.extend((change.key, call.endpoint, call.shown_body(change.key)) for call in calls)
-        if notify and calls:
-            out.append((change.key, *notify_call(change, change.chatid or f"<chatid of new chat {change.key}>")))
-        if change.action is Action.FORGET:
-            out.append((change.key, "forget", {"chatid": change.chatid}))
-    return out
+PlannedCalls = Sequence[tuple[str, "WireCall | None"]]
 
 
-def render_calls(plan: Plan, *, notify: bool = False) -> str:
-    """``apply --dry-run``: every API call apply would make, in order, each body exactly as it would be sent."""
+def render_calls(plan: Plan, calls: PlannedCalls) -> str:
+    """``apply --dry-run``: every API call apply would make, in order, each body exactly as it would be sent
+    (a new chat's id, not known yet, as ``<chatid of new chat KEY>``); a forget changes only the state."""
     out = ["", "Dry run: these API calls would be made (nothing was changed):"]
+    chatids = {c.key: c.chatid for c in plan.changes}
     count = 0
-    for key, endpoint, body in dry_run_calls(plan, notify=notify):
-        if endpoint == "forget":
-            out.append(f"  {key}: (state only) forget {body['chatid']}")
+    for key, call in calls:
+        if call is None:
+            out.append(f"  {key}: (state only) forget {chatids.get(key)}")
         else:
-            out.append(f"  {key}: POST {endpoint} {json.dumps(body, ensure_ascii=False)}")
+            out.append(f"  {key}: {call.describe(key)}")
             count += 1
     out.append(f"{count} API call{'s' if count != 1 else ''}.")
     return "\n".join(out)
 
 
-def render_calls_json(plan: Plan, *, notify: bool = False) -> str:
+def render_calls_json(plan: Plan, calls: PlannedCalls) -> str:
     """``apply --dry-run --format json`` (see docs/formats.md)."""
-    entries = dry_run_calls(plan, notify=notify)
-    calls = [{"key": k, "endpoint": e, "body": b} for k, e, b in entries if e != "forget"]
-    forgets = [k for k, e, _ in entries if e == "forget"]
     document = {
         "format_version": FORMAT_VERSION,
         "kind": "dtchat-dry-run",
-        "calls": calls,
-        "forget": forgets,
+        "calls": [
+            {"key": key, "method": call.endpoint.method, "endpoint": call.path, "body": call.shown_body(key)}
+            for key, call in calls
+            if call is not None
+        ],
+        "forget": [key for key, call in calls if call is None],
         "errors": [{"key": c.key, "error": c.error} for c in plan.of(Action.ERROR)],
     }
     return json.dumps(document, ensure_ascii=False, indent=2)
 
 
-def render_json(plan: Plan, *, warnings: tuple[str, ...] = ()) -> str:
-    return json.dumps(plan_to_json(plan, warnings=list(warnings)), ensure_ascii=False, indent=2) + "\n"
+def render_json(plan: Plan, *, warnings: tuple[str, ...] = (), meter: Meter | None = None) -> str:
+    extra: dict[str, Any] = {"warnings": list(warnings)}
+    if meter is not None:
+        extra["api_calls"] = meter.to_json()
+    return json.dumps(plan_to_json(plan, **extra), ensure_ascii=False, indent=2) + "\n"
 
 
 # -- drift ----------------------------------------------------------------------------
@@ -283,10 +303,14 @@ _DRIFT_SYMBOL = {
     Status.MISSING: ("+", "green"),
     Status.ERROR: ("!", "red"),
     Status.IN_SYNC: ("=", None),
+    Status.NOT_READ: ("=", None),
 }
+_DRIFT_QUIET = (Status.IN_SYNC, Status.NOT_READ)
 
 
 def _drift_lines(d: ChatDrift) -> list[str]:
+    if d.status is Status.NOT_READ:
+        return [f"unchanged since {d.verified_at or 'last verified'}, not in today's slice: not read"]
     if d.status is Status.ERROR:
         return [d.error or "unknown error"]
     if d.status is Status.MISSING:
@@ -302,17 +326,20 @@ def _drift_lines(d: ChatDrift) -> list[str]:
     return lines
 
 
-def render_drift_text(report: DriftReport, *, verbose: bool = False) -> str:
+def render_drift_text(report: DriftReport, *, verbose: bool = False, meter: Meter | None = None) -> str:
     blocks = [
         (*_DRIFT_SYMBOL[d.status], f"{d.status.value.replace('_', ' ')} {d.key}{_where(d.chatid)}", _drift_lines(d))
         for d in report.chats
-        if verbose or d.status is not Status.IN_SYNC
+        if verbose or d.status not in _DRIFT_QUIET
     ]
     clean = None if report.has_drift or report.has_errors else "No drift. DingTalk matches the configuration."
-    return _text(blocks, report.summary(), clean)
+    if clean and report.rotation is not None:
+        clean = "No drift in the chats read today."
+    text = _text(blocks, report.summary(), clean)
+    return text + ("\n" + api_calls_line(meter) if meter is not None else "")
 
 
-def render_drift_markdown(report: DriftReport) -> str:
+def render_drift_markdown(report: DriftReport, meter: Meter | None = None) -> str:
     rows = [
         (
             [
@@ -335,27 +362,32 @@ def render_drift_markdown(report: DriftReport) -> str:
             _drift_lines(d),
         )
         for d in report.chats
-        if d.status is not Status.IN_SYNC
+        if d.status not in _DRIFT_QUIET
     ]
     return _markdown(
         "dtchat drift",
         ["Chat", "Status", "Missing members", "Unexpected members", "Name / owner", "Settings"],
         rows,
         "No drift.",
-        report.summary(),
+        report.summary() + (" " + api_calls_line(meter) if meter is not None else ""),
     )
 
 
-def drift_to_json(report: DriftReport) -> dict[str, Any]:
+def drift_to_json(report: DriftReport, meter: Meter | None = None) -> dict[str, Any]:
     """The documented, versioned drift object (see docs/formats.md)."""
 
     def pair(p: tuple | None) -> dict[str, Any] | None:
         return None if p is None else {"expected": p[0], "actual": p[1]}
 
+    rotation = report.rotation
     return {
         "format_version": FORMAT_VERSION,
         "kind": "dtchat-drift",
         "summary": report.counts(),
+        **({"api_calls": meter.to_json()} if meter is not None else {}),
+        "rotation": None
+        if rotation is None
+        else {"days": rotation.days, "slice": rotation.slice + 1, "date": rotation.date, "reads": report.reads},
         "chats": [
             {
                 "key": d.key,
@@ -367,14 +399,15 @@ def drift_to_json(report: DriftReport) -> dict[str, Any]:
                 "name": pair(d.name),
                 "owner": pair(d.owner),
                 "error": d.error,
+                "verified_at": d.verified_at,
             }
             for d in report.chats
         ],
     }
 
 
-def render_drift_json(report: DriftReport) -> str:
-    return json.dumps(drift_to_json(report), ensure_ascii=False, indent=2) + "\n"
+def render_drift_json(report: DriftReport, meter: Meter | None = None) -> str:
+    return json.dumps(drift_to_json(report, meter), ensure_ascii=False, indent=2) + "\n"
 
 
 # -- validate ---------------------------------------------------------------------------
@@ -425,7 +458,7 @@ def render_validation_github(issues: tuple[Any, ...], summary: str) -> str:
 # -- apply result -------------------------------------------------------------------------
 
 
-def render_apply_json(result: Any) -> str:
+def render_apply_json(result: Any, meter: Meter | None = None) -> str:
     """``apply --format json``: per chat what was done (see docs/formats.md)."""
     document = {
         "format_version": FORMAT_VERSION,
@@ -434,6 +467,8 @@ def render_apply_json(result: Any) -> str:
         "interrupted": result.interrupted,
         "summary": result.summary(),
         "calls": result.calls,
+        **({"api_calls": meter.to_json()} if meter is not None else {}),
+        "not_started": list(result.not_started),
         "chats": [
             {
                 "key": r.key,
@@ -448,3 +483,63 @@ def render_apply_json(result: Any) -> str:
         ],
     }
     return json.dumps(document, ensure_ascii=False, indent=2)
+
+
+# -- watch ------------------------------------------------------------------------------------------
+
+
+def _watch_parts(d: ChatDrift) -> list[str]:
+    parts = [f"+ {m}" for m in d.unexpected] + [f"- {m}" for m in d.missing]
+    if d.name:
+        parts.append(f"name: {d.name[1]} (wanted {d.name[0]})")
+    if d.owner:
+        parts.append(f"owner: {d.owner[1]} (wanted {d.owner[0]})")
+    parts.extend(f"{s.name}: {show_value(s.actual)} (wanted {show_value(s.expected)})" for s in d.settings)
+    if d.status is Status.ERROR:
+        parts.append(d.error or "unreadable")
+    return parts
+
+
+def watch_kind(alert: Any) -> str:
+    """``drift``, ``enforced``, ``in_sync`` or ``error``: what one handling of a chat came to."""
+    if alert.enforced:
+        return "enforced"
+    if alert.drift is None or alert.drift.status is Status.ERROR:
+        return "error"
+    return "drift" if alert.drift.status is Status.DRIFTED else "in_sync"
+
+
+def render_watch_text(alert: Any) -> str | None:
+    """One line for a chat that drifted or was re-converged (``drift eng-oncall: + mallory (added in
+    DingTalk)``); None for one found in sync (that goes to the log)."""
+    kind = watch_kind(alert)
+    if kind == "in_sync" and not alert.problem:
+        return None
+    parts = _watch_parts(alert.drift) if alert.drift is not None else []
+    what = ", ".join(parts) if parts else "no difference left"
+    line = f"{kind} {alert.key}{_where(alert.chatid)}: {what} ({alert.cause})"
+    if alert.enforced:
+        line += f"; converged ({alert.metered} metered call{'s' if alert.metered != 1 else ''})"
+    if alert.problem:
+        line += f"; {alert.problem}"
+    return line
+
+
+def render_watch_json(alert: Any) -> str:
+    """One JSON object on one line per handled chat (docs/formats.md)."""
+    d = alert.drift
+    document = {
+        "kind": watch_kind(alert),
+        "key": alert.key,
+        "chatid": alert.chatid,
+        "cause": alert.cause,
+        "members_unexpected": list(d.unexpected) if d else [],
+        "members_missing": list(d.missing) if d else [],
+        "name": {"expected": d.name[0], "actual": d.name[1]} if d and d.name else None,
+        "owner": {"expected": d.owner[0], "actual": d.owner[1]} if d and d.owner else None,
+        "settings": [{"name": s.name, "expected": s.expected, "actual": s.actual} for s in d.settings] if d else [],
+        "enforced": alert.enforced,
+        "problem": alert.problem or (d.error if d else None),
+        "metered": alert.metered,
+    }
+    return json.dumps(document, ensure_ascii=False)

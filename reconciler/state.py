@@ -9,7 +9,7 @@ find a chat again. Losing or mangling it means creating chats twice, hence
 * atomic writes (temp file + fsync + rename) that keep the file's mode;
 * an exclusive lock taken on the file's *real* path, so ``./s.json``,
   ``../x/s.json`` and a symlink to it are one lock;
-* write-ahead creates: before ``/chat/create`` is sent the key is durably
+* write-ahead creates: before a create is sent the key is durably
   recorded as ``pending_create``; the chatid replaces it the moment the answer
   arrives; a definite refusal clears it. A crash in between leaves it pending,
   and no later run creates that chat again until a person runs ``dtchat import``
@@ -28,11 +28,11 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import DtchatError
-from .files import TooDeep, loads_bounded, write_atomic
+from .files import DuplicateKey, TooDeep, loads_bounded, write_atomic
 
 try:  # POSIX advisory locks; Windows users get no lock (documented).
     import fcntl
@@ -57,9 +57,20 @@ class Binding:
     created_at: str | None = None
     #: True when a create was sent (or about to be) and its outcome is unknown.
     pending: bool = False
+    #: The chat's id for robot messages and events (answered by its create, or looked up once), if known.
+    open_conversation_id: str | None = None
+    #: The digest of the resolved desired chat it was last converged to or found in sync with (design §11).
+    digest: str | None = None
+    #: When that was (UTC, ISO 8601).
+    verified_at: str | None = None
 
     def to_json(self) -> dict:
         data: dict = {"chatid": self.chatid}
+        if self.open_conversation_id:
+            data["open_conversation_id"] = self.open_conversation_id
+        if self.digest:
+            data["digest"] = self.digest
+            data["verified_at"] = self.verified_at
         if self.created_at:
             data["created_at"] = self.created_at
         if self.pending:
@@ -169,10 +180,14 @@ class StateFile:
             raise self._refuse("state file is not UTF-8 text") from None
         except TooDeep as exc:
             raise self._refuse(f"state file is {exc}") from None
-        except ValueError as exc:  # json.JSONDecodeError
-            where = f":{exc.lineno}:{exc.colno}" if hasattr(exc, "lineno") else ""
+        except DuplicateKey as exc:
             raise StateError(
-                f"{self.path}{where}: state file is not valid JSON ({getattr(exc, 'msg', exc)}); "
+                f"{self.path}:{exc.line}:{exc.column}: the key {exc.key!r} is written twice in one object "
+                "(a bad merge?); refusing to guess which one is right, or to overwrite it"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise StateError(
+                f"{self.path}:{exc.lineno}:{exc.colno}: state file is not valid JSON ({exc.msg}); "
                 "refusing to use or overwrite it"
             ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -195,8 +210,19 @@ class StateFile:
             if not isinstance(pending, bool) or (chatid is None and not pending):
                 raise self._refuse(f'chats.{key}: needs a chatid or "pending_create": true')
             created = entry.get("created_at")
+            ocid = entry.get("open_conversation_id")
+            if ocid is not None and (not isinstance(ocid, str) or not ocid):
+                raise self._refuse(f"chats.{key}.open_conversation_id: must be a non-empty string")
+            digest, verified = entry.get("digest"), entry.get("verified_at")
+            if digest is not None and (not isinstance(digest, str) or not isinstance(verified, str) or pending):
+                raise self._refuse(f"chats.{key}.digest: must be a string with a verified_at, on a settled chat")
             bindings[key] = Binding(
-                chatid=chatid, created_at=created if isinstance(created, str) else None, pending=pending
+                chatid=chatid,
+                created_at=created if isinstance(created, str) else None,
+                pending=pending,
+                open_conversation_id=ocid,
+                digest=digest,
+                verified_at=verified if digest else None,
             )
         return bindings
 
@@ -227,18 +253,62 @@ class StateFile:
                     self._bindings[key] = old
                 raise
 
-    def record(self, key: str, chatid: str, *, created: bool = False) -> None:
-        """Bind ``key`` to ``chatid`` and write the file now."""
+    def record(self, key: str, chatid: str, *, created: bool = False, open_conversation_id: str | None = None) -> None:
+        """Bind ``key`` to ``chatid`` and write the file now (a known open conversation id of the same chat is kept)."""
         old = self.get(key)
+        same = old is not None and not old.pending and old.chatid == chatid
         created_at = now_iso() if created else (old.created_at if old and not old.pending else None)
-        self._write(key, Binding(chatid=chatid, created_at=created_at))
+        ocid = open_conversation_id or (old.open_conversation_id if same and old else None)
+        digest, verified_at = (old.digest, old.verified_at) if same and old else (None, None)
+        self._write(
+            key,
+            Binding(
+                chatid=chatid,
+                created_at=created_at,
+                open_conversation_id=ocid,
+                digest=digest,
+                verified_at=verified_at,
+            ),
+        )
+
+    def verified(self, digests: Mapping[str, str]) -> None:
+        """Record, in one write, that each key's chat was converged to (or found in sync with) the resolved
+        desired chat of ``digest``: later runs need not read it until that changes (design §11)."""
+        stamp = now_iso()
+        with self._lock:
+            snapshot = dict(self._bindings)
+            changed = False
+            for key, digest in digests.items():
+                old = self._bindings.get(key)
+                if old is not None and old.chatid and not old.pending:
+                    self._bindings[key] = replace(old, digest=digest, verified_at=stamp)
+                    changed = True
+            if not changed:
+                return
+            try:
+                self._save()
+            except StateError:
+                self._bindings = snapshot
+                raise
+
+    def unverified(self, key: str) -> None:
+        """Forget a key's digest (its apply failed part-way): the next run reads the chat again."""
+        old = self.get(key)
+        if old is not None and old.digest:
+            self._write(key, replace(old, digest=None, verified_at=None))
+
+    def remember_open_conversation_id(self, key: str, chatid: str, open_conversation_id: str) -> None:
+        """Keep a looked-up open conversation id (a metered call) so it is never looked up again."""
+        old = self.get(key)
+        if old is not None and old.chatid == chatid and old.open_conversation_id != open_conversation_id:
+            self._write(key, replace(old, open_conversation_id=open_conversation_id))
 
     def begin_create(self, key: str) -> None:
         """Write-ahead: record that a create for ``key`` is about to be sent (design §6)."""
         self._write(key, Binding(chatid=None, created_at=now_iso(), pending=True))
 
     def abort_create(self, key: str) -> None:
-        """The create was definitely refused (an errcode answer): no chat exists, clear the pending mark."""
+        """The create was definitely refused (an error answer): no chat exists, clear the pending mark."""
         bound = self.get(key)
         if bound is not None and bound.pending:
             self._write(key, None)
@@ -282,6 +352,32 @@ class StateFile:
             write_atomic(self.path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         except OSError as exc:
             raise StateError(f"{self.path}: cannot write state file: {exc.strerror or exc}") from None
+
+
+def require_state(location: StateLocation, *, init: bool, command: str, first_path: str | None = None) -> None:
+    """A missing state file is an error, not "every chat is new" (design §6): with a fresh checkout or a
+    mistyped ``--state``, planning from nothing would create every chat a second time, and DingTalk cannot
+    delete chats. ``dtchat init`` (or ``--init`` on this run) is how one starts from nothing."""
+    if init or location.path.exists():
+        return
+    where = f" {_shell_word(first_path)}" if first_path else ""
+    beside = first_path is not None and os.path.abspath(default_path(first_path)) == os.path.abspath(location.path)
+    flag = "" if beside else f" --state {_shell_word(str(location.path))}"
+    if " --sandbox" in location.flag:
+        flag += " --sandbox"
+    raise StateError(
+        f"{location.path}: no state file. Without it every chat would look new and be created again; "
+        f"if this is the first run, run `dtchat init{where}{flag}` and commit the file it writes "
+        f"(or pass --init to this {command}); if the file should exist, check --state, ${ENV_STATE} and the checkout"
+    )
+
+
+def init_state(location: StateLocation) -> Path:
+    """``dtchat init``: write an empty state file where every command will look for it; never overwrite one."""
+    if location.path.exists():
+        raise StateError(f"{location.path}: a state file is already there; nothing was changed")
+    StateFile(location.path, flag=location.flag)._save()
+    return location.path
 
 
 @contextlib.contextmanager

@@ -1,13 +1,13 @@
-"""Shared fixtures: a real emulator on a free loopback port, and a client bound to it."""
+"""Shared fixtures: a real emulator on a free loopback port, and wire access bound to it."""
 
 from __future__ import annotations
 
 import pytest
 
-from reconciler.dingtalk import DingTalkClient
 from reconciler.emulator import EmulatorServer
 
 from helpers import APP_KEY, APP_SECRET
+from wire import Wire
 
 
 @pytest.fixture
@@ -23,13 +23,14 @@ def emulator():
 
 @pytest.fixture
 def make_client(emulator):
-    """Factory for clients bound to the emulator, with fast backoff so fault tests stay quick."""
+    """Factory for wire access to the emulator (legacy generation unless ``api="v1"``), with fast backoff so
+    fault tests stay quick."""
     clients = []
 
-    def factory(**overrides) -> DingTalkClient:
+    def factory(**overrides) -> Wire:
         options = dict(api_base=emulator.url, max_qps=1000.0, backoff_base=0.01, backoff_cap=0.05)
         options.update(overrides)
-        c = DingTalkClient(APP_KEY, APP_SECRET, **options)
+        c = Wire(APP_KEY, APP_SECRET, **options)
         clients.append(c)
         return c
 
@@ -39,5 +40,5 @@ def make_client(emulator):
 
 
 @pytest.fixture
-def client(make_client) -> DingTalkClient:
+def client(make_client) -> Wire:
     return make_client()

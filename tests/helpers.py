@@ -30,7 +30,9 @@ def write_config(
     name: str = "chats.yaml",
     groups: Mapping[str, Sequence[str]] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    init: bool = True,
 ) -> Path:
+    """The YAML file, and (``init``) the empty state file `dtchat init` writes beside it, as a repo has it."""
     doc: dict[str, Any] = {"version": 1}
     if defaults:
         doc["defaults"] = {"settings": dict(defaults)}
@@ -40,17 +42,30 @@ def write_config(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    state = folder / "dtchat.state.json"
+    if init and not state.exists():
+        state.write_text(EMPTY_STATE, encoding="utf-8")
     return path
 
 
-def dtchat(emulator, *args: str, input: str | None = None, env: Mapping[str, str] | None = None) -> Result:
-    """Run ``dtchat --api-base <emulator> ARGS`` in-process with the test app's credentials."""
+#: What `dtchat init` writes.
+EMPTY_STATE = '{\n  "format": "dtchat-state",\n  "version": 1,\n  "chats": {}\n}\n'
+
+
+def dtchat(
+    emulator,
+    *args: str,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    api: str = "legacy",
+) -> Result:
+    """Run ``dtchat --api API --api-base <emulator> --openapi-base <emulator> ARGS`` in-process with the test
+    app's credentials (both hosts are the one emulator)."""
     full_env = {"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "NO_COLOR": "1"}
     full_env.update(env or {})
     runner = CliRunner()
-    return runner.invoke(
-        cli, ["--api-base", emulator.url, "--max-qps", "1000", *args], input=input, env=full_env, catch_exceptions=False
-    )
+    base = ["--api", api, "--api-base", emulator.url, "--openapi-base", emulator.url, "--max-qps", "1000"]
+    return runner.invoke(cli, [*base, *args], input=input, env=full_env, catch_exceptions=False)
 
 
 def state_of(path: Path) -> dict[str, str]:
@@ -135,6 +150,12 @@ class RawApi:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+#: Each generation's write paths, as dingtalk-api.md spells them (tests state them; they never import the code's).
+CREATE = {"legacy": "/chat/create", "v1": "/v1.0/im/group/create"}
+UPDATE = {"legacy": "/chat/update", "v1": "/v1.0/im/group/update"}
+ROBOT_SEND = "/v1.0/robot/groupMessages/send"
+CONVERT = "/v1.0/im/chat/{chatId}/convertToOpenConversationId"
 
 #: The contact API's paths, as dingtalk-api.md spells them (tests state them; they never import the code's).
 LISTID = "/topapi/user/listid"

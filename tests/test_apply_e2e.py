@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from reconciler.rules import SETTING_FIELDS
+from reconciler.backends.fields import API_FIELDS as SETTING_FIELDS
 
 from helpers import APP_SECRET, dtchat, state_of, users, write_config
 
@@ -76,10 +76,10 @@ def test_undeclared_setting_changed_by_hand_is_left_alone(emulator, cfg):
     dtchat(emulator, "apply", str(cfg), "--auto-approve")
     chatid = state_of(cfg / "dtchat.state.json")["eng"]
     emulator.set_chat(chatid, searchable=1)  # not declared in YAML
-    result = dtchat(emulator, "plan", str(cfg), "--detailed-exitcode")
+    result = dtchat(emulator, "plan", str(cfg), "--detailed-exitcode", "--refresh", "all")
     assert result.exit_code == 0, result.output
     emulator.set_chat(chatid, chatBannedType=0)  # declared muted: true
-    result = dtchat(emulator, "apply", str(cfg), "--auto-approve")
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--refresh", "all")
     assert "muted: false → true" in result.output
     chat = emulator.chat(chatid)
     assert (chat["chatBannedType"], chat["searchable"]) == (1, 1)
@@ -163,7 +163,7 @@ def test_dry_run_prints_every_call_and_writes_nothing(emulator, cfg):
     assert "<chatid of new chat big>" in result.output
     assert "9 API calls." in result.output
     assert emulator.calls_to("/chat/create") == [] and emulator.calls_to("/chat/update") == []
-    assert not (cfg / "dtchat.state.json").exists()
+    assert state_of(cfg / "dtchat.state.json") == {}  # as `dtchat init` wrote it: nothing recorded
     assert APP_SECRET not in result.output and "access_token" not in result.output
 
 

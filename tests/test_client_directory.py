@@ -10,28 +10,20 @@ from __future__ import annotations
 import pytest
 from test_client_faults import canned  # noqa: F401  (fixture)
 
-from reconciler.dingtalk import (
+from reconciler.backends import (
     AuthError,
-    DingTalkClient,
     DingTalkError,
     InvalidParameterError,
     InvalidUserError,
     NotFoundError,
     ThrottledError,
     is_fatal,
-    normalize_mobile,
 )
-from reconciler.dingtalk.client import (
-    DEPT_GET,
-    DEPT_SUB_IDS,
-    DEPT_USER_IDS,
-    ROLE_LIST,
-    ROLE_USERS,
-    USER_BY_MOBILE,
-)
+from reconciler.backends.contacts import normalize_mobile
 from reconciler.emulator import EmulatorServer, Org
 
-from helpers import APP_KEY, APP_SECRET
+from helpers import APP_KEY, APP_SECRET, BY_MOBILE, DEPT_GET, LISTID, LISTSUBID, ROLE_LIST, SIMPLELIST
+from wire import Wire
 
 #: 250 holders of role 3001 (3 pages of 100), 230 role groups (2 pages of 200), a small tree.
 ORG = {
@@ -65,9 +57,7 @@ def org_emulator():
 
 @pytest.fixture
 def dclient(org_emulator):
-    c = DingTalkClient(
-        APP_KEY, APP_SECRET, api_base=org_emulator.url, max_qps=1000, backoff_base=0.01, backoff_cap=0.05
-    )
+    c = Wire(APP_KEY, APP_SECRET, api_base=org_emulator.url, max_qps=1000, backoff_base=0.01, backoff_cap=0.05)
     yield c
     c.close()
 
@@ -81,20 +71,19 @@ def test_department_members_and_sub_departments(dclient, org_emulator):
     assert dclient.list_sub_department_ids(1) == [100]
     assert dclient.list_sub_department_ids(100) == [110, 120]
     assert dclient.list_sub_department_ids(110) == []
-    assert org_emulator.calls_to(DEPT_USER_IDS)[0].body == {"dept_id": 110}
-    assert org_emulator.calls_to(DEPT_SUB_IDS)[0].body == {"dept_id": 1}
+    assert org_emulator.calls_to(LISTID)[0].body == {"dept_id": 110}
+    assert org_emulator.calls_to(LISTSUBID)[0].body == {"dept_id": 1}
 
 
-def test_get_department_sends_the_language_and_returns_result(dclient, org_emulator):
-    dept = dclient.get_department(110)
-    assert dept["dept_id"] == 110 and dept["name"] == "后端组" and dept["parent_id"] == 100
-    assert "parent_id" not in dclient.get_department(1)
+def test_department_name_sends_the_language_and_returns_the_name(dclient, org_emulator):
+    assert dclient.get_department_name(110) == "后端组"
+    assert dclient.get_department_name(1) == "公司"  # the root: no parent_id in its answer
     assert org_emulator.calls_to(DEPT_GET)[0].body == {"dept_id": 110, "language": "zh_CN"}
 
 
 def test_role_holders_are_paged_by_100(dclient, org_emulator):
     assert dclient.list_role_user_ids(3001) == [f"u{i:03d}" for i in range(250)]
-    bodies = [c.body for c in org_emulator.calls_to(ROLE_USERS)]
+    bodies = [c.body for c in org_emulator.calls_to(SIMPLELIST)]
     assert bodies == [{"role_id": 3001, "offset": o, "size": 100} for o in (0, 100, 200)]
 
 
@@ -110,8 +99,8 @@ def test_role_list_is_paged_by_200_and_flattened(dclient, org_emulator):
 
 def test_user_by_mobile(dclient, org_emulator):
     assert dclient.get_user_id_by_mobile("13800000002") == "bob"
-    assert org_emulator.calls_to(USER_BY_MOBILE)[0].body == {"mobile": "13800000002"}
-    with pytest.raises(InvalidUserError) as info:
+    assert org_emulator.calls_to(BY_MOBILE)[0].body == {"mobile": "13800000002"}
+    with pytest.raises(NotFoundError) as info:
         dclient.get_user_id_by_mobile("13800000004")  # invited, not joined: not found
     assert info.value.errcode == 60121
 
@@ -129,14 +118,14 @@ def test_string_errcode_and_missing_errmsg_from_a_scripted_server(canned):  # no
     with pytest.raises(NotFoundError) as info:
         client.list_sub_department_ids(5)
     assert info.value.errcode == 60003 and info.value.errmsg == ""
-    assert str(info.value) == f"{DEPT_SUB_IDS} failed: errcode 60003"
+    assert str(info.value) == f"{LISTSUBID} failed: errcode 60003"
 
 
 def test_directory_calls_share_the_client_stats(dclient):
     dclient.list_department_user_ids(110)
     dclient.list_role_user_ids(3002)
     dclient.get_user_id_by_mobile("13800000001")
-    assert dclient.stats["calls"] == {"/gettoken": 1, DEPT_USER_IDS: 1, ROLE_USERS: 1, USER_BY_MOBILE: 1}
+    assert dclient.stats["calls"] == {"/gettoken": 1, LISTID: 1, SIMPLELIST: 1, BY_MOBILE: 1}
 
 
 def test_ids_are_checked_before_any_call(dclient, org_emulator):
@@ -191,18 +180,18 @@ def test_topapi_token_error_88_40014_refreshes_the_token_once(dclient, org_emula
     dclient.list_department_user_ids(110)
     org_emulator.expire_tokens()
     assert dclient.list_department_user_ids(110) == ["bob", "carol"]
-    calls = org_emulator.calls_to(DEPT_USER_IDS)
+    calls = org_emulator.calls_to(LISTID)
     assert [c.errcode for c in calls] == [0, 88, 0]
     assert org_emulator.counters()["/gettoken"] == 2
     assert dclient.stats["token_refreshes"] == 1
 
 
 def test_persistent_88_40014_is_an_auth_error_after_one_refresh(dclient, org_emulator):
-    org_emulator.faults.fail_lookups = {DEPT_SUB_IDS: "88:40014"}
+    org_emulator.faults.fail_lookups = {LISTSUBID: "88:40014"}
     with pytest.raises(AuthError, match="after a refresh") as info:
         dclient.list_sub_department_ids(1)
     assert info.value.errcode == 88 and info.value.sub_code == "40014"
-    assert len(org_emulator.calls_to(DEPT_SUB_IDS)) == 2
+    assert len(org_emulator.calls_to(LISTSUBID)) == 2
 
 
 DIRECTORY_ERRORS = {
@@ -226,19 +215,19 @@ DIRECTORY_ERRORS = {
 
 def test_directory_errcodes_are_classified_and_not_retried(dclient, org_emulator):
     for n, (failure, cls) in enumerate(DIRECTORY_ERRORS.items(), start=1):
-        org_emulator.faults.fail_lookups = {DEPT_USER_IDS: failure}
+        org_emulator.faults.fail_lookups = {LISTID: failure}
         with pytest.raises(DingTalkError) as info:
             dclient.list_department_user_ids(100)
         assert type(info.value) is cls, failure
         assert not is_fatal(info.value), failure  # one API or one lookup, not the whole run
         assert "\n" not in str(info.value)
-        assert len(org_emulator.calls_to(DEPT_USER_IDS)) == n, failure
+        assert len(org_emulator.calls_to(LISTID)) == n, failure
     assert dclient.stats["retries"] == 0
 
 
 def test_no_permission_on_a_directory_api_says_so(dclient, org_emulator):
-    org_emulator.faults.fail_lookups = {ROLE_USERS: "88:60011"}
-    with pytest.raises(AuthError, match="no permission for this API") as info:
+    org_emulator.faults.fail_lookups = {SIMPLELIST: "88:60011"}
+    with pytest.raises(AuthError, match="lacks the permission .qyapi_get_department_member.") as info:
         dclient.list_role_user_ids(3001)
     assert info.value.sub_code == "60011"
 
@@ -246,12 +235,12 @@ def test_no_permission_on_a_directory_api_says_so(dclient, org_emulator):
 def test_busy_directory_answers_are_retried(dclient, org_emulator):
     org_emulator.faults.fault_endpoints = {DEPT_GET}
     org_emulator.faults.busy_every = 2
-    dclient.get_department(1)
-    dclient.get_department(100)
+    dclient.get_department_name(1)
+    dclient.get_department_name(100)
     assert [c.errcode for c in org_emulator.calls_to(DEPT_GET)] == [0, -1, 0]
     org_emulator.faults.busy_every = 1
     with pytest.raises(ThrottledError):
-        dclient.get_department(1)
+        dclient.get_department_name(1)
 
 
 # ------------------------------------------------------------------ mobiles

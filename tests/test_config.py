@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler import rules
+from reconciler.backends.fields import SETTING_FIELDS
+from reconciler.backends.packing import IDS_PER_CALL
 from reconciler.config import Config, ConfigError, load_config
 from reconciler.config.fastcheck import UnsupportedSchema, compile_schema
 from reconciler.config.schema import chats_schema, validator_class
@@ -39,7 +41,8 @@ def test_schema_settings_match_rules_exactly() -> None:
     assert list(properties) == list(rules.SETTING_NAMES)
     for setting in rules.SETTINGS:
         assert properties[setting.name]["enum"] == list(setting.values)
-        assert properties[setting.name]["description"] == setting.description
+        field = SETTING_FIELDS[setting.name][0]
+        assert properties[setting.name]["description"] == f"{setting.description} DingTalk field: {field}."
 
 
 def test_schema_limits_match_rules() -> None:
@@ -84,7 +87,7 @@ def test_examples_validate() -> None:
         config.summary() == f"{len(config.files)} files, {len(config.chats)} chats, {len(config.groups)} groups: valid"
     )
     assert len(config.files) >= 4 and len(config.chats) >= 6
-    assert max(len(chat.members) for chat in config.chats) > rules.BATCH_SIZE / 5  # literal ids; selectors add more
+    assert max(len(chat.members) for chat in config.chats) > IDS_PER_CALL / 5  # literal ids; selectors add more
     assert {s.kind for chat in config.chats for s in chat.selectors} == {"dept", "role", "mobile"}
     assert any(chat.exclude_selectors for chat in config.chats)
     assert any(chat.members_policy == "additive" for chat in config.chats)

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler.backends import AuthError, TransportError
 from reconciler.config import load_config
-from reconciler.dingtalk import AuthError, DingTalkClient, TransportError
 from reconciler.directory import DirectoryResult, Lookup, expand_chats, lookup_selectors, resolve_directory
 from reconciler.emulator import EmulatorServer, Org
 from reconciler.model import DesiredChat, MemberSource, Selector
@@ -32,6 +32,7 @@ from helpers import (
     SIMPLELIST,
     write_config,
 )
+from wire import Wire
 
 BIG = [f"big{i:04d}" for i in range(MEMBER_CAP)]
 
@@ -119,7 +120,7 @@ def by_key(result: DirectoryResult) -> dict[str, DesiredChat]:
 
 def test_direct_and_recursive_departments_on_a_three_level_tree(emulator, client):
     direct, deep, backend = Selector("dept", 100), Selector("dept", 100, True), Selector("dept", 110, True)
-    lookups = lookup_selectors(client, [deep, direct, backend, direct])
+    lookups = lookup_selectors(client.directory, [deep, direct, backend, direct])
     assert list(lookups) == [direct, deep, backend]  # distinct, sorted
     assert lookups[direct] == Lookup(direct, frozenset({"alice"}), "研发部")
     assert lookups[deep] == Lookup(deep, frozenset(ENG), "研发部")  # carol (in 110 and 120) once
@@ -131,7 +132,9 @@ def test_direct_and_recursive_departments_on_a_three_level_tree(emulator, client
 
 
 def test_a_recursive_walk_and_a_direct_selector_share_listid(emulator, client):
-    lookups = lookup_selectors(client, [Selector("dept", 1, True), Selector("dept", 100), Selector("dept", 200)])
+    lookups = lookup_selectors(
+        client.directory, [Selector("dept", 1, True), Selector("dept", 100), Selector("dept", 200)]
+    )
     everyone = {"ceo", "sam", "sue", *ENG, *BIG}
     assert lookups[Selector("dept", 1, True)].users == everyone
     assert lookups[Selector("dept", 1, True)].label == "公司"
@@ -142,7 +145,7 @@ def test_a_recursive_walk_and_a_direct_selector_share_listid(emulator, client):
 
 def test_a_department_reached_twice_is_read_once_and_its_users_counted_once(emulator, client):
     emulator.move_user("erin", [110, 111, 120])  # one user, three departments of one subtree
-    lookups = lookup_selectors(client, [Selector("dept", 100, True)])
+    lookups = lookup_selectors(client.directory, [Selector("dept", 100, True)])
     assert lookups[Selector("dept", 100, True)].users == ENG
     assert max(dept_calls(emulator, LISTID).values()) == 1
 
@@ -151,7 +154,7 @@ def test_a_department_reached_twice_is_read_once_and_its_users_counted_once(emul
 
 
 def test_role_holders_are_read_across_pages_and_named_from_one_role_list(emulator, client):
-    lookups = lookup_selectors(client, [Selector("role", 3002), Selector("role", 3001)])
+    lookups = lookup_selectors(client.directory, [Selector("role", 3002), Selector("role", 3001)])
     assert lookups[Selector("role", 3002)] == Lookup(Selector("role", 3002), frozenset(BIG[:250]), "全员")
     assert lookups[Selector("role", 3001)] == Lookup(Selector("role", 3001), frozenset({"bob", "carol"}), "值班")
     pages = [c.body for c in emulator.calls_to(SIMPLELIST) if c.body["role_id"] == 3002]
@@ -160,19 +163,19 @@ def test_role_holders_are_read_across_pages_and_named_from_one_role_list(emulato
 
 
 def test_the_role_list_is_not_read_without_a_role_selector(emulator, client):
-    lookup_selectors(client, [Selector("dept", 200), Selector("mobile", "13800000000")])
+    lookup_selectors(client.directory, [Selector("dept", 200), Selector("mobile", "13800000000")])
     assert emulator.calls_to(ROLE_LIST) == [] and emulator.calls_to(SIMPLELIST) == []
 
 
 def test_a_failed_role_list_only_costs_the_name(emulator, client):
     emulator.faults.fail_lookups = {ROLE_LIST: 40068}
-    lookups = lookup_selectors(client, [Selector("role", 3001)])
+    lookups = lookup_selectors(client.directory, [Selector("role", 3001)])
     assert lookups[Selector("role", 3001)] == Lookup(Selector("role", 3001), frozenset({"bob", "carol"}), "role 3001")
 
 
 def test_mobiles_are_normalised_and_each_number_asked_once(emulator, client):
     spelled, plain = Selector("mobile", "+86 138-0000-0000"), Selector("mobile", "13800000000")
-    lookups = lookup_selectors(client, [spelled, plain])
+    lookups = lookup_selectors(client.directory, [spelled, plain])
     assert lookups[spelled] == Lookup(spelled, frozenset({"alice"}), "13800000000")
     assert lookups[plain].users == {"alice"}
     assert [c.body for c in emulator.calls_to(BY_MOBILE)] == [{"mobile": "13800000000"}]
@@ -180,7 +183,7 @@ def test_mobiles_are_normalised_and_each_number_asked_once(emulator, client):
 
 def test_a_malformed_mobile_is_an_error_without_a_call(emulator, client):
     bad = Selector("mobile", "138-abc")
-    lookup = lookup_selectors(client, [bad])[bad]
+    lookup = lookup_selectors(client.directory, [bad])[bad]
     assert lookup.users is None and lookup.error.startswith('{mobile: "138-abc"}: ')
     assert emulator.calls_to(BY_MOBILE) == []
 
@@ -202,7 +205,7 @@ def test_exclude_by_id_by_group_and_by_department(emulator, client, tmp_path: Pa
         groups={"frontend": ["erin"]},
     )
     config = load_config([path])
-    result = resolve_directory(client, config.chats)
+    result = resolve_directory(client.directory, config.chats)
     assert dict(result.errors) == {}
     eng = by_key(result)["eng"]
     assert eng.members == ("alice", "carol", "sam") and not eng.needs_directory
@@ -218,7 +221,7 @@ def test_excluding_the_owner_through_a_selector_is_an_error_for_that_chat_only(e
         chat("bad", "bob", selectors=[Selector("dept", 100, True)], exclude_selectors=[Selector("dept", 110)]),
         chat("good", "alice", selectors=[Selector("dept", 100, True)], exclude_selectors=[Selector("dept", 110)]),
     ]
-    result = resolve_directory(client, chats)
+    result = resolve_directory(client.directory, chats)
     assert dict(result.errors) == {"bad": "the owner bob cannot be excluded; {dept: 110} contains them"}
     assert by_key(result)["bad"] == chats[0]
     assert by_key(result)["good"].members == ("alice", "dan", "erin")
@@ -230,7 +233,7 @@ def test_the_member_cap_is_checked_after_resolution(emulator, client):
         chat("full", BIG[0], selectors=[Selector("dept", 400)]),
         chat("trimmed", "ceo", selectors=[Selector("dept", 400)], exclude=[BIG[1]]),
     ]
-    result = resolve_directory(client, chats)
+    result = resolve_directory(client.directory, chats)
     assert list(result.errors) == ["over"]
     assert "1,001 members" in result.errors["over"] and f"{MEMBER_CAP:,}" in result.errors["over"]
     assert len(by_key(result)["full"].members) == MEMBER_CAP == len(by_key(result)["trimmed"].members)
@@ -243,7 +246,7 @@ def test_chats_keep_their_order_and_chats_without_selectors_pass_through(emulato
         plain,
         chat("a", "bob", selectors=[Selector("role", 3001)]),
     ]
-    result = resolve_directory(client, chats)
+    result = resolve_directory(client.directory, chats)
     assert [c.key for c in result.chats] == ["z", "plain", "a"]
     assert result.chats[1] is plain and "plain" not in result.sources
     assert by_key(result)["a"].members == ("bob", "carol")
@@ -290,7 +293,7 @@ def test_a_failed_lookup_makes_only_the_chats_using_it_errors(emulator, client, 
         chat("good", "sam", selectors=[shared]),
         chat("bad-exclude", "sam", selectors=[shared], exclude_selectors=[selector]),
     ]
-    result = resolve_directory(client, chats)
+    result = resolve_directory(client.directory, chats)
     assert set(result.errors) == {"bad", "bad-exclude"}
     assert result.errors["bad"].startswith(message) and result.errors["bad-exclude"].startswith(message)
     assert by_key(result)["bad"] == chats[0] and by_key(result)["bad"].needs_directory
@@ -306,7 +309,7 @@ def test_a_timed_out_lookup_is_an_error_for_its_chats_not_the_run(emulator, make
         chat("slow", "sam", selectors=[Selector("mobile", "13800000000")]),
         chat("fast", "sam", selectors=[Selector("dept", 200)]),
     ]
-    result = resolve_directory(client, chats)
+    result = resolve_directory(client.directory, chats)
     assert list(result.errors) == ["slow"]
     assert result.errors["slow"].startswith('{mobile: "13800000000"}: cannot read mobile 13800000000: ')
     assert "timeout" in result.errors["slow"]
@@ -333,16 +336,16 @@ def test_a_timed_out_lookup_is_an_error_for_its_chats_not_the_run(emulator, make
 )
 def test_an_empty_answer_is_an_error_not_remove_everyone(emulator, client, selector, message):
     chats = [chat("c", "alice", members=["bob"], selectors=[selector])]
-    result = resolve_directory(client, chats)
+    result = resolve_directory(client.directory, chats)
     assert dict(result.errors) == {"c": message}
     assert result.chats == tuple(chats)
     assert result.lookups[selector].users == frozenset() and result.lookups[selector].error == message
 
 
 def test_a_rejected_topapi_token_is_refreshed_once(emulator, client):
-    assert lookup_selectors(client, [Selector("dept", 100)])[Selector("dept", 100)].users == {"alice"}
+    assert lookup_selectors(client.directory, [Selector("dept", 100)])[Selector("dept", 100)].users == {"alice"}
     emulator.expire_tokens()
-    lookups = lookup_selectors(client, [Selector("dept", 200)])
+    lookups = lookup_selectors(client.directory, [Selector("dept", 200)])
     assert lookups[Selector("dept", 200)].users == {"sam", "sue"}
     assert len(emulator.calls_to("/gettoken")) == 2
     rejected = [c for c in emulator.calls if c.errcode == 88]
@@ -352,12 +355,10 @@ def test_a_rejected_topapi_token_is_refreshed_once(emulator, client):
 
 def test_bad_credentials_stop_the_run(emulator):
     with (
-        DingTalkClient(
-            APP_KEY, "wrong-secret-123", api_base=emulator.url, max_qps=0, backoff_base=0.01, backoff_cap=0.05
-        ) as bad,
+        Wire(APP_KEY, "wrong-secret-123", api_base=emulator.url, max_qps=0, backoff_base=0.01, backoff_cap=0.05) as bad,
         pytest.raises(AuthError),
     ):
-        resolve_directory(bad, [chat("c", "alice", selectors=[Selector("dept", 100)])])
+        resolve_directory(bad.directory, [chat("c", "alice", selectors=[Selector("dept", 100)])])
 
 
 def test_an_unreachable_api_stops_the_run(make_client):
@@ -366,7 +367,7 @@ def test_an_unreachable_api_stops_the_run(make_client):
         port = sock.getsockname()[1]
     client = make_client(api_base=f"http://127.0.0.1:{port}")
     with pytest.raises(TransportError):
-        lookup_selectors(client, [Selector("dept", 100, True), Selector("role", 3001)])
+        lookup_selectors(client.directory, [Selector("dept", 100, True), Selector("role", 3001)])
 
 
 # ---------------------------------------------------------------------------------- once per run
@@ -394,7 +395,7 @@ def test_fifty_chats_sharing_ten_selectors_make_each_call_exactly_once(emulator,
         )
         for i in range(50)
     ]
-    result = resolve_directory(client, chats, parallelism=4)
+    result = resolve_directory(client.directory, chats, parallelism=4)
     # {dept: 1, recursive: true} holds everyone, more than a chat may: only the chats using it are errors
     assert set(result.errors) == {c.key for c in chats if pool[0] in c.selectors}
     assert all("more than the 1,000" in e for e in result.errors.values())
@@ -489,7 +490,7 @@ def test_expansion_without_selectors_needs_no_lookups():
 
 def test_a_read_timeout_is_not_fatal_but_unreachable_is():
     """One slow answer fails that call only; a server that cannot be reached stops the run (design §7)."""
-    from reconciler.dingtalk import ReadTimeoutError, TransportError, is_fatal
+    from reconciler.backends import ReadTimeoutError, TransportError, is_fatal
 
     assert not is_fatal(ReadTimeoutError("/topapi/user/listid", "no answer in time (read timeout)"))
     assert is_fatal(TransportError("/topapi/user/listid", "cannot connect to http://127.0.0.1:1: connection refused"))

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-import reconciler.batching
+import reconciler.backends.packing
+from reconciler.backends import backend_for
 from reconciler.emulator import Call, EmulatorServer, Faults, ListenError, limits
 from reconciler.plan import Action, ChatChange
 
@@ -67,16 +68,16 @@ def _send(srv: EmulatorServer, calls: list[Any]) -> list[int]:
     with requests.Session() as http:
         token = token_of(http, srv)
         for call in calls:
-            body = dict(call.body) if call.endpoint == "/chat/create" else {**call.body, "chatid": chatid}
-            answer = http.post(srv.url + call.endpoint, params={"access_token": token}, json=body).json()
+            body = dict(call.body) if call.creates else {**call.body, "chatid": chatid}
+            answer = http.post(srv.url + call.path, params={"access_token": token}, json=body).json()
             codes.append(answer["errcode"])
             chatid = answer.get("chatid", chatid)
     return codes
 
 
 def test_a_wrong_client_batch_size_is_refused_by_the_emulator(monkeypatch):
-    monkeypatch.setattr(reconciler.batching, "BATCH_SIZE", 41)
-    calls = reconciler.batching.calls_for(_create_change(100))
+    monkeypatch.setattr(reconciler.backends.packing, "IDS_PER_CALL", 41)
+    calls = backend_for("legacy").calls(_create_change(100))
     assert len(calls[0].body["useridlist"]) == 41
     with EmulatorServer() as srv:
         codes = _send(srv, calls)
@@ -84,7 +85,7 @@ def test_a_wrong_client_batch_size_is_refused_by_the_emulator(monkeypatch):
 
 
 def test_the_clients_real_batches_are_accepted():
-    calls = reconciler.batching.calls_for(_create_change(100))
+    calls = backend_for("legacy").calls(_create_change(100))
     with EmulatorServer() as srv:
         assert set(_send(srv, calls)) == {0}
         (chat,) = srv.chats().values()

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from helpers import dtchat, state_of, users, write_config
+from helpers import CONVERT, CREATE, ROBOT_SEND, UPDATE, dtchat, state_of, users, write_config
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_drift_reports_stray_member_and_flipped_setting_in_all_formats_then_appl
     assert "| `eng` | drifted | 0 | 1 |  | muted: false (expected true) |" in md.output
     assert "- mallory" in md.output
 
-    assert dtchat(emulator, "apply", str(cfg), "--auto-approve").exit_code == 0
+    assert dtchat(emulator, "apply", str(cfg), "--auto-approve", "--refresh", "all").exit_code == 0
     assert dtchat(emulator, "drift", str(cfg)).exit_code == 0
     assert "mallory" not in emulator.chat(ids["eng"])["useridlist"]
 
@@ -180,7 +180,7 @@ def test_dump_then_plan_is_no_change(emulator, tmp_path, size):
     doc = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert set(doc["chats"]) == {"support", "support-2"}
     assert dtchat(emulator, "validate", str(out)).exit_code == 0
-    result = dtchat(emulator, "plan", str(out), "--detailed-exitcode")
+    result = dtchat(emulator, "plan", str(out), "--detailed-exitcode", "--init")  # a first run: no state yet
     assert result.exit_code == 0, result.output
     assert emulator.calls_to("/chat/update") == []
 
@@ -191,21 +191,50 @@ def test_dump_of_an_unknown_chat_writes_nothing(emulator, tmp_path):
     assert result.exit_code == 1 and not out.exists()
 
 
-def test_notify_sends_one_message_per_changed_chat_and_none_for_unchanged(emulator, applied):
+ROBOT = {"DTCHAT_ROBOT_CODE": "robot-1"}
+
+
+def as_older_state(cfg, key: str) -> None:
+    """The state as an earlier dtchat wrote it: no openConversationId for ``key`` (it reads unchanged)."""
+    path = cfg / "dtchat.state.json"
+    data = json.loads(path.read_text())
+    assert data["chats"][key].pop("open_conversation_id")  # the create answered one, and it was kept
+    path.write_text(json.dumps(data))
+
+
+def test_notify_sends_one_robot_message_per_changed_chat_and_none_for_unchanged(emulator, applied):
     cfg, chats, ids = applied
     chats["eng"]["members"] = ["bob", "dave"]
     chats["new"] = {"name": "New", "owner": "zed"}
     write_config(cfg, chats)
-    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify")
+    as_older_state(cfg, "eng")
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify", env=ROBOT, api="v1")
     assert result.exit_code == 0, result.output
-    sends = emulator.calls_to("/chat/send")
+    sent = emulator.robot_messages()
     new_id = state_of(cfg / "dtchat.state.json")["new"]
-    assert sorted(c.body["chatid"] for c in sends) == sorted([ids["eng"], new_id])
-    (eng_msg,) = [c.body["text"]["content"] for c in sends if c.body["chatid"] == ids["eng"]]
+    assert sorted(m["chatid"] for m in sent) == sorted([ids["eng"], new_id])
+    assert {m["robotCode"] for m in sent} == {"robot-1"} and {m["msgKey"] for m in sent} == {"sampleText"}
+    (eng_msg,) = [m["params"]["content"] for m in sent if m["chatid"] == ids["eng"]]
     assert "加入 dave" in eng_msg and "移出 carol" in eng_msg
+    # the older chat's openConversationId was looked up once and kept; the new one came with its create
+    assert len(emulator.calls_to(CONVERT)) == 1
+    state = json.loads((cfg / "dtchat.state.json").read_text())["chats"]
+    assert state["eng"]["open_conversation_id"] == emulator.open_conversation_id(ids["eng"])
+    assert state["new"]["open_conversation_id"] == emulator.open_conversation_id(new_id)
 
-    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify")
-    assert result.exit_code == 0 and len(emulator.calls_to("/chat/send")) == 2
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify", env=ROBOT, api="v1")
+    assert result.exit_code == 0 and len(emulator.robot_messages()) == 2  # nothing changed: nothing sent
+
+
+def test_notify_without_a_robot_code_is_refused_before_any_write(emulator, applied):
+    cfg, chats, _ = applied
+    chats["eng"]["members"] = ["bob", "dave"]
+    write_config(cfg, chats)
+    before = writes(emulator)
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify", api="v1")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: --notify posts through the app's robot")
+    assert "DTCHAT_ROBOT_CODE" in result.stderr and writes(emulator) == before
 
 
 def test_markdown_plan_escapes_user_text(emulator, applied):
@@ -221,7 +250,7 @@ def test_markdown_plan_escapes_user_text(emulator, applied):
 
 
 def writes(emulator) -> int:
-    return sum(len(emulator.calls_to(e)) for e in ("/chat/create", "/chat/update", "/chat/send"))
+    return sum(len(emulator.calls_to(e)) for e in (*CREATE.values(), *UPDATE.values(), ROBOT_SEND))
 
 
 STATE_EDITS = {
@@ -264,53 +293,57 @@ def test_saved_plan_is_refused_when_the_state_changed_since(emulator, applied, t
     assert writes(emulator) == before
 
 
-def test_dry_run_notify_lists_the_exact_message_for_each_changed_chat_only(emulator, applied):
+def test_dry_run_notify_lists_the_exact_robot_message_for_each_changed_chat_only(emulator, applied):
     cfg, chats, ids = applied
     chats["eng"]["members"] = ["bob", "dave"]
     chats["new"] = {"name": "New", "owner": "zed"}
     write_config(cfg, chats)
+    as_older_state(cfg, "eng")
     before = writes(emulator)
-    result = dtchat(emulator, "apply", str(cfg), "--dry-run", "--notify")
+    result = dtchat(emulator, "apply", str(cfg), "--dry-run", "--notify", env=ROBOT, api="v1")
     assert result.exit_code == 0, result.output
-    sends = [line.split(" POST /chat/send ", 1) for line in result.stdout.splitlines() if "/chat/send" in line]
+    lines = [line for line in result.stdout.splitlines() if "/v1.0/im/chat/" in line or ROBOT_SEND in line]
+    convert = CONVERT.replace("{chatId}", ids["eng"])
+    assert lines[0] == f"  eng: POST {convert}"  # eng's openConversationId is not in the state yet
+    sends = [line.split(f" POST {ROBOT_SEND} ", 1) for line in lines[1:]]
     assert [(key, json.loads(body)) for key, body in sends] == [
         (
             "  eng:",
             {
-                "chatid": ids["eng"],
-                "msgtype": "text",
-                "text": {"content": "【dtchat】本群已按配置更新：加入 dave；移出 carol"},
+                "openConversationId": "<openConversationId of eng>",
+                "robotCode": "robot-1",
+                "msgKey": "sampleText",
+                "msgParam": json.dumps(
+                    {"content": "【dtchat】本群已按配置更新：加入 dave；移出 carol"}, ensure_ascii=False
+                ),
             },
         ),
         (
             "  new:",
             {
-                "chatid": "<chatid of new chat new>",
-                "msgtype": "text",
-                "text": {"content": "【dtchat】本群已按配置更新：创建本群，共 1 名成员"},
+                "openConversationId": "<openConversationId of new>",
+                "robotCode": "robot-1",
+                "msgKey": "sampleText",
+                "msgParam": json.dumps(
+                    {"content": "【dtchat】本群已按配置更新：创建本群，共 1 名成员"}, ensure_ascii=False
+                ),
             },
         ),
     ]  # nothing for `all`, which is unchanged
     assert "  all: " not in result.stdout
-    assert writes(emulator) == before
+    assert writes(emulator) == before and emulator.calls_to(CONVERT) == []
 
 
-def test_a_notify_message_that_cannot_be_sent_is_a_warning_and_the_apply_still_succeeds(emulator, applied):
+def test_a_robot_not_in_the_chat_is_a_warning_and_the_apply_still_succeeds(emulator, applied):
     cfg, chats, ids = applied
     chats["eng"]["members"] = ["bob", "dave"]
     write_config(cfg, chats)
-
-    def refuse_messages_once_updated(call):
-        if call.endpoint == "/chat/update":  # committed: from now on only the chat's /chat/send fails
-            emulator.faults.fail_chatids = {ids["eng"]: 60011}
-
-    emulator.before_reply = refuse_messages_once_updated
-    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify")
+    emulator.set_robot(ids["eng"], False)  # nobody added the app's robot to this chat
+    result = dtchat(emulator, "apply", str(cfg), "--auto-approve", "--notify", env=ROBOT, api="v1")
     assert result.exit_code == 0, result.output
     assert sorted(emulator.chat(ids["eng"])["useridlist"]) == ["alice", "bob", "dave"]
-    assert [c.errcode for c in emulator.calls_to("/chat/send")] == [60011]
+    assert [c.code for c in emulator.calls_to(ROBOT_SEND)] == ["invalidParameter.robotCode.empty"]
     (warning,) = [line for line in result.stderr.splitlines() if line.startswith("! ")]
-    assert warning.startswith("! eng: changes applied, but the --notify message was not sent: /chat/send")
-    assert "60011" in warning and "! eng" not in result.stdout
-    emulator.before_reply, emulator.faults.fail_chatids = None, {}
-    assert dtchat(emulator, "plan", str(cfg), "--detailed-exitcode").exit_code == 0  # converged
+    assert warning.startswith(f"! eng: changes applied, but the --notify message was not sent: {ROBOT_SEND}")
+    assert "robot" in warning and "! eng" not in result.stdout
+    assert dtchat(emulator, "plan", str(cfg), "--detailed-exitcode", api="v1").exit_code == 0  # converged

@@ -6,11 +6,12 @@ import time
 
 import pytest
 
-from reconciler.dingtalk import AuthError, DingTalkClient
+from reconciler.backends import AuthError
 from reconciler.live import read_live
 from reconciler.model import ReadFailure
 
 from helpers import APP_KEY
+from wire import Wire
 
 
 def seed(emulator, n):
@@ -43,7 +44,7 @@ def test_per_chat_failures_are_values_and_fatal_errors_stop_the_run(emulator, ma
     assert isinstance(live[ids[1]], ReadFailure) and "not found" not in live[ids[1]].message
     assert live[ids[2]].name == "c2"
 
-    with DingTalkClient(APP_KEY, "wrong-secret-123", api_base=emulator.url, max_qps=0) as bad, pytest.raises(AuthError):
+    with Wire(APP_KEY, "wrong-secret-123", api_base=emulator.url, max_qps=0) as bad, pytest.raises(AuthError):
         read_live(bad, ids, parallelism=4)
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from reconciler.config import load_config
-from reconciler.manager import Manager
 from reconciler.plan import Action
 from reconciler.state import FORMAT, VERSION, StateFile
 
@@ -76,7 +75,7 @@ def plans(emulator, make_client, tmp_path):
     out = {}
     for parallelism in (1, 8, 16):
         client = make_client()
-        out[parallelism] = Manager(client, parallelism=parallelism).plan(config, state)
+        out[parallelism] = client.manager(parallelism=parallelism).plan(config, state)
         assert client.stats["calls"]["/chat/get"] == 4 * PER_KIND  # one read per bound chat, no more
     return out
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from reconciler import planner
 from reconciler.model import DesiredChat, LiveChat, ReadFailure
 from reconciler.plan import Action, SettingChange
-from reconciler.planner import make_plan, resolve
+from reconciler.planner import resolve
 from reconciler.state import Binding
+
+from fake_backend import FakeBackend
+
+
+def make_plan(*args, **kwargs):
+    """The planner with the in-memory backend (its calls are the API's packing rules)."""
+    return planner.make_plan(*args, backend=FakeBackend(), **kwargs)
 
 
 def desired(

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from reconciler.dingtalk.ratelimit import AdaptiveRate, TokenBucket
+from reconciler.backends.ratelimit import AdaptiveRate, TokenBucket
 
 
 class FakeClock:

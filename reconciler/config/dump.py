@@ -24,7 +24,7 @@ from ..rules import EXACT, SETTING_NAMES
 _DEFAULT_POLICY = EXACT
 
 
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # base chosen at import (libyaml or not)
     """Quotes all-digit strings too: YAML 1.2 tools would read ``0412345678`` as a number."""
 
 

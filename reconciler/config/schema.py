@@ -138,6 +138,10 @@ class SchemaChecker:
         self, document: Document, error: ValidationError, path: tuple[Any, ...], seen: set[tuple[Any, ...]]
     ) -> Iterator[ConfigIssue]:
         kind = error.validator
+        # iter_errors sets these on every error it yields (the stubs' Unset marks an error built by hand).
+        instance: Any = error.instance
+        argument: Any = error.validator_value  # the keyword's value in the schema
+        schema = _schema_of(error)
         if kind in _VALUE_KEYWORDS:
             if path in seen:
                 return  # e.g. a mobile number both too short and with letters: the first rule says enough
@@ -146,22 +150,22 @@ class SchemaChecker:
         where = document.locate(path, key=is_key)
         definition = next((name for name, sub in self._defs.items() if sub == error.schema), None)
         if kind == "additionalProperties":
-            known = list(error.schema.get("properties", {}))
-            for extra in sorted((k for k in error.instance if k not in known), key=str):
+            known = list(schema.get("properties", {}))
+            for extra in sorted((k for k in instance if k not in known), key=str):
                 yield ConfigIssue(document.locate(path + (extra,), key=True), _unknown_key(extra, known))
             return
         if kind == "required":
-            missing = [name for name in error.validator_value if name not in error.instance]
+            missing = [name for name in argument if name not in instance]
             at = document.locate(path, key=True) if path else where
-            suggested = _suggestions(error.instance, list(error.schema.get("properties", {})))
+            suggested = _suggestions(instance, list(schema.get("properties", {})))
             for name in missing:
                 if name not in suggested:  # else "unknown key `nmae`; did you mean `name`?" already says it
                     yield ConfigIssue(at, f"missing required key `{name}`" + (f" in `{path[-1]}`" if path else ""))
             return
         if kind == "dependentRequired":
-            for name, needs in error.validator_value.items():
-                absent = [need for need in needs if need not in error.instance]
-                if name in error.instance and absent:
+            for name, needs in argument.items():
+                absent = [need for need in needs if need not in instance]
+                if name in instance and absent:
                     with_ = " and ".join(f"`{need}`" for need in absent)
                     at = document.locate(path + (name,), key=True)
                     yield ConfigIssue(at, f"`{name}` can only be used with {with_}")
@@ -171,29 +175,29 @@ class SchemaChecker:
             yield from self._explain_alternatives(document, error, path, what, seen)
             return
         written = document.written(path, key=is_key)
-        shown = quoted(written if written is not None else _yaml_text(error.instance))
+        shown = quoted(written if written is not None else _yaml_text(instance))
         if kind == "type":
-            yield ConfigIssue(where, _wrong_type(what, error.validator_value, error.instance, written, path))
+            yield ConfigIssue(where, _wrong_type(what, argument, instance, written, path))
         elif kind == "enum":
-            allowed = ", ".join(_yaml_text(v) for v in error.validator_value)
+            allowed = ", ".join(_yaml_text(v) for v in argument)
             yield ConfigIssue(where, f"{what} must be one of: {allowed} (got {shown})")
         elif kind == "const":
-            yield ConfigIssue(where, f"{what} must be {_yaml_text(error.validator_value)} (got {shown})")
+            yield ConfigIssue(where, f"{what} must be {_yaml_text(argument)} (got {shown})")
         elif kind == "pattern":
-            rule = _PATTERN_RULES.get(definition or str(path[-1]), f"it must match {error.validator_value}")
-            yield ConfigIssue(where, f"{what} {quoted(error.instance)} is not valid: {rule}")
+            rule = _PATTERN_RULES.get(definition or str(path[-1]), f"it must match {argument}")
+            yield ConfigIssue(where, f"{what} {quoted(instance)} is not valid: {rule}")
         elif kind in ("minLength", "maxLength"):
-            limits = f"{error.schema.get('minLength', 0)} to {error.schema['maxLength']} characters"
-            length = len(error.instance)
+            limits = f"{schema.get('minLength', 0)} to {schema['maxLength']} characters"
+            length = len(instance)
             detail = "is empty" if length == 0 else f"has {length} characters"
             yield ConfigIssue(where, f"{what} {detail}; it must have {limits}")
         elif kind == "minimum":
-            bound = error.validator_value
-            positive = bound == 1 and error.schema.get("type") == "integer"
+            bound = argument
+            positive = bound == 1 and schema.get("type") == "integer"
             wanted = "a positive whole number" if positive else f"at least {bound}"
             yield ConfigIssue(where, f"{what} must be {wanted} (got {shown})")
         elif kind == "maximum":
-            yield ConfigIssue(where, f"{what} must be at most {error.validator_value} (got {shown})")
+            yield ConfigIssue(where, f"{what} must be at most {argument} (got {shown})")
         else:  # a keyword this module has no wording for yet: jsonschema's own message
             yield ConfigIssue(where, error.message)
 
@@ -206,13 +210,14 @@ class SchemaChecker:
         says which keys; otherwise the form whose ``type`` the value has explains
         its own failures (a mapping in a member list is a selector; a string, a userId).
         """
-        branches = error.validator_value
+        branches: Any = error.validator_value  # the anyOf / oneOf list of schemas
+        instance: Any = error.instance
         if all(isinstance(branch, dict) and set(branch) == {"required"} for branch in branches):
             names = [name for branch in branches for name in branch["required"]]
-            present = [name for name in names if name in error.instance]
+            present = [name for name in names if name in instance]
             choices = _alternatives(names)
             if not present:
-                if not _suggestions(error.instance, list(error.schema.get("properties", {}))) & set(names):
+                if not _suggestions(instance, list(_schema_of(error).get("properties", {}))) & set(names):
                     yield ConfigIssue(document.locate(path), f"a {what} needs one of {choices}")
             else:
                 both = ("both " if len(present) == 2 else "") + _alternatives(present, "and")
@@ -221,7 +226,7 @@ class SchemaChecker:
         if not error.context:  # valid under several branches of a oneOf that is not about keys
             yield ConfigIssue(document.locate(path), error.message)
             return
-        by_branch: dict[int, list[ValidationError]] = {}
+        by_branch: dict[str | int, list[ValidationError]] = {}  # by the index of the branch that failed
         for sub in error.context:
             by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
         fitting = [
@@ -230,18 +235,26 @@ class SchemaChecker:
             if not any(sub.validator == "type" and not sub.relative_path for sub in errors)
         ]
         if not fitting:  # the value has none of the types: say which ones it may have
-            types = [sub.validator_value for errors in by_branch.values() for sub in errors if sub.validator == "type"]
+            types: list[Any] = [
+                sub.validator_value for errors in by_branch.values() for sub in errors if sub.validator == "type"
+            ]
             expected = [name for value in types for name in ([value] if isinstance(value, str) else value)]
             written = document.written(path)
-            yield ConfigIssue(document.locate(path), _wrong_type(what, expected, error.instance, written, path))
+            yield ConfigIssue(document.locate(path), _wrong_type(what, expected, instance, written, path))
             return
         for errors in fitting:
             for sub in errors:
                 yield from self._explain(document, sub, _path_of(sub), seen)
 
 
+def _schema_of(error: ValidationError) -> Mapping[str, Any]:
+    """The schema holding the keyword ``error`` is about: ``{}`` when that is a boolean schema (``false``)."""
+    schema = error.schema
+    return schema if isinstance(schema, Mapping) else {}
+
+
 def _path_of(error: ValidationError) -> tuple[Any, ...]:
-    path = tuple(error.absolute_path)
+    path: tuple[Any, ...] = tuple(error.absolute_path)
     if "propertyNames" in error.absolute_schema_path:
         path += (error.instance,)  # the failing key itself
     return path

@@ -14,6 +14,7 @@ import string
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
@@ -121,7 +122,7 @@ def _default_notify(checked: Sequence[tuple[Document, SchemaResult]], issues: li
             )
             continue
         found = (document.data["defaults"]["notify"], document)
-        valid = _check_template(found[0], lambda d=document: d.locate(path), issues)
+        valid = _check_template(found[0], partial(document.locate, path), issues)
     return found[0] if found is not None and valid else None
 
 

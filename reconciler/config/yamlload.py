@@ -36,7 +36,8 @@ from .issues import ConfigIssue
 _C = hasattr(yaml, "CSafeLoader")
 #: libyaml's parser under PyYAML's Python composer: libyaml's own composer recurses in C and
 #: crashes the process on deep nesting (~30,000 levels); Python's raises RecursionError instead.
-_BASES: tuple[type, ...] = (Composer, yaml.CSafeLoader) if _C else (yaml.SafeLoader,)
+_LOADER: type[yaml.CSafeLoader | yaml.SafeLoader] = yaml.CSafeLoader if _C else yaml.SafeLoader
+_BASES: tuple[type, ...] = (Composer, _LOADER) if _C else (_LOADER,)
 _YAML = "tag:yaml.org,2002:"
 _MERGE = _YAML + "merge"
 _STR = _YAML + "str"
@@ -49,11 +50,13 @@ ALIAS_EXPANSION_MIN, ALIAS_EXPANSION_PER_CHAR = 10_000, 20
 class _Problem(yaml.MarkedYAMLError):
     """A located problem, worded for the user (not prefixed ``invalid YAML``)."""
 
+    problem: str  # always given, unlike a MarkedYAMLError's
+
     def __init__(self, mark: Any, message: str) -> None:
         super().__init__(problem=message, problem_mark=mark)
 
 
-class ConfigLoader(*_BASES):  # type: ignore[misc]
+class ConfigLoader(*_BASES):  # type: ignore[misc]  # bases chosen at import (libyaml or not): mypy needs static ones
     """``yaml.safe_load``'s loader, stricter.
 
     Refuses a second document, duplicate anchors, aliases to undefined or
@@ -65,7 +68,7 @@ class ConfigLoader(*_BASES):  # type: ignore[misc]
     """
 
     def __init__(self, text: str) -> None:
-        _BASES[-1].__init__(self, text)
+        _LOADER.__init__(self, text)
         Composer.__init__(self)
         self.text = text
         #: ``(key, first key node, repeated key node)`` for each key written twice in one mapping.
@@ -300,10 +303,12 @@ def _location(file: str, mark: Any) -> Location:
 def _issue(file: str, text: str, error: BaseException, loader: ConfigLoader | None) -> ConfigIssue:
     """One located line for what stopped reading ``text``."""
     if isinstance(error, RecursionError):
-        try:
-            where = _location(file, loader.peek_event().start_mark)  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - the parser's state after a RecursionError is not worth trusting
-            where = Location(file, 1, 1)
+        where = Location(file, 1, 1)
+        if loader is not None:
+            try:
+                where = _location(file, loader.peek_event().start_mark)
+            except Exception:  # noqa: BLE001 - the parser's state after a RecursionError is not worth trusting
+                pass
         return ConfigIssue(where, "the file is nested too deeply to read")
     mark = getattr(error, "problem_mark", None)
     if isinstance(error, yaml.MarkedYAMLError) and mark is not None:

@@ -146,7 +146,7 @@ class Org:
         if not isinstance(data, dict):
             raise OrgError("expected a mapping with departments, users and roles")
         _check_keys("org", data, _TOP_KEYS, ("departments", "users"))
-        sections = {k: data.get(k) if data.get(k) is not None else [] for k in _TOP_KEYS}
+        sections: dict[str, Any] = {k: data.get(k) if data.get(k) is not None else [] for k in _TOP_KEYS}
         for key, value in sections.items():
             if not isinstance(value, list):
                 raise OrgError(f"{key}: expected a list")

@@ -25,11 +25,32 @@ Where dingtalk-api.md is silent the emulator chooses, and says so here:
   40035. Everyone who was a member when the message was sent has read it,
   listed in sorted order so pages are deterministic.
 * Tokens: a missing or unknown ``access_token`` is 40014; an expired one
-  (past its ttl, ``expire_all``, or out of uses) is 42001.
+  (past its ttl, ``expire_all``, or out of uses) is 42001. One book serves
+  both API generations: a token from ``/gettoken`` or from the v1.0 call is
+  accepted everywhere. ``issue`` (``/gettoken``) always makes a fresh token;
+  ``issue_for_app`` (v1.0) hands back the app's still-valid v1.0 token with
+  its lifetime extended, as the reference says of the v1.0 call.
+* Every chat has one ``openConversationId`` from its creation (legacy or
+  v1.0 create, or ``seed``), ``"cid"`` + 24 characters of standard base64
+  (it may hold ``+`` and ``/``, as real ones do). It is not part of
+  ``chat_info``. The data file keeps it (``open_conversation_ids``); a data
+  file without it (an older emulator's) gets fresh ones on load, written back
+  at once so they stay stable across restarts.
+* Robot presence is per chat (``robots``); a chat gets the
+  ``robot_in_new_chats`` default when it is created, seeded or loaded from a
+  data file that does not say. Robot messages are kept in order
+  (``robot_messages``), also in the data file.
+* ``on_update`` (an attribute, settable at any time) sees every committed
+  ``update`` (legacy or v1.0) as ``(before, after, openConversationId)``
+  copies, under the store's lock (so in commit order), after the data file
+  was written; the server turns the difference into Stream events. An
+  exception from it never fails the call. ``modify`` is the by-hand path:
+  it applies a change with no rules and returns the same triple.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -74,6 +95,16 @@ class ApiError(Exception):
         super().__init__(f"{errcode}: {errmsg}")
         self.errcode = errcode
         self.errmsg = errmsg
+
+
+class V1Error(Exception):
+    """A v1.0 error answer: the server turns it into HTTP ``status`` + ``{"code", "message", "requestid"}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
 
 
 def load_users(path: str | os.PathLike[str]) -> frozenset[str]:
@@ -136,7 +167,7 @@ def _check_settings(body: Mapping[str, Any]) -> dict[str, int]:
 def _int_param(params: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
     raw = params.get(key)
     try:
-        value = int(raw)
+        value = int(raw)  # type: ignore[arg-type]  # None and junk are caught below
     except (TypeError, ValueError):
         raise ApiError(40035, f"invalid {key}") from None
     if value < low or (high is not None and value > high):
@@ -146,6 +177,11 @@ def _int_param(params: Mapping[str, Any], key: str, low: int, high: int | None =
 
 def _copy_info(info: Mapping[str, Any]) -> dict[str, Any]:
     return {**info, "useridlist": list(info["useridlist"]), "extidlist": [], "agentidlist": []}
+
+
+def _fresh_open_conversation_id() -> str:
+    """Shaped like DingTalk's: ``cid`` + standard base64 of 16 bytes (may contain ``+``, ``/``, ``=``)."""
+    return "cid" + base64.b64encode(secrets.token_bytes(16)).decode("ascii")
 
 
 def _new_info(chatid: str, name: str, owner: str, members: list[str], settings: Mapping[str, int]) -> dict[str, Any]:
@@ -172,16 +208,30 @@ class ChatStore:
         users: Iterable[str] | None = None,
         data_path: str | os.PathLike[str] | None = None,
         unknown_users: Callable[[Iterable[str]], list[str]] | None = None,
+        robot_in_new_chats: bool = True,
     ) -> None:
-        """``users`` is a fixed directory; ``unknown_users`` a live one (the org), asked on every call."""
+        """``users`` is a fixed directory; ``unknown_users`` a live one (the org), asked on every call.
+
+        ``robot_in_new_chats``: whether the app's robot is in a chat created, seeded or loaded from
+        now on (settable at any time).
+        """
         if users is not None and unknown_users is not None:
             raise EmulatorSetupError("give users or unknown_users, not both")
         self._lock = threading.Lock()
         self._users = None if users is None else frozenset(users)
         self._unknown_users = unknown_users
         self._path = None if data_path is None else Path(data_path)
+        self.robot_in_new_chats = robot_in_new_chats
         self._chats: dict[str, dict[str, Any]] = {}
         self._messages: dict[str, dict[str, Any]] = {}
+        #: chatid -> openConversationId, and back.
+        self._ocids: dict[str, str] = {}
+        self._by_ocid: dict[str, str] = {}
+        #: chatid -> is the app's robot in it.
+        self._robots: dict[str, bool] = {}
+        self._robot_messages: list[dict[str, Any]] = []
+        #: Called with (before, after, openConversationId) after each committed ``update``.
+        self.on_update: Callable[[dict[str, Any], dict[str, Any], str], None] | None = None
         if self._path is not None and self._path.exists():
             self._load(self._path)
         elif self._path is not None and not self._path.parent.is_dir():
@@ -190,8 +240,8 @@ class ChatStore:
 
     # ---- API calls -------------------------------------------------------
 
-    def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``/chat/create``: validate everything, then insert the chat."""
+    def create(self, body: Mapping[str, Any], *, icon: str = "") -> dict[str, Any]:
+        """``/chat/create`` (and v1.0 create, which passes ``icon``): validate everything, then insert the chat."""
         name = _check_name(body.get("name"))
         members = _check_ids(body, "useridlist", 1)
         owner = body.get("owner")
@@ -201,9 +251,12 @@ class ChatStore:
         settings = _check_settings(body)
         with self._lock:
             chatid = self._fresh_chatid()
-            self._chats[chatid] = _new_info(chatid, name, owner, members, settings)
+            info = _new_info(chatid, name, owner, members, settings)
+            if icon:
+                info["icon"] = icon
+            ocid = self._insert(info)
             self._persist()
-        return {"chatid": chatid, "openConversationId": "cid" + secrets.token_urlsafe(16), "conversationTag": 2}
+        return {"chatid": chatid, "openConversationId": ocid, "conversationTag": info["conversationTag"]}
 
     def update(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """``/chat/update``: validate the whole call against the chat as it is, then apply it at once."""
@@ -235,6 +288,8 @@ class ChatStore:
             members = kept + [a for a in adds if a not in kept_set]
             if len(members) > MEMBER_CAP:
                 raise ApiError(40035, f"a chat holds at most {MEMBER_CAP} members; this would make {len(members)}")
+            hook = self.on_update
+            before = _copy_info(info) if hook is not None else None
             info["useridlist"] = members
             info.update(settings)
             if name is not None:
@@ -244,6 +299,11 @@ class ChatStore:
             if icon:
                 info["icon"] = icon
             self._persist()
+            if hook is not None and before is not None:
+                try:
+                    hook(before, _copy_info(info), self._ocids.get(chatid, ""))
+                except Exception:  # events are a side channel: the call itself succeeded
+                    pass
         return {}
 
     def get(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -256,7 +316,7 @@ class ChatStore:
         """``/chat/send``: store the message; everyone who is a member now will have read it."""
         chatid = check_chatid(body.get("chatid"))
         msgtype = body.get("msgtype")
-        if msgtype not in MSG_TYPES:
+        if not isinstance(msgtype, str) or msgtype not in MSG_TYPES:
             raise ApiError(40035, f"invalid msgtype; one of {', '.join(MSG_TYPES)}")
         content = body.get(msgtype)
         if not isinstance(content, dict) or not all(content.get(k) for k in MSG_TYPES[msgtype]):
@@ -284,7 +344,52 @@ class ChatStore:
             out["next_cursor"] = cursor + size
         return out
 
+    def open_conversation_id(self, chatid: str) -> str | None:
+        """The chat's ``openConversationId`` (v1.0 convert), or None for an unknown chat."""
+        with self._lock:
+            return self._ocids.get(chatid)
+
+    def chatid_for(self, open_conversation_id: str) -> str | None:
+        """The chatid of an ``openConversationId``, or None."""
+        with self._lock:
+            return self._by_ocid.get(open_conversation_id)
+
+    def robot_send(self, open_conversation_id: str, message: Mapping[str, Any]) -> dict[str, Any]:
+        """v1.0 robot send, after the body was checked: the chat must exist, be alive and hold the robot."""
+        with self._lock:
+            chatid = self._by_ocid.get(open_conversation_id)
+            if chatid is None:
+                raise V1Error(400, "invalid.openConversationId", "openConversationId 不存在 (no such chat)")
+            if self._chats[chatid].get("status") == 2:
+                raise V1Error(400, "group.disbanded", "群已解散 (the chat was dissolved)")
+            if not self._robots.get(chatid, False):
+                raise V1Error(400, "invalidParameter.robotCode.empty", "请检查机器人是否在群内")
+            key = secrets.token_urlsafe(24)
+            self._robot_messages.append(
+                {"chatid": chatid, "openConversationId": open_conversation_id, **message, "processQueryKey": key}
+            )
+            self._persist()
+        return {"processQueryKey": key}
+
     # ---- direct access for tests (no rules beyond sanity) ----------------
+
+    def set_robot(self, chatid: str, present: bool) -> None:
+        """Put the app's robot in a chat or take it out (KeyError: no such chat)."""
+        with self._lock:
+            if chatid not in self._chats:
+                raise KeyError(chatid)
+            self._robots[chatid] = bool(present)
+            self._persist()
+
+    def robot_in(self, chatid: str) -> bool:
+        """Is the app's robot in this chat (False for an unknown chat)?"""
+        with self._lock:
+            return self._robots.get(chatid, False)
+
+    def robot_messages(self) -> list[dict[str, Any]]:
+        """Copies of every robot message sent, in order."""
+        with self._lock:
+            return [{**m, "params": dict(m["params"])} for m in self._robot_messages]
 
     def seed(
         self,
@@ -304,7 +409,7 @@ class ChatStore:
                 chatid = self._fresh_chatid()
             elif not CHATID_RE.fullmatch(chatid) or chatid in self._chats:
                 raise ValueError(f"chatid {chatid!r} is malformed or already exists")
-            self._chats[chatid] = _new_info(chatid, name, owner, ids, settings or {})
+            self._insert(_new_info(chatid, name, owner, ids, settings or {}))
             self._persist()
         return chatid
 
@@ -332,10 +437,30 @@ class ChatStore:
             info.update({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in fields.items()})
             self._persist()
 
+    def modify(
+        self, chatid: str, change: Callable[[dict[str, Any]], None]
+    ) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """Apply ``change`` to the stored chat_info with no rules (KeyError: no such chat).
+
+        Returns copies of the chat before and after, and its openConversationId.
+        """
+        with self._lock:
+            info = self._chats.get(chatid)
+            if info is None:
+                raise KeyError(chatid)
+            before = _copy_info(info)
+            change(info)
+            self._persist()
+            return before, _copy_info(info), self._ocids.get(chatid, "")
+
     def clear(self) -> None:
         with self._lock:
             self._chats.clear()
             self._messages.clear()
+            self._ocids.clear()
+            self._by_ocid.clear()
+            self._robots.clear()
+            self._robot_messages.clear()
             self._persist()
 
     # ---- internals ------------------------------------------------------
@@ -356,6 +481,20 @@ class ChatStore:
             raise ApiError(34013, "chat not found")
         return info
 
+    def _insert(self, info: dict[str, Any]) -> str:
+        """Store a new chat with a fresh openConversationId and the default robot presence (lock held)."""
+        chatid = info["chatid"]
+        self._chats[chatid] = info
+        self._robots[chatid] = self.robot_in_new_chats
+        return self._assign_ocid(chatid)
+
+    def _assign_ocid(self, chatid: str) -> str:
+        while True:
+            ocid = _fresh_open_conversation_id()
+            if ocid not in self._by_ocid:
+                self._ocids[chatid], self._by_ocid[ocid] = ocid, chatid
+                return ocid
+
     def _fresh_chatid(self) -> str:
         while True:
             chatid = "chat" + secrets.token_hex(16)
@@ -366,7 +505,15 @@ class ChatStore:
         """Rewrite the data file atomically (caller holds the lock): temp file, fsync, rename."""
         if self._path is None:
             return
-        data = {"format": DATA_FORMAT, "version": DATA_VERSION, "chats": self._chats, "messages": self._messages}
+        data = {
+            "format": DATA_FORMAT,
+            "version": DATA_VERSION,
+            "chats": self._chats,
+            "messages": self._messages,
+            "open_conversation_ids": self._ocids,
+            "robots": self._robots,
+            "robot_messages": self._robot_messages,
+        }
         write_atomic(self._path, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
     def _load(self, path: Path) -> None:
@@ -382,6 +529,34 @@ class ChatStore:
         if not isinstance(messages, dict) or not all(_is_message(m) for m in messages.values()):
             raise EmulatorSetupError(f"{path}: corrupt emulator data file (bad 'messages'); fix or remove it")
         self._chats, self._messages = chats, messages
+        self._load_v1_state(path, data)
+
+    def _load_v1_state(self, path: Path, data: Mapping[str, Any]) -> None:
+        """openConversationIds, robot presence and robot messages; an older file has none of them."""
+        ocids, robots = data.get("open_conversation_ids", {}), data.get("robots", {})
+        robot_messages = data.get("robot_messages", [])
+        chats = self._chats
+        if (
+            not isinstance(ocids, dict)
+            or not all(cid in chats and isinstance(o, str) and o for cid, o in ocids.items())
+            or len(set(ocids.values())) != len(ocids)
+        ):
+            raise EmulatorSetupError(
+                f"{path}: corrupt emulator data file (bad 'open_conversation_ids'); fix or remove it"
+            )
+        if not isinstance(robots, dict) or not all(cid in chats and isinstance(v, bool) for cid, v in robots.items()):
+            raise EmulatorSetupError(f"{path}: corrupt emulator data file (bad 'robots'); fix or remove it")
+        if not isinstance(robot_messages, list) or not all(_is_robot_message(m) for m in robot_messages):
+            raise EmulatorSetupError(f"{path}: corrupt emulator data file (bad 'robot_messages'); fix or remove it")
+        self._ocids = dict(ocids)
+        self._by_ocid = {o: cid for cid, o in ocids.items()}
+        self._robots = {cid: robots.get(cid, self.robot_in_new_chats) for cid in chats}
+        self._robot_messages = robot_messages
+        missing = [cid for cid in chats if cid not in self._ocids]
+        for chatid in missing:
+            self._assign_ocid(chatid)
+        if missing:
+            self._persist()  # the new ids must survive the next restart even if nothing changes
 
 
 def _is_chat(chatid: Any, info: Any) -> bool:
@@ -395,6 +570,15 @@ def _is_chat(chatid: Any, info: Any) -> bool:
     )
 
 
+def _is_robot_message(message: Any) -> bool:
+    return (
+        isinstance(message, dict)
+        and isinstance(message.get("chatid"), str)
+        and isinstance(message.get("openConversationId"), str)
+        and isinstance(message.get("params"), dict)
+    )
+
+
 def _is_message(message: Any) -> bool:
     return (
         isinstance(message, dict)
@@ -404,13 +588,15 @@ def _is_message(message: Any) -> bool:
 
 
 class TokenBook:
-    """Access tokens: random, expiring after ``ttl`` seconds, optionally after N uses."""
+    """Access tokens of both API generations: random, expiring after ``ttl`` seconds, optionally after N uses."""
 
     def __init__(self, ttl: float) -> None:
         self._ttl = ttl
         self._lock = threading.Lock()
         #: token -> [expires_at (monotonic), uses]
         self._tokens: dict[str, list[float]] = {}
+        #: app key -> the token the v1.0 call last issued to that app.
+        self._by_app: dict[str, str] = {}
 
     def issue(self) -> dict[str, Any]:
         """A fresh token and its announced lifetime (whole seconds, rounded up)."""
@@ -418,6 +604,19 @@ class TokenBook:
         with self._lock:
             self._tokens[token] = [time.monotonic() + self._ttl, 0]
         return {"access_token": token, "expires_in": math.ceil(self._ttl)}
+
+    def issue_for_app(self, app_key: str, max_uses: int) -> tuple[str, int]:
+        """v1.0: (token, expireIn): the app's v1.0 token while still valid, its lifetime extended, else a fresh one."""
+        now = time.monotonic()
+        with self._lock:
+            token = self._by_app.get(app_key, "")
+            entry = self._tokens.get(token)
+            if entry is None or now >= entry[0] or (max_uses > 0 and entry[1] >= max_uses):
+                token = secrets.token_hex(16)
+                entry = self._tokens[token] = [now, 0]
+                self._by_app[app_key] = token
+            entry[0] = now + self._ttl
+        return token, math.ceil(self._ttl)
 
     def check(self, token: str | None, max_uses: int) -> None:
         """Raise 40014 (missing/unknown) or 42001 (expired); count one use otherwise."""
@@ -437,3 +636,4 @@ class TokenBook:
     def clear(self) -> None:
         with self._lock:
             self._tokens.clear()
+            self._by_app.clear()

@@ -1,0 +1,165 @@
+"""What both API generations share: reading a chat with ``/chat/get``, robot messages, sending a call.
+
+There is no v1.0 read of an internal group, so both generations read through
+``/chat/get`` (with whichever token ``--api`` uses), and both post ``--notify``
+messages through the app's robot (``/chat/send`` is closed to new apps since
+2022). The subclasses, :class:`~reconciler.backends.legacy.LegacyBackend` and
+:class:`~reconciler.backends.v1.V1Backend`, differ in how a change becomes write
+calls and how their create answers.
+
+A read answer is trusted only as far as the reference documents it: it must
+name the chat that was asked for, and every field dtchat compares must have
+its documented type, or the chat is an error (never a redirected or coerced
+update).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..model import LiveChat
+from ..plan import ChatChange
+from ..rules import MEMBER_CAP
+from . import fields
+from .base import CHATID, OPEN_CONVERSATION_ID, WireCall, userids_in
+from .endpoints import CHAT_GET, CONVERT_ID, ROBOT_SEND
+from .errors import AmbiguousCreateError, MalformedAnswerError, NotFoundError
+
+if TYPE_CHECKING:  # the transport pulls in requests; planning and dry runs need none of it
+    from .transport import Meter, Transport
+
+#: The body keys that hold user ids (both generations), named in InvalidUserError.
+USERID_KEYS = ("owner", "useridlist", "add_useridlist", "del_useridlist")
+#: ``chat_info.status`` of a chat people dissolved in DingTalk.
+DISSOLVED = 2
+#: The robot message template dtchat posts, and the size DingTalk allows its parameters.
+ROBOT_TEXT_TEMPLATE = "sampleText"
+MSG_PARAM_MAX_BYTES = 15_000
+
+
+def _malformed(chatid: str, why: str) -> MalformedAnswerError:
+    return MalformedAnswerError(CHAT_GET.path, f"malformed answer for chat {chatid}: {why}; nothing trusted from it")
+
+
+def _member_ids(chatid: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _malformed(chatid, f"useridlist is {type(value).__name__}, not a list")
+    if len(value) > MEMBER_CAP:
+        raise _malformed(chatid, f"useridlist holds {len(value):,} ids, more than a chat's {MEMBER_CAP:,}")
+    if not all(isinstance(u, str) and u for u in value):
+        raise _malformed(chatid, "useridlist holds something other than user ids (non-empty strings)")
+    # interned: 10,000 chats x 200 members share their id strings with the config's
+    return tuple(sys.intern(u) for u in value)
+
+
+def parse_chat(chatid: str, payload: Mapping[str, Any]) -> LiveChat:
+    """A ``/chat/get`` success answer as a LiveChat, or MalformedAnswerError / NotFoundError (dissolved)."""
+    info = payload.get("chat_info")
+    if not isinstance(info, dict):
+        raise _malformed(chatid, "no chat_info object")
+    answered = info.get("chatid")
+    if answered is not None and answered != chatid:
+        raise _malformed(chatid, f"it names another chat ({str(answered)[:80]!r})")
+    if info.get("status") == DISSOLVED:
+        raise NotFoundError(CHAT_GET.path, f"chat {chatid} was dissolved in DingTalk")
+    name, owner = info.get("name"), info.get("owner")
+    if not isinstance(name, str):
+        raise _malformed(chatid, f"name is {type(name).__name__}, not text")
+    if not isinstance(owner, str) or not owner:
+        raise _malformed(chatid, "no owner")
+    try:
+        settings = fields.from_api(info)
+    except ValueError as exc:
+        raise _malformed(chatid, str(exc)) from None
+    return LiveChat(
+        chatid=chatid, name=name, owner=owner, members=_member_ids(chatid, info.get("useridlist")), settings=settings
+    )
+
+
+def _text_param(text: str) -> str:
+    """The robot's ``msgParam`` for ``text``, shortened (with "…") to DingTalk's size limit if need be."""
+    param = json.dumps({"content": text}, ensure_ascii=False)
+    while len(param.encode("utf-8")) > MSG_PARAM_MAX_BYTES:
+        text = text[: max(0, len(text) - max(16, (len(param.encode("utf-8")) - MSG_PARAM_MAX_BYTES) // 3))]
+        param = json.dumps({"content": text + "…"}, ensure_ascii=False)
+    return param
+
+
+class Backend:
+    """The part of a ChatBackend both generations share (see the module docstring)."""
+
+    name = ""
+
+    def __init__(self, transport: Transport | None, *, robot_code: str | None = None) -> None:
+        """``transport`` may be None for pure use (``calls``, ``notify_calls``: plans and dry runs in tests)."""
+        self._transport = transport
+        self.robot_code = robot_code
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            raise RuntimeError("this backend has no transport: it can only plan calls")
+        return self._transport
+
+    def authenticate(self) -> None:
+        self.transport.authenticate()
+
+    def meter(self) -> Meter:
+        return self.transport.meter
+
+    def read(self, chatid: str) -> LiveChat:
+        return parse_chat(chatid, self.transport.call(CHAT_GET, params={"chatid": chatid}))
+
+    def calls(self, change: ChatChange) -> list[WireCall]:
+        raise NotImplementedError
+
+    def notify_calls(self, text: str, *, chatid: str, open_conversation_id: str | None) -> list[WireCall]:
+        """The robot message (``robotCode`` from DTCHAT_ROBOT_CODE), after a one-off lookup of the chat's
+        openConversationId when the state does not have it yet."""
+        body = {"robotCode": self.robot_code or "", "msgKey": ROBOT_TEXT_TEMPLATE, "msgParam": _text_param(text)}
+        if open_conversation_id:
+            return [WireCall(ROBOT_SEND, {"openConversationId": open_conversation_id, **body})]
+        return [
+            WireCall(CONVERT_ID, path_chatid=chatid),
+            WireCall(ROBOT_SEND, body, needs={OPEN_CONVERSATION_ID: "openConversationId"}),
+        ]
+
+    def send(self, call: WireCall) -> Mapping[str, str]:
+        if call.needs:
+            raise ValueError(f"{call.endpoint}: still needs {', '.join(call.needs)}")
+        payload = self.transport.call(
+            call.endpoint,
+            body=call.body if call.endpoint.method == "POST" else None,
+            chatid=call.path_chatid,
+            userids=userids_in(call.body, USERID_KEYS),
+        )
+        return self.answered(call, payload)
+
+    def answered(self, call: WireCall, payload: Mapping[str, Any]) -> Mapping[str, str]:
+        """The values a success answer produced; a create's answer must carry the new chat's id."""
+        if call.endpoint is CONVERT_ID:
+            ocid = payload.get("openConversationId")
+            if not isinstance(ocid, str) or not ocid:
+                raise MalformedAnswerError(call.endpoint.path, "malformed answer: no openConversationId")
+            return {OPEN_CONVERSATION_ID: ocid}
+        if call.endpoint is ROBOT_SEND:
+            if not isinstance(payload.get("processQueryKey"), str):
+                raise MalformedAnswerError(call.endpoint.path, "malformed answer: no processQueryKey")
+            return {}
+        if call.creates:
+            chatid = payload.get("chatid")
+            if not isinstance(chatid, str) or not chatid:
+                raise AmbiguousCreateError(
+                    call.endpoint.path,
+                    "malformed response: the chat was created but no chatid came back",
+                    detail="check DingTalk and record the chat with `dtchat import KEY CHATID`",
+                )
+            produced = {CHATID: chatid}
+            ocid = payload.get("openConversationId")
+            if isinstance(ocid, str) and ocid:
+                produced[OPEN_CONVERSATION_ID] = ocid
+            return produced
+        return {}
