@@ -38,6 +38,7 @@ from .render import (
     FORMATS,
     VALIDATE_FORMATS,
     api_calls_line,
+    id_warnings,
     render_apply_json,
     render_calls,
     render_calls_json,
@@ -53,6 +54,7 @@ from .render import (
 from .rules import DEFAULT_QPS
 from .safety import DEFAULT_MAX_REMOVAL_PCT, MIN_EXISTING_MEMBERS, Thresholds
 from .state import ENV_STATE, StateFile, StateLocation, init_state, locate_state, locked, require_state
+from .textsafe import safe_line
 
 if TYPE_CHECKING:
     from .applier import ChatResult
@@ -288,13 +290,15 @@ class Failure(click.ClickException):
         self.issues = tuple(redact(str(i)) for i in getattr(exc, "issues", ()))
 
     def show(self, file=None) -> None:
+        """Each line escaped (names, ids and file names in messages come from DingTalk or a pull request: see
+        ``textsafe``), so no error can move the cursor, forge a line or be a CI workflow command."""
         if self.issues:
             for issue in self.issues:
-                click.echo(issue, err=True)
+                click.echo(safe_line(issue), err=True)
             n = len(self.issues)
             click.echo(f"Error: configuration is invalid ({n} error{'s' if n != 1 else ''})", err=True)
         else:
-            click.echo(f"Error: {self.message}", err=True)
+            click.echo(f"Error: {safe_line(self.message)}", err=True)
 
 
 def _one_line(exc: click.UsageError) -> click.UsageError:
@@ -384,11 +388,12 @@ def _with_logging(f):
     return run
 
 
-def command(*args, **kwargs):
-    """A dtchat command: global options accepted after its name too, logging on stderr."""
+def command(*args, group: click.Group | None = None, **kwargs):
+    """A dtchat command (of ``group``, default the top level): global options accepted after its name too,
+    logging on stderr."""
 
     def decorate(f):
-        cmd = cli.command(*args, **kwargs)(global_options(click.pass_obj(_with_logging(f))))
+        cmd = (group or cli).command(*args, **kwargs)(global_options(click.pass_obj(_with_logging(f))))
         own = [p for p in cmd.params if p.expose_value]
         cmd.params = own + [p for p in cmd.params if not p.expose_value]  # the command's own options first in --help
         return cmd
@@ -504,7 +509,9 @@ def plan(
         opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=warnings, meter=meter))
     if out_file:
         options = PlanOptions(tuple(sorted(wanted)) if wanted is not None else None, prune, refresh)
-        document = plan_document(the_plan, config.files, str(location.path), warnings, options)
+        document = plan_document(
+            the_plan, config.files, str(location.path), (*warnings, *id_warnings(the_plan)), options
+        )
         _write_text(Path(out_file), json.dumps(document, ensure_ascii=False, indent=2) + "\n")
         opts.echo(f"Saved the plan to {out_file}; apply exactly it with `dtchat apply --plan {out_file}`.", err=True)
     if the_plan.has_errors:
@@ -594,7 +601,7 @@ def apply(
 
     def on_call(key: str, line: str) -> None:
         if opts.verbose:
-            opts.echo(f"  {key}: {line}", err=True)
+            opts.echo(safe_line(f"  {key}: {line}"), err=True)
 
     with opts.manager(_workers(opts, parallelism)) as manager:
         outcome = manager.apply(
@@ -603,7 +610,8 @@ def apply(
             options,
             saved=saved,
             on_plan=on_plan,
-            confirm=lambda p: _confirm(opts, auto_approve),
+            # a saved plan is the approval (Terraform's rule): it was reviewed, and it applies only if unchanged
+            confirm=lambda p: _confirm(opts, auto_approve or saved is not None),
             on_call=on_call,
             on_result=_reporter(opts, as_json),
         )
@@ -647,11 +655,17 @@ def apply(
             opts.echo(click.style(f"Failed: {failed}", fg="red"), err=True)
         if stopped:
             n = len(stopped)
+            # the reason, unless a chat's failure line already said it (a fatal error is printed once)
+            why = next((r.error for r in result.results if r.stopped and r.error), "").removeprefix("not attempted: ")
+            if any(r.error == why for r in result.failed if not r.stopped):
+                why = ""
             opts.echo(
                 click.style(
                     f"Not started: {n} chat{'s' if n != 1 else ''} ({', '.join(stopped[:10])}"
-                    f"{f' and {n - 10} more' if n > 10 else ''}); nothing was sent for "
-                    f"{'them' if n != 1 else 'it'}, a later apply picks {'them' if n != 1 else 'it'} up",
+                    f"{f' and {n - 10} more' if n > 10 else ''})"
+                    + (f" because {why}" if why else "")
+                    + f"; nothing was sent for {'them' if n != 1 else 'it'}, a later apply picks "
+                    f"{'them' if n != 1 else 'it'} up",
                     fg="red",
                 ),
                 err=True,
@@ -693,7 +707,7 @@ def _reporter(opts: Options, quiet: bool) -> Callable[[ChatResult], None]:
 
 def _report(opts: Options, r: ChatResult, quiet: bool) -> None:
     if r.warning:
-        opts.echo(click.style(f"! {r.key}: {r.warning}", fg="yellow"), err=True)
+        opts.echo(click.style(safe_line(f"! {r.key}: {r.warning}"), fg="yellow"), err=True)
     if r.ok:
         if r.done:
             calls = f"{r.calls} call{'s' if r.calls != 1 else ''}"
@@ -704,7 +718,7 @@ def _report(opts: Options, r: ChatResult, quiet: bool) -> None:
             }.get(r.action.value, r.action.value)
             opts.echo(click.style(f"✓ {r.key}: {what} ({calls})", fg="green"), err=quiet)
     else:
-        opts.echo(click.style(f"✗ {r.key}: {r.error}", fg="red"), err=True)
+        opts.echo(click.style(safe_line(f"✗ {r.key}: {r.error}"), fg="red"), err=True)
 
 
 @command()
@@ -782,8 +796,59 @@ def import_(opts: Options, key: str, chatid: str, state_file: str | None) -> Non
     with locked(location.path, flag=location.flag) as state, opts.manager() as manager:
         live = manager.import_chat(state, key, chatid)
         meter = manager.meter()
-    opts.echo(f"Imported {key} → {chatid} ({live.name}, {len(live.members)} members) into {state.path}")
+    opts.echo(safe_line(f"Imported {key} → {chatid} ({live.name}, {len(live.members)} members) into {state.path}"))
     opts.echo(api_calls_line(meter), err=True)
+
+
+@cli.group("state")
+def state_group() -> None:
+    """Look at the state file: which chat each key is bound to, and what dtchat last verified."""
+
+
+@command("list", group=state_group)
+@state_option
+@click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text", show_default=True)
+def state_list(opts: Options, state_file: str | None, fmt: str) -> None:
+    """Every key in the state file, its chat and whether it is verified, pending or never verified."""
+    from .render import render_state_json, render_state_text
+
+    location = opts.state(state_file, must_exist=True)
+    bindings = StateFile(location.path, flag=location.flag).bindings
+    if fmt == "json":
+        opts.echo(render_state_json(location.path, bindings))
+    else:
+        opts.echo(render_state_text(location.path, bindings))
+
+
+@command("show", group=state_group)
+@click.argument("key")
+@state_option
+def state_show(opts: Options, key: str, state_file: str | None) -> None:
+    """Everything the state file records for KEY."""
+    from .render import render_state_json
+
+    location = opts.state(state_file, must_exist=True)
+    binding = StateFile(location.path, flag=location.flag).get(key)
+    if binding is None:
+        raise UsageError(f"{location.path}: no chat key `{key}` in the state file")
+    opts.echo(render_state_json(location.path, {key: binding}))
+
+
+@command("show")
+@click.argument("plan_file", metavar="PLANFILE")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+def show(opts: Options, plan_file: str, fmt: str) -> None:
+    """Print a saved plan (from `plan --out F`) as it was made: nothing is read, nothing is called."""
+    from .planfile import read_plan, saved_plan_as_plan
+
+    saved = read_plan(plan_file)
+    the_plan = saved_plan_as_plan(saved)
+    if fmt == "json":
+        opts.echo(render_json(the_plan, warnings=saved.warnings).rstrip("\n"))
+    elif fmt == "markdown":
+        opts.echo(render_markdown(the_plan, warnings=saved.warnings).rstrip("\n"))
+    else:
+        opts.echo(render_text(the_plan, verbose=opts.verbose, warnings=saved.warnings))
 
 
 @command()
@@ -795,7 +860,7 @@ def forget(opts: Options, key: str, state_file: str | None) -> None:
     with locked(location.path, flag=location.flag) as state:
         if not state.forget(key):
             raise UsageError(f"{state.path}: no chat key `{key}` in the state file")
-    opts.echo(f"Forgot {key} in {location.path}; the chat itself was not touched.")
+    opts.echo(safe_line(f"Forgot {key} in {location.path}; the chat itself was not touched."))
 
 
 @command()
@@ -809,7 +874,7 @@ def mv(opts: Options, old: str, new: str, state_file: str | None) -> None:
     location = opts.state(state_file, must_exist=True)
     with locked(location.path, flag=location.flag) as state:
         binding = move_key(state, old, new)
-    opts.echo(f"Moved {old} → {new} ({binding.chatid or 'pending create'}) in {location.path}")
+    opts.echo(safe_line(f"Moved {old} → {new} ({binding.chatid or 'pending create'}) in {location.path}"))
 
 
 @command()

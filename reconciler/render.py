@@ -1,19 +1,31 @@
 """Plan output: text for terminals, Markdown for PR comments, JSON for machines.
 
 Text uses click styles; click strips them when the output is not a terminal.
+
+Every value in human-readable output (text, Markdown, dry-run calls, watch
+alerts, validation annotations) may come from DingTalk or a pull request, so
+each line is passed through :func:`.textsafe.safe_line` before it is styled:
+control and format characters are written as visible escapes and nothing can
+start a forged line or a CI workflow command. Markdown additionally puts any
+word that GitHub would turn into a mention, an issue reference or a link in a
+code span (see docs/formats.md, "Text in human-readable output"). JSON output
+is left to JSON escaping, exact.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
 from .drift import ChatDrift, DriftReport, Status
 from .plan import Action, ChatChange, Plan, SettingChange, show_value
 from .planfile import FORMAT_VERSION, plan_to_json
+from .textsafe import describe_char, escape, guard_inline, safe_line, safe_lines
 
 if TYPE_CHECKING:
     from .backends import WireCall
@@ -41,8 +53,41 @@ _LABEL = {
     Action.ERROR: "error",
     Action.UNREAD: "unchanged",
 }
+#: A lone surrogate (a ``\\ud800`` in a JSON answer): it has no UTF-8 form, so printing it would crash.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json(document: Any, indent: int | None = None) -> str:
+    """JSON output, exact: non-ASCII text as it is, a lone surrogate as its ``\\uXXXX`` escape (the same value)."""
+    text = json.dumps(document, ensure_ascii=False, indent=indent)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 #: Shown only with -v: chats with nothing to do.
 _QUIET = (Action.NOOP, Action.UNREAD)
+
+
+class _Coloured(NamedTuple):
+    """A line shown in a colour on a terminal (styled only after it is escaped)."""
+
+    text: str
+    colour: str
+
+
+#: One line under a chat's heading: plain, or coloured.
+_Line = str | _Coloured
+
+
+def _line_text(line: _Line) -> str:
+    return line.text if isinstance(line, _Coloured) else line
+
+
+def _styled(line: _Line, colour: str | None = None, bold: bool = False) -> str:
+    """The line escaped (:func:`.textsafe.safe_line`), then styled for a terminal."""
+    if isinstance(line, _Coloured):
+        colour = line.colour
+    text = safe_line(_line_text(line))
+    return click.style(text, fg=colour, bold=bold) if colour or bold else text
 
 
 def _setting_line(s: SettingChange) -> str:
@@ -61,9 +106,9 @@ def _source_line(s: Any) -> str:
     return f"{s.selector} ({s.label}) {verb} {s.count} user{'s' if s.count != 1 else ''}"
 
 
-def _chat_lines(c: ChatChange, verbose: bool = False, plan_flag: str = "") -> list[str]:
+def _chat_lines(c: ChatChange, verbose: bool = False, plan_flag: str = "") -> list[_Line]:
     """The lines under a chat's heading; ``plan_flag`` is the ``--state`` its hints carry."""
-    lines: list[str] = []
+    lines: list[_Line] = []
     if c.action is Action.ERROR:
         return [c.error or "unknown error", *(_source_line(s) for s in c.sources if verbose)]
     if c.action is Action.FORGET:
@@ -83,8 +128,8 @@ def _chat_lines(c: ChatChange, verbose: bool = False, plan_flag: str = "") -> li
     if c.owner:
         lines.append(f"owner: {c.owner[1]}" if c.owner[0] is None else f"owner: {c.owner[0]} → {c.owner[1]}")
     lines.extend(_setting_line(s) for s in c.settings)
-    lines.extend(click.style(f"+ {m}", fg="green") for m in c.add)
-    lines.extend(click.style(f"- {m}", fg="red") for m in c.remove)
+    lines.extend(_Coloured(f"+ {m}", "green") for m in c.add)
+    lines.extend(_Coloured(f"- {m}", "red") for m in c.remove)
     if c.kept:
         n = len(c.kept)
         lines.append(f"(additive: {n} member{'s' if n != 1 else ''} not in the YAML kept: {_names(c.kept)})")
@@ -114,24 +159,25 @@ def rename_hint(plan: Plan) -> str | None:
 
 
 def _text(
-    blocks: list[tuple[str, str | None, str, list[str]]],
+    blocks: list[tuple[str, str | None, str, list[_Line]]],
     summary: str,
     clean: str | None,
     warnings: tuple[str, ...] = (),
     hints: tuple[str, ...] = (),
 ) -> str:
-    """Blocks of (symbol, colour, heading, lines), then warnings, hints, the all-clear (if any) and the summary."""
+    """Blocks of (symbol, colour, heading, lines), then warnings, hints, the all-clear (if any) and the summary;
+    every line escaped before it is styled."""
     out: list[str] = []
     for symbol, colour, heading, lines in blocks:
-        out.append(click.style(f"{symbol} {heading}", fg=colour, bold=True))
-        out.extend(f"    {line}" for line in lines)
+        out.append(_styled(f"{symbol} {heading}", colour, bold=True))
+        out.extend(f"    {_styled(line)}" for line in lines)
     if out:
         out.append("")
-    out.extend(click.style(f"Warning: {w}", fg="yellow") for w in warnings)
-    out.extend(f"Hint: {h}" for h in hints)
+    out.extend(_styled(f"Warning: {w}", "yellow") for w in warnings)
+    out.extend(_styled(f"Hint: {h}") for h in hints)
     if clean:
-        out.append(clean)
-    out.append(summary)
+        out.append(_styled(clean))
+    out.append(_styled(summary))
     return "\n".join(out)
 
 
@@ -162,23 +208,79 @@ def render_text(
     ]
     clean = None if plan.has_changes or plan.has_errors else "No changes. DingTalk matches the configuration."
     hint = rename_hint(plan)
-    text = _text(blocks, plan.summary(), clean, warnings, (hint,) if hint else ())
+    text = _text(blocks, plan.summary(), clean, (*warnings, *id_warnings(plan)), (hint,) if hint else ())
     return text + ("\n" + api_calls_line(meter, plan) if meter is not None else "")
 
 
-def _md(text: Any) -> str:
-    """Escape user-controlled text for a Markdown table cell or summary line."""
-    s = str(text)
-    for ch in "\\`*_[]<>|#":
-        s = s.replace(ch, "\\" + ch)
-    return s.replace("\r", " ").replace("\n", " ")
+def _odd_characters(user_id: str) -> str:
+    """``о is U+043E CYRILLIC SMALL LETTER O``: each distinct non-ASCII character of an id, named."""
+    odd = dict.fromkeys(char for char in user_id if not char.isascii())
+    return ", ".join(f"{char} is {describe_char(char)}" for char in odd)
 
 
-def _details(symbol: str, label: str, key: str, lines: list[str]) -> list[str]:
-    """A collapsible section; the lines go in a diff fence that user text cannot close."""
-    body = [click.unstyle(line).replace("```", "'''") for line in lines]
+def id_warnings(plan: Plan) -> tuple[str, ...]:
+    """One warning per chat whose change names a user id that is not plain ASCII: ``bоb`` with a Cyrillic ``о``
+    reads as ``bob`` in a review. Warnings, not errors (such ids can exist); they never stop an apply."""
+    out = []
+    for c in plan.changes:
+        ids = (*c.add, *c.remove, *(user for user in (c.owner or ()) if user))
+        if "".join(ids).isascii():  # the common case, at C speed
+            continue
+        odd = sorted({user for user in ids if not user.isascii()})
+        if not odd:
+            continue
+        rest = len(odd) - MAX_NAMES
+        shown = "; ".join(f"{user} ({_odd_characters(user)})" for user in odd[:MAX_NAMES])
+        out.append(
+            f"{c.key}: user id{'s' if len(odd) != 1 else ''} with non-ASCII characters, check "
+            f"{'each is' if len(odd) != 1 else 'it is'} the person meant and not a look-alike of another id: "
+            + shown
+            + (f" and {rest} more" if rest > 0 else "")
+        )
+    return tuple(out)
+
+
+#: Words GitHub (and GitLab) would turn into a notification or a link: @mentions and e-mail addresses, URLs
+#: (``scheme://``, ``www.``), issue references (``#12``, ``owner/repo#12``, ``GH-12``).
+_MD_RISKY = re.compile(r"@|://|www\.|#\d|gh-\d", re.IGNORECASE)
+#: Markdown's special characters in prose, backslash-escaped (``&`` too: ``&#64;`` would be an ``@``).
+_MD_SPECIAL = "\\`*_[]<>|#&"
+
+
+def _code(text: Any, cell: bool = False) -> str:
+    """``text`` (escaped) as a Markdown code span, which GitHub never links or mentions from; its fence is one
+    backtick longer than any run inside. In a table ``cell`` a ``|`` is written ``\\|`` (GFM reads that inside
+    code spans too)."""
+    s = escape(text)
+    if not s:
+        return ""
+    fence = "`" * (max((len(run) for run in re.findall("`+", s)), default=0) + 1)
+    pad = " " if s[0] == "`" or s[-1] == "`" or (s[0] == s[-1] == " " and s.strip()) else ""
+    if cell:
+        s = s.replace("|", "\\|")
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def _md(text: Any, cell: bool = False) -> str:
+    """User-controlled text for Markdown prose (a table ``cell``, a warning, the summary): escaped
+    (:func:`.textsafe.escape`), Markdown's special characters backslash-escaped, and each word that would
+    mention, reference or link (``@alice``, ``#12``, ``https://…``, ``www.…``) put in a code span."""
+    out = []
+    for word in re.split(r"( +)", escape(text)):
+        if _MD_RISKY.search(word):
+            out.append(_code(word, cell))
+            continue
+        for ch in _MD_SPECIAL:
+            word = word.replace(ch, "\\" + ch)
+        out.append(word)
+    return "".join(out)
+
+
+def _details(symbol: str, label: str, key: str, lines: list[_Line]) -> list[str]:
+    """A collapsible section; the lines (escaped: one line each) go in a diff fence that user text cannot close."""
+    body = [safe_line(_line_text(line)).replace("```", "'''") for line in lines]
     return [
-        f"<details><summary>{symbol} {label} <code>{_md(key)}</code></summary>",
+        f"<details><summary>{symbol} {label} <code>{html.escape(escape(key))}</code></summary>",
         "",
         "```diff",
         *body,
@@ -191,7 +293,7 @@ def _details(symbol: str, label: str, key: str, lines: list[str]) -> list[str]:
 def _markdown(
     title: str,
     columns: list[str],
-    rows: list[tuple[list[str], str, str, str, list[str]]],
+    rows: list[tuple[list[str], str, str, str, list[_Line]]],
     empty: str,
     summary: str,
     warnings: tuple[str, ...] = (),
@@ -212,13 +314,13 @@ def _markdown(
     else:
         out += [empty, ""]
     out.append(f"**{_md(summary)}**")
-    return "\n".join(out) + "\n"
+    return safe_lines("\n".join(out)) + "\n"
 
 
 def _pair_cell(label: str, pair: tuple | None) -> str | None:
     if not pair:
         return None
-    return _md(f"{label}: {pair[1]}" if pair[0] is None else f"{label}: {pair[0]} → {pair[1]}")
+    return _md(f"{label}: {pair[1]}" if pair[0] is None else f"{label}: {pair[0]} → {pair[1]}", cell=True)
 
 
 def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = (), meter: Meter | None = None) -> str:
@@ -226,12 +328,12 @@ def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = (), meter: Meter 
     rows = [
         (
             [
-                f"`{_md(c.key)}`",
+                _code(c.key, cell=True),
                 _LABEL[c.action],
                 str(len(c.add)),
                 str(len(c.remove)),
                 ", ".join(x for x in (_pair_cell("name", c.name), _pair_cell("owner", c.owner)) if x),
-                ", ".join(_md(_setting_line(s)) for s in c.settings),
+                ", ".join(_md(_setting_line(s), cell=True) for s in c.settings),
             ],
             _SYMBOL[c.action][0],
             _LABEL[c.action],
@@ -249,7 +351,7 @@ def render_markdown(plan: Plan, *, warnings: tuple[str, ...] = (), meter: Meter 
         rows,
         "No changes.",
         summary,
-        warnings,
+        (*warnings, *id_warnings(plan)),
         (hint,) if hint else (),
     )
 
@@ -265,9 +367,9 @@ def render_calls(plan: Plan, calls: PlannedCalls) -> str:
     count = 0
     for key, call in calls:
         if call is None:
-            out.append(f"  {key}: (state only) forget {chatids.get(key)}")
+            out.append(safe_line(f"  {key}: (state only) forget {chatids.get(key)}"))
         else:
-            out.append(f"  {key}: {call.describe(key)}")
+            out.append(safe_line(f"  {key}: {call.describe(key)}"))
             count += 1
     out.append(f"{count} API call{'s' if count != 1 else ''}.")
     return "\n".join(out)
@@ -286,14 +388,14 @@ def render_calls_json(plan: Plan, calls: PlannedCalls) -> str:
         "forget": [key for key, call in calls if call is None],
         "errors": [{"key": c.key, "error": c.error} for c in plan.of(Action.ERROR)],
     }
-    return json.dumps(document, ensure_ascii=False, indent=2)
+    return _json(document, indent=2)
 
 
 def render_json(plan: Plan, *, warnings: tuple[str, ...] = (), meter: Meter | None = None) -> str:
-    extra: dict[str, Any] = {"warnings": list(warnings)}
+    extra: dict[str, Any] = {"warnings": [*warnings, *id_warnings(plan)]}
     if meter is not None:
         extra["api_calls"] = meter.to_json()
-    return json.dumps(plan_to_json(plan, **extra), ensure_ascii=False, indent=2) + "\n"
+    return _json(plan_to_json(plan, **extra), indent=2) + "\n"
 
 
 # -- drift ----------------------------------------------------------------------------
@@ -308,21 +410,21 @@ _DRIFT_SYMBOL = {
 _DRIFT_QUIET = (Status.IN_SYNC, Status.NOT_READ)
 
 
-def _drift_lines(d: ChatDrift) -> list[str]:
+def _drift_lines(d: ChatDrift) -> list[_Line]:
     if d.status is Status.NOT_READ:
         return [f"unchanged since {d.verified_at or 'last verified'}, not in today's slice: not read"]
     if d.status is Status.ERROR:
         return [d.error or "unknown error"]
     if d.status is Status.MISSING:
         return ["no chat exists for this key yet (run apply)"]
-    lines = []
+    lines: list[_Line] = []
     if d.name:
         lines.append(f"name: expected {d.name[0]}, live {d.name[1]}")
     if d.owner:
         lines.append(f"owner: expected {d.owner[0]}, live {d.owner[1]}")
     lines.extend(f"{s.name}: expected {show_value(s.expected)}, live {show_value(s.actual)}" for s in d.settings)
-    lines.extend(click.style(f"+ {m} (in the YAML, not in the chat)", fg="green") for m in d.missing)
-    lines.extend(click.style(f"- {m} (in the chat, not in the YAML)", fg="red") for m in d.unexpected)
+    lines.extend(_Coloured(f"+ {m} (in the YAML, not in the chat)", "green") for m in d.missing)
+    lines.extend(_Coloured(f"- {m} (in the chat, not in the YAML)", "red") for m in d.unexpected)
     return lines
 
 
@@ -343,17 +445,18 @@ def render_drift_markdown(report: DriftReport, meter: Meter | None = None) -> st
     rows = [
         (
             [
-                f"`{_md(d.key)}`",
+                _code(d.key, cell=True),
                 d.status.value,
                 str(len(d.missing)),
                 str(len(d.unexpected)),
                 ", ".join(
-                    _md(f"{label}: {pair[1]} (expected {pair[0]})")
+                    _md(f"{label}: {pair[1]} (expected {pair[0]})", cell=True)
                     for label, pair in (("name", d.name), ("owner", d.owner))
                     if pair
                 ),
                 ", ".join(
-                    _md(f"{s.name}: {show_value(s.actual)} (expected {show_value(s.expected)})") for s in d.settings
+                    _md(f"{s.name}: {show_value(s.actual)} (expected {show_value(s.expected)})", cell=True)
+                    for s in d.settings
                 ),
             ],
             _DRIFT_SYMBOL[d.status][0],
@@ -407,7 +510,7 @@ def drift_to_json(report: DriftReport, meter: Meter | None = None) -> dict[str, 
 
 
 def render_drift_json(report: DriftReport, meter: Meter | None = None) -> str:
-    return json.dumps(drift_to_json(report, meter), ensure_ascii=False, indent=2) + "\n"
+    return _json(drift_to_json(report, meter), indent=2) + "\n"
 
 
 # -- validate ---------------------------------------------------------------------------
@@ -430,19 +533,26 @@ def render_validation_json(files: tuple[str, ...], issues: tuple[Any, ...], summ
         "errors": [_issue_json(i) for i in issues],
         "summary": summary,
     }
-    return json.dumps(document, ensure_ascii=False, indent=2)
+    return _json(document, indent=2)
 
 
 def _gh_data(text: str) -> str:
+    """A workflow command's message: :func:`.textsafe.safe_line` (a control character in a file name or a value
+    shows as ``\\x1b``, a line break as ``\\x0a``), then percent-encoded as the Actions toolkit does."""
+    return _gh_percent(safe_line(text))
+
+
+def _gh_percent(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _gh_property(text: str) -> str:
-    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+    return _gh_percent(guard_inline(escape(text))).replace(":", "%3A").replace(",", "%2C")
 
 
 def render_validation_github(issues: tuple[Any, ...], summary: str) -> str:
-    """``validate --format github``: one workflow-command annotation per problem, at file:line:col."""
+    """``validate --format github``: one workflow-command annotation per problem, at file:line:col; the only
+    lines that start with ``::`` are the ones written here."""
     lines = []
     for issue in issues:
         where = issue.location
@@ -451,7 +561,7 @@ def render_validation_github(issues: tuple[Any, ...], summary: str) -> str:
             props += [f"line={where.line}", f"col={where.column or 1}"]
         props.append("title=dtchat validate")
         lines.append(f"::error {','.join(props)}::{_gh_data(issue.message)}")
-    lines.append(summary)
+    lines.append(safe_line(summary))
     return "\n".join(lines)
 
 
@@ -482,7 +592,7 @@ def render_apply_json(result: Any, meter: Meter | None = None) -> str:
             for r in result.results
         ],
     }
-    return json.dumps(document, ensure_ascii=False, indent=2)
+    return _json(document, indent=2)
 
 
 # -- watch ------------------------------------------------------------------------------------------
@@ -522,7 +632,7 @@ def render_watch_text(alert: Any) -> str | None:
         line += f"; converged ({alert.metered} metered call{'s' if alert.metered != 1 else ''})"
     if alert.problem:
         line += f"; {alert.problem}"
-    return line
+    return safe_line(line)
 
 
 def render_watch_json(alert: Any) -> str:
@@ -542,4 +652,33 @@ def render_watch_json(alert: Any) -> str:
         "problem": alert.problem or (d.error if d else None),
         "metered": alert.metered,
     }
-    return json.dumps(document, ensure_ascii=False)
+    return _json(document)
+
+
+# -- the state file (``dtchat state list`` / ``state show``) -------------------------------------------
+
+
+def _binding_status(binding: Any) -> str:
+    if binding.pending:
+        return f"pending create since {binding.created_at or 'an unknown time'}: `dtchat import` or `forget` it"
+    if binding.digest:
+        return f"verified {binding.verified_at}"
+    return "never verified (the next plan reads it)"
+
+
+def render_state_text(path: Any, bindings: Any) -> str:
+    """One line per key: its chat and what dtchat knows of it."""
+    if not bindings:
+        return safe_line(f"{path}: no chats yet (apply records each chat it creates)")
+    width = max(len(key) for key in bindings)
+    lines = [
+        f"{key:<{width}}  {binding.chatid or '-':<36}  {_binding_status(binding)}"
+        for key, binding in sorted(bindings.items())
+    ]
+    n = len(bindings)
+    return "\n".join(safe_line(line) for line in [*lines, f"{n} chat{'s' if n != 1 else ''} in {path}."])
+
+
+def render_state_json(path: Any, bindings: Any) -> str:
+    chats = {key: binding.to_json() for key, binding in sorted(bindings.items())}
+    return _json({"state_file": str(path), "chats": chats}, indent=2)

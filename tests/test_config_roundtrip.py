@@ -34,15 +34,15 @@ TRICKY_IDS = [
 user_ids = st.one_of(
     st.sampled_from(TRICKY_IDS),
     st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True),
-    st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=8).filter(
-        lambda s: not s.startswith("@") and not any(c.isspace() for c in s)
-    ),
+    st.text(
+        st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zs", "Zl", "Zp")), min_size=1, max_size=8
+    ).filter(lambda s: not s.startswith("@") and not any(c.isspace() for c in s)),
 )
 group_names = st.from_regex(r"[a-z0-9]([a-z0-9_-]{0,6}[a-z0-9])?", fullmatch=True)
 chat_keys = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
-#: One line: no controls (Cc) and no line or paragraph separators (Zl, Zp).
+#: One line: no controls (Cc), no format characters (Cf) and no line or paragraph separators (Zl, Zp).
 chat_names = st.text(
-    st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=rules.NAME_MIN, max_size=rules.NAME_MAX
+    st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Zl", "Zp")), min_size=rules.NAME_MIN, max_size=rules.NAME_MAX
 )
 templates = (
     st.lists(

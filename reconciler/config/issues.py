@@ -7,13 +7,13 @@ A CI run should show every problem in one go, so loading collects
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DtchatError
 from ..model import Location
+from ..textsafe import escape, is_unsafe, safe_line
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,9 @@ class ConfigIssue:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.location}: {self.message}"
+        """One line, whatever the file's name or the message quote: control and format characters escaped, and
+        never a CI workflow command (a file named ``::error::x.yaml`` shows as ``\\x3a:error::x.yaml``)."""
+        return safe_line(f"{self.location}: {self.message}")
 
     def sort_key(self) -> tuple[str, int, int, str]:
         return (self.location.file, self.location.line, self.location.column, self.message)
@@ -38,14 +40,13 @@ class ConfigError(DtchatError):
         super().__init__("\n".join(str(issue) for issue in self.issues))
 
 
-#: Characters that would break a one-line message: C0/C1 controls, line and paragraph separators.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: Longer text is cut in messages: the position already says where it is.
 _SHOWN_MAX = 60
 
 
 def quoted(text: Any) -> str:
-    """``text`` for a message: in backticks, or as a JSON string when it holds a newline or control character.
+    """``text`` for a message: in backticks, or as a JSON string when it holds a control or format character
+    (a newline, a bidi override, a zero-width space), the rest of them escaped as :func:`.textsafe.escape` does.
 
     Every issue is one line (``file:line:col: message``, and CI annotations), so
     what a file wrote never reaches a message raw.
@@ -53,6 +54,6 @@ def quoted(text: Any) -> str:
     text = str(text)
     if len(text) > _SHOWN_MAX:
         text = text[: _SHOWN_MAX - 1] + "…"
-    if _CONTROL.search(text):
-        return json.dumps(text, ensure_ascii=False)
+    if not text.isprintable() and any(map(is_unsafe, text)):
+        return escape(json.dumps(text, ensure_ascii=False))
     return f"`{text}`"

@@ -75,9 +75,14 @@ class ConfigLoader(*_BASES):  # type: ignore[misc]  # bases chosen at import (li
         self.duplicates: list[tuple[Any, Node, Node]] = []
         self._open_anchors: set[str] = set()
         self._checked: set[int] = set()
+        #: The first alias to a mapping or list that contains it. PyYAML composes such a cycle, so a syntax error
+        #: later in the text is what it reports: this is raised only once the text parsed, to report the same.
+        self._cycle: yaml.MarkedYAMLError | None = None
 
     def get_single_data(self) -> Any:
         node = self.get_single_node()
+        if self._cycle is not None:
+            raise self._cycle
         if node is None:
             return None
         if "*" in self.text:
@@ -90,8 +95,12 @@ class ConfigLoader(*_BASES):  # type: ignore[misc]  # bases chosen at import (li
         if anchor is None:
             return super().compose_node(parent, index)
         if event.__class__ is AliasEvent:
-            if anchor not in self.anchors or anchor in self._open_anchors:  # the latter would make a cycle
+            if anchor not in self.anchors:
                 raise _Problem(event.start_mark, _UNDEFINED_ALIAS.format(anchor))
+            if anchor in self._open_anchors:  # a cycle: refused once the whole text is parsed (see _cycle)
+                self.get_event()
+                self._cycle = self._cycle or _Problem(event.start_mark, _UNDEFINED_ALIAS.format(anchor))
+                return ScalarNode(_YAML + "null", "")  # a stand-in: the document is refused all the same
             return super().compose_node(parent, index)
         if anchor in self.anchors:
             line = self.anchors[anchor].start_mark.line + 1
