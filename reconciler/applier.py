@@ -27,6 +27,7 @@ from .backends import (
     CHATID,
     OPEN_CONVERSATION_ID,
     AmbiguousCreateError,
+    AmbiguousOutcomeError,
     ChatBackend,
     DingTalkError,
     WireCall,
@@ -108,7 +109,7 @@ class ApplyResult:
         return (
             f"Apply: {done[Action.CREATE]} created, {done[Action.UPDATE]} updated, "
             f"{done[Action.FORGET]} forgotten, {len(self.failed)} failed "
-            f"({self.calls} API call{'s' if self.calls != 1 else ''})."
+            f"({self.calls} write call{'s' if self.calls != 1 else ''})."
         )
 
 
@@ -185,6 +186,8 @@ def apply_change(
         return failed(str(exc), fatal=isinstance(exc, StateError))
     for call in calls:
         if stop is not None and stop.interrupted:
+            if done:
+                _unverify(state, key)  # stopped part-way: the next run must read it again
             return failed(f"interrupted (Ctrl-C) after {done} of {len(calls)} calls", interrupted=True)
         call = call.bound(known)
         if on_call:
@@ -265,7 +268,9 @@ def _notify(
                 known[OPEN_CONVERSATION_ID] = ocid
                 state.remember_open_conversation_id(change.key, chatid, ocid)  # fetched once, then kept
     except (DingTalkError, StateError) as exc:
-        fatal = isinstance(exc, DingTalkError) and is_fatal(exc)
+        # Only what no other chat would escape stops the run (the quota, a ban, the credentials); a message
+        # whose outcome is unknown, or a robot missing from one chat, is that chat's warning and nothing more.
+        fatal = isinstance(exc, DingTalkError) and not isinstance(exc, AmbiguousOutcomeError) and is_fatal(exc)
         return sent, f"changes applied, but the --notify message was not sent: {exc}", fatal
     return sent, None, False
 
@@ -374,11 +379,13 @@ def apply_plan(
                 stopped=True,
                 error=f"not attempted: {stop.reason}",
             )
+        used = cost  # if apply_change raises, assume every reserved call was made
         try:
             result = apply_change(change, backend, state, on_call=on_call, notify=notify, stop=stop)
+            used = result.calls
         finally:
             if budget is not None and cost:
-                budget.release(cost)
+                budget.release(cost, used)
         if result.fatal:
             stop.fatal(result.error or result.warning or "a fatal error")
         return result

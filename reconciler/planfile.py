@@ -20,8 +20,8 @@ from typing import Any
 
 from .errors import DtchatError
 from .files import DuplicateKey, TooDeep, loads_bounded
-from .model import MemberSource
-from .plan import ChatChange, Plan
+from .model import MemberSource, Selector
+from .plan import Action, ChatChange, Plan, SettingChange
 from .state import now_iso
 
 KIND = "dtchat-plan"
@@ -143,6 +143,9 @@ class SavedPlan:
     changes: list
     #: The file it was read from, for messages.
     source: str = ""
+    #: The saved ``warnings`` and ``forecast`` (for ``dtchat show``; never trusted by apply).
+    warnings: tuple[str, ...] = ()
+    forecast: Any = None
 
 
 def _fail(path: Any, where: str, what: str) -> PlanFileError:
@@ -208,7 +211,88 @@ def read_plan(path: str | os.PathLike[str]) -> SavedPlan:
         ),
         changes=changes,
         source=str(path),
+        warnings=_strings(path, "warnings", data.get("warnings", [])),
+        forecast=data.get("forecast"),
     )
+
+
+def _pair(path: Any, where: str, value: Any) -> tuple[str | None, str] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("new"), str)
+        or not isinstance(value.get("old"), (str, type(None)))
+    ):
+        raise _fail(path, where, 'must be null or {"old": text or null, "new": text}')
+    return value["old"], value["new"]
+
+
+def _source_from_json(path: Any, where: str, value: Any) -> MemberSource:
+    if not isinstance(value, dict) or value.get("kind") not in Selector.KINDS:
+        raise _fail(path, where, f"must be a selector source with a kind of {', '.join(Selector.KINDS)}")
+    selector_value, label, count = value.get("value"), value.get("label"), value.get("count")
+    if (
+        not isinstance(selector_value, (int, str))
+        or isinstance(selector_value, bool)
+        or not isinstance(label, str)
+        or not isinstance(count, int)
+        or isinstance(count, bool)
+    ):
+        raise _fail(path, where, "must have a value, a label and a count")
+    selector = Selector(value["kind"], selector_value, value.get("recursive") is True)
+    return MemberSource(selector, label, count, value.get("excluded") is True)
+
+
+def _change_from_json(path: Any, where: str, c: Any) -> ChatChange:
+    """One saved change, checked as strictly as it was written (a hand-edited file is one-line errors)."""
+    if not isinstance(c, dict) or not isinstance(c.get("key"), str):
+        raise _fail(path, where, "must be an object with a key")
+    try:
+        action = Action(c.get("action"))
+    except ValueError:
+        raise _fail(path, f"{where}.action", f"must be one of {', '.join(a.value for a in Action)}") from None
+    settings = c.get("settings", [])
+    if not isinstance(settings, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) for s in settings
+    ):
+        raise _fail(path, f"{where}.settings", 'must be a list of {"name", "old", "new"}')
+    for name in ("chatid", "error", "fingerprint", "digest", "verified_at"):
+        if not isinstance(c.get(name), (str, type(None))):
+            raise _fail(path, f"{where}.{name}", "must be text or null")
+    live_count = c.get("live_count", 0)
+    if not isinstance(live_count, int) or isinstance(live_count, bool):
+        raise _fail(path, f"{where}.live_count", "must be a whole number")
+    sources = c.get("sources", [])
+    if not isinstance(sources, list):
+        raise _fail(path, f"{where}.sources", "must be a list")
+    return ChatChange(
+        key=c["key"],
+        action=action,
+        chatid=c.get("chatid"),
+        name=_pair(path, f"{where}.name", c.get("name")),
+        owner=_pair(path, f"{where}.owner", c.get("owner")),
+        add=_strings(path, f"{where}.add", c.get("add", [])),
+        remove=_strings(path, f"{where}.remove", c.get("remove", [])),
+        kept=_strings(path, f"{where}.kept", c.get("kept", [])),
+        settings=tuple(SettingChange(s["name"], s.get("old"), s.get("new")) for s in settings),
+        live_count=live_count,
+        error=c.get("error"),
+        fingerprint=c.get("fingerprint"),
+        sources=tuple(_source_from_json(path, f"{where}.sources[{i}]", s) for i, s in enumerate(sources)),
+        pending=c.get("pending_create") is True,
+        digest=c.get("digest"),
+        verified_at=c.get("verified_at"),
+    )
+
+
+def saved_plan_as_plan(saved: SavedPlan, flag: str = "") -> Plan:
+    """The saved plan as a Plan to render (``dtchat show``): exactly what it recorded, nothing read again."""
+    forecast = saved.forecast if isinstance(saved.forecast, dict) else {}
+    counts = [forecast.get(k) for k in ("reads", "writes")]
+    reads, writes = (n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0 for n in counts)
+    changes = tuple(_change_from_json(saved.source, f"changes[{i}]", c) for i, c in enumerate(saved.changes))
+    return Plan(changes, flag=flag, reads=reads, writes=writes)
 
 
 def differences(saved: SavedPlan, plan: Plan) -> list[str]:

@@ -55,31 +55,35 @@ class Budget:
             )
 
     def guard(self, spent: Callable[[], int]) -> BudgetGuard:
-        return BudgetGuard(self.limit, spent)
+        """The guard for an apply's writes, from the metered calls ``spent`` so far (its reads)."""
+        return BudgetGuard(self.limit, spent())
 
 
 class BudgetGuard:
-    """During apply: a chat starts only if its calls fit in what is left, counting the chats still in flight."""
+    """During apply: a chat starts only if its calls fit in what is left, counting the chats still in flight.
 
-    def __init__(self, limit: int, spent: Callable[[], int]) -> None:
+    It keeps its own account (what was spent when the writes began, plus every chat's reservation, trued up
+    to the calls it made when it finishes) rather than adding the live meter to the reservations: the meter
+    already holds the calls of the chats in flight, so that would count them twice and stop runs that fit.
+    """
+
+    def __init__(self, limit: int, spent: int) -> None:
         self.limit = limit
-        self._spent = spent
         self._lock = threading.Lock()
-        self._in_flight = 0
-        self._base: int | None = None
+        self._committed = spent
 
     def reserve(self, calls: int) -> bool:
         """Reserve ``calls`` for a chat about to start; False (nothing reserved) when they could cross the budget."""
         with self._lock:
-            if self._spent() + self._in_flight + calls > self.limit:
+            if self._committed + calls > self.limit:
                 return False
-            self._in_flight += calls
+            self._committed += calls
             return True
 
-    def release(self, calls: int) -> None:
-        """The chat finished: what it spent is in the meter now."""
+    def release(self, reserved: int, used: int) -> None:
+        """The chat finished after ``used`` of its ``reserved`` calls: give back what it did not use."""
         with self._lock:
-            self._in_flight -= calls
+            self._committed -= reserved - min(used, reserved)
 
 
 def budget_from(given: int | None, env: Mapping[str, str] | None = None) -> Budget | None:

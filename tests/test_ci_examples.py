@@ -816,7 +816,7 @@ def test_apply_summary_renders_every_field_of_the_json(tmp_path, platform):
                 "kind": "dtchat-apply",
                 "ok": False,
                 "calls": 5,
-                "summary": "Apply: 1 created, 1 updated, 0 forgotten, 1 failed (5 API calls).",
+                "summary": "Apply: 1 created, 1 updated, 0 forgotten, 1 failed (5 write calls).",
                 "chats": [
                     {
                         "key": "a",

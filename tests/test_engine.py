@@ -10,12 +10,13 @@ import json
 
 import pytest
 
-from reconciler.applier import apply_plan, planned_calls
+from reconciler.applier import _Stop, apply_change, apply_plan, planned_calls
 from reconciler.backends import AmbiguousCreateError, InvalidParameterError, QuotaExhaustedError
 from reconciler.config import load_config
 from reconciler.errors import UsageError
 from reconciler.manager import ApplyOptions, Manager
 from reconciler.model import LiveChat
+from reconciler.plan import Action, ChatChange
 from reconciler.state import StateFile, locate_state
 
 from fake_backend import CREATE, NOTIFY, UPDATE, FakeBackend
@@ -138,3 +139,25 @@ def test_a_dry_run_writes_nothing(setup, tmp_path):
     outcome = Manager(backend).apply(load_config([folder]), location, ApplyOptions(dry_run=True))
     assert outcome.calls and backend.sent == [] and not (tmp_path / "s.json").exists()
     assert json.dumps([call.shown_body(key) for key, call in outcome.calls if call])  # printable as is
+
+
+def test_ctrl_c_between_two_calls_of_a_chat_makes_the_next_run_read_it_again(tmp_path):
+    """Even when the stored digest already equals the desired one (the `--refresh all` after a change by hand)."""
+    stop = _Stop()
+
+    class InterruptedAfterOneCall(FakeBackend):
+        def send(self, call):
+            produced = super().send(call)
+            stop.interrupt()  # Ctrl-C while the first of the chat's calls was on the wire
+            return produced
+
+    backend = InterruptedAfterOneCall({"chat1": LiveChat("chat1", "C", "x", ("x",), {})})
+    state = StateFile(tmp_path / "s.json")
+    state.record("k", "chat1")
+    state.verified({"k": "digest-of-the-yaml"})
+    change = ChatChange(
+        "k", Action.UPDATE, chatid="chat1", add=tuple(f"u{i}" for i in range(45)), digest="digest-of-the-yaml"
+    )
+    result = apply_change(change, backend, state, stop=stop)
+    assert result.interrupted and result.calls == 1 and len(backend.sent) == 1
+    assert StateFile(tmp_path / "s.json").get("k").digest is None

@@ -347,3 +347,19 @@ def test_a_robot_not_in_the_chat_is_a_warning_and_the_apply_still_succeeds(emula
     assert warning.startswith(f"! eng: changes applied, but the --notify message was not sent: {ROBOT_SEND}")
     assert "robot" in warning and "! eng" not in result.stdout
     assert dtchat(emulator, "plan", str(cfg), "--detailed-exitcode", api="v1").exit_code == 0  # converged
+
+
+def test_a_robot_message_with_an_unknown_outcome_is_a_warning_that_stops_no_other_chat(emulator, applied):
+    cfg, chats, ids = applied
+    for key in chats:
+        chats[key]["name"] = chats[key]["name"] + "!"
+    write_config(cfg, chats)
+    emulator.faults.update({"http500_every": 1, "fault_endpoints": [ROBOT_SEND]})  # system.error: outcome unknown
+    result = dtchat(
+        emulator, "apply", str(cfg), "--auto-approve", "--notify", "--parallelism", "1", env=ROBOT, api="v1"
+    )
+    assert result.exit_code == 0, result.output
+    assert "Not started" not in result.output
+    assert all(emulator.chat(ids[key])["name"].endswith("!") for key in chats)  # every chat was applied
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("! ")]
+    assert len(warnings) == len(chats) and all("--notify message was not sent" in w for w in warnings)

@@ -201,6 +201,45 @@ def test_a_budget_stops_mid_run_before_a_chat_that_could_cross_it(tmp_path):
     assert len([c for c in backend.sent if c.endpoint is CREATE]) == 2 and set(state.bindings) == {"k0", "k1"}
 
 
+@pytest.mark.parametrize("parallelism", [1, 2, 8])
+def test_a_budget_equal_to_the_forecast_applies_everything_at_any_parallelism(tmp_path, parallelism):
+    """The guard counts each chat's calls once (not once in the meter and again as in flight)."""
+    folder = tmp_path / "c"
+    chats = {"big": {"name": "Big", "owner": "x", "members": list(users(119))}}  # a create and two updates
+    chats.update({f"k{i}": {"name": f"K{i}", "owner": "x"} for i in range(10)})
+    write_config(folder, chats)
+    backend = FakeBackend()
+    state = StateFile(tmp_path / "s.json")
+    plan = Manager(backend).plan(load_config([folder]), state)
+    assert plan.writes == 13
+    guard = Budget(13).guard(lambda: len(backend.sent))
+    result = apply_plan(plan, backend, state, parallelism=parallelism, budget=guard)
+    assert result.ok and result.not_started == ()
+    assert len(backend.sent) == 13
+
+
+def test_a_budget_equal_to_the_forecast_applies_through_the_cli_at_the_default_parallelism(emulator, tmp_path):
+    folder = tmp_path / "c"
+    chats = {"big": {"name": "Big", "owner": "x", "members": list(users(119))}}
+    chats.update({f"k{i}": {"name": f"K{i}", "owner": "x"} for i in range(10)})
+    write_config(folder, chats)
+    result = dtchat(emulator, "--budget", "13", "apply", str(folder), "--auto-approve")
+    assert result.exit_code == 0, result.output
+    assert "Not started" not in result.output and len(emulator.chats()) == 11
+
+
+def test_a_budget_stop_mid_run_says_why_on_the_not_started_line(emulator, tmp_path, monkeypatch):
+    """A mid-run stop needs a run that spends more than its forecast, which the API cannot stage: the
+    up-front check is bypassed here so the guard is what stops it."""
+    monkeypatch.setattr(Budget, "check_apply", lambda self, spent, writes, keys: None)
+    folder = tmp_path / "c"
+    write_config(folder, {f"k{i}": {"name": f"K{i}", "owner": "x"} for i in range(4)})
+    result = dtchat(emulator, "--budget", "2", "apply", str(folder), "--auto-approve", "--parallelism", "1")
+    assert result.exit_code == 1
+    assert "Not started: 2 chats (k2, k3) because the --budget of 2 metered calls would be crossed" in result.output
+    assert len(emulator.chats()) == 2
+
+
 @pytest.mark.parametrize("gen", ["v1", "legacy"])
 def test_quota_used_up_mid_apply_stops_in_one_line_and_the_next_run_continues(tmp_path, gen):
     with EmulatorServer(app_key=APP_KEY, app_secret=APP_SECRET, monthly_quota=3) as server:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 #: DingTalk's per-egress-IP ceiling over all APIs: this many calls ...
@@ -24,6 +25,15 @@ IP_LIMIT_CALLS = 10_000
 IP_LIMIT_WINDOW = 20.0
 #: Calls the per-IP bucket may save up. ``capacity + rate * window`` stays under the ceiling.
 IP_BURST = 100
+
+#: After a throttling answer, an endpoint is paced at this share of the rate the server accepted ...
+ACCEPTED_SHARE = 0.95
+#: ... over the last this many seconds (counted over at least 1 s: DingTalk's windows are per second) ...
+ACCEPTED_WINDOW = 2.0
+#: ... once at least this many calls were answered (fewer tell nothing: the rate is halved instead).
+ACCEPTED_MIN_CALLS = 5
+#: Successes remembered at most (the window at the highest rate anyone sets, bounded).
+ACCEPTED_KEEP = 1_000
 
 
 class TokenBucket:
@@ -72,14 +82,20 @@ class TokenBucket:
 
 
 class AdaptiveRate:
-    """One endpoint's limiter: ``max_rate`` until the server says "too fast", then AIMD.
+    """One endpoint's limiter: ``max_rate`` until the server says "too fast", then the rate it accepts.
 
-    A throttling answer halves the rate (not below ``floor``), once per round:
-    answers to calls reserved before the last cut are the same overload seen
-    late and are ignored, or a burst of refusals would collapse the rate to the
-    floor. Each success then adds ``1 / rate`` calls/s, so the rate climbs back
-    by about one call/s per second of clean traffic, up to ``max_rate``.
-    ``max_rate <= 0`` is unlimited and never adapts.
+    A throttling answer sets the rate to :data:`ACCEPTED_SHARE` of the rate the
+    server was seen to accept (successes over the last :data:`ACCEPTED_WINDOW`
+    seconds, counted over at least one second, since DingTalk counts calls per
+    second), or halves it when too few calls have been answered to tell; never
+    below ``floor``. Halving alone settled near three quarters of the server's
+    real limit (it cuts from just above the limit to half of it, then climbs
+    back). A cut happens once per round: answers to calls reserved before the
+    last cut are the same overload seen late and are ignored, or a burst of
+    refusals would collapse the rate to the floor. Each success then adds
+    ``1 / rate`` calls/s, so the rate climbs back by about one call/s per second
+    of clean traffic, up to ``max_rate``. ``max_rate <= 0`` is unlimited and
+    never adapts.
     """
 
     def __init__(
@@ -92,9 +108,13 @@ class AdaptiveRate:
     ) -> None:
         self.max_rate = float(max_rate)
         self.floor = min(float(floor), self.max_rate) if self.max_rate > 0 else 0.0
+        self._clock = clock
         self._bucket = TokenBucket(self.max_rate, 1, clock=clock, sleep=sleep)
         self._lock = threading.Lock()
         self._round = 0
+        #: When each recent success was answered (the last ACCEPTED_WINDOW seconds), and the first one ever.
+        self._accepted: deque[float] = deque()
+        self._first: float | None = None
 
     @property
     def rate(self) -> float:
@@ -107,6 +127,14 @@ class AdaptiveRate:
         self._bucket.acquire()
         return ticket
 
+    def _accepted_rate(self, now: float) -> float | None:
+        """Calls/s the server accepted lately (lock held); None when too few were answered to tell."""
+        while self._accepted and self._accepted[0] <= now - ACCEPTED_WINDOW:
+            self._accepted.popleft()
+        if self._first is None or len(self._accepted) < ACCEPTED_MIN_CALLS:
+            return None
+        return len(self._accepted) / max(1.0, min(ACCEPTED_WINDOW, now - self._first))
+
     def throttled(self, ticket: int) -> float | None:
         """The server refused a call as too fast: the new (lower) rate, or None if unchanged."""
         if self.max_rate <= 0:
@@ -115,17 +143,26 @@ class AdaptiveRate:
             if ticket != self._round:
                 return None
             self._round += 1
-            rate = max(self.floor, self._bucket.rate / 2)
-            if rate >= self._bucket.rate:
+            current = self._bucket.rate
+            accepted = self._accepted_rate(self._clock())
+            target = current / 2 if accepted is None else min(accepted, current) * ACCEPTED_SHARE
+            rate = max(self.floor, target)
+            if rate >= current:
                 return None
             self._bucket.set_rate(rate)
             return rate
 
     def succeeded(self) -> None:
-        """The server accepted a call at this rate: creep back towards ``max_rate``."""
-        if self._bucket.rate >= self.max_rate:  # the common case: nothing to do, no lock
+        """The server accepted a call at this rate: note it, and creep back towards ``max_rate``."""
+        if self.max_rate <= 0:
             return
         with self._lock:
+            now = self._clock()
+            if self._first is None:
+                self._first = now
+            self._accepted.append(now)
+            if len(self._accepted) > ACCEPTED_KEEP:
+                self._accepted.popleft()
             rate = self._bucket.rate
             if rate < self.max_rate:
                 self._bucket.set_rate(min(self.max_rate, rate + 1.0 / rate))
