@@ -38,6 +38,7 @@ from .render import (
     FORMATS,
     VALIDATE_FORMATS,
     api_calls_line,
+    drift_fix_hint,
     id_warnings,
     render_apply_json,
     render_calls,
@@ -753,7 +754,8 @@ def drift(opts: Options, paths, state_file, fmt, targets, parallelism, rotate_da
     elif fmt == "markdown":
         opts.echo(render_drift_markdown(report, meter).rstrip("\n"))
     else:
-        opts.echo(render_drift_text(report, verbose=opts.verbose, meter=meter))
+        hint = drift_fix_hint(report, paths, location.flag)
+        opts.echo(render_drift_text(report, verbose=opts.verbose, meter=meter, hint=hint))
     if report.has_errors:
         raise click.exceptions.Exit(1)
     if report.has_drift:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shlex
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -197,6 +198,18 @@ def api_calls_line(meter: Meter, plan: Plan | None = None) -> str:
     return line
 
 
+def _no_changes(plan: Plan) -> str:
+    """The all-clear, which says so when it rests on chats not read (verified unchanged since, design §11)."""
+    unread = len(plan.of(Action.UNREAD))
+    if not unread:
+        return "No changes. DingTalk matches the configuration."
+    read = len(plan.changes) - unread
+    return (
+        f"No changes. {read} chat{'s' if read != 1 else ''} read, {unread} not read: unchanged since verified "
+        "(changes made by hand in DingTalk show with `--refresh all` or `drift`)."
+    )
+
+
 def render_text(
     plan: Plan, *, verbose: bool = False, warnings: tuple[str, ...] = (), meter: Meter | None = None
 ) -> str:
@@ -206,7 +219,7 @@ def render_text(
         for c in plan.changes
         if verbose or c.action not in _QUIET
     ]
-    clean = None if plan.has_changes or plan.has_errors else "No changes. DingTalk matches the configuration."
+    clean = None if plan.has_changes or plan.has_errors else _no_changes(plan)
     hint = rename_hint(plan)
     text = _text(blocks, plan.summary(), clean, (*warnings, *id_warnings(plan)), (hint,) if hint else ())
     return text + ("\n" + api_calls_line(meter, plan) if meter is not None else "")
@@ -408,6 +421,8 @@ _DRIFT_SYMBOL = {
     Status.NOT_READ: ("=", None),
 }
 _DRIFT_QUIET = (Status.IN_SYNC, Status.NOT_READ)
+#: A drift hint names each drifted chat with --target up to this many; beyond, it re-reads them all.
+MAX_HINT_TARGETS = 10
 
 
 def _drift_lines(d: ChatDrift) -> list[_Line]:
@@ -428,7 +443,23 @@ def _drift_lines(d: ChatDrift) -> list[_Line]:
     return lines
 
 
-def render_drift_text(report: DriftReport, *, verbose: bool = False, meter: Meter | None = None) -> str:
+def drift_fix_hint(report: DriftReport, paths: Sequence[str], flag: str = "") -> str | None:
+    """The command that puts drifted chats back: a default apply does not read chats verified unchanged since,
+    so it would not see what was changed by hand."""
+    keys = [d.key for d in report.of(Status.DRIFTED)]
+    if not keys:
+        return None
+    targets = "".join(f" --target {shlex.quote(k)}" for k in keys) if len(keys) <= MAX_HINT_TARGETS else ""
+    where = " ".join(shlex.quote(p) for p in paths)
+    return (
+        f"`dtchat apply {where} --refresh all{targets}{flag}` puts the drifted chat{'s' if len(keys) != 1 else ''} "
+        "back (a default apply reads only chats whose YAML or directory members changed)"
+    )
+
+
+def render_drift_text(
+    report: DriftReport, *, verbose: bool = False, meter: Meter | None = None, hint: str | None = None
+) -> str:
     blocks = [
         (*_DRIFT_SYMBOL[d.status], f"{d.status.value.replace('_', ' ')} {d.key}{_where(d.chatid)}", _drift_lines(d))
         for d in report.chats
@@ -437,7 +468,7 @@ def render_drift_text(report: DriftReport, *, verbose: bool = False, meter: Mete
     clean = None if report.has_drift or report.has_errors else "No drift. DingTalk matches the configuration."
     if clean and report.rotation is not None:
         clean = "No drift in the chats read today."
-    text = _text(blocks, report.summary(), clean)
+    text = _text(blocks, report.summary(), clean, hints=(hint,) if hint else ())
     return text + ("\n" + api_calls_line(meter) if meter is not None else "")
 
 

@@ -276,3 +276,25 @@ def test_a_saved_plan_is_refused_when_a_chat_it_did_not_read_changed_in_the_dire
     assert result.exit_code == 1 and "refusing the saved plan, nothing was changed" in result.stderr
     assert "rd-all" in result.stderr and len(org_emulator.calls_to(UPDATES[api])) == writes  # no write at all
     assert org_emulator.meter()["metered"] - before == 1  # it read only the chat that changed
+
+
+def test_a_clean_plan_says_it_rests_on_chats_not_read_and_drift_says_how_to_put_them_back(emulator, tmp_path):
+    """A change by hand is invisible to a default plan (the chat is verified unchanged since); the plan must not
+    claim DingTalk matches, and drift must name the command that puts it back."""
+    folder = tmp_path / "c"
+    write_config(folder, {"a": {"name": "A", "owner": "x", "members": ["y"]}, "b": {"name": "B", "owner": "x"}})
+    assert dtchat(emulator, "apply", str(folder), "--auto-approve").exit_code == 0
+    chatid = state_of(folder / "dtchat.state.json")["a"]
+    emulator.change_by_hand(chatid, add=["mallory"])
+    plan = dtchat(emulator, "plan", str(folder))
+    assert "DingTalk matches the configuration" not in plan.output
+    assert "No changes. 0 chats read, 2 not read: unchanged since verified" in plan.output
+    drift = dtchat(emulator, "drift", str(folder))
+    assert drift.exit_code == 2
+    (hint,) = [line for line in drift.output.splitlines() if line.startswith("Hint: ")]
+    command = hint.split("`")[1]
+    assert command.startswith(f"dtchat apply {folder} --refresh all --target a")  # and the --state it used
+    fixed = dtchat(emulator, *command.split()[1:], "--auto-approve")
+    assert fixed.exit_code == 0, fixed.output
+    assert "mallory" not in emulator.chat(chatid)["useridlist"]
+    assert dtchat(emulator, "drift", str(folder)).exit_code == 0
