@@ -4,12 +4,21 @@ and an adaptive rate that settles at what the server accepts (issue 21, "Operato
 from __future__ import annotations
 
 import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import requests
 
 from reconciler.backends.ratelimit import ACCEPTED_SHARE, AdaptiveRate
 
 from helpers import dtchat, state_of, write_config
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture
@@ -164,3 +173,41 @@ def test_with_too_few_answers_to_measure_a_throttle_still_halves():
     limiter = AdaptiveRate(40, clock=clock, sleep=clock.sleep)
     limiter.succeeded()
     assert limiter.throttled(limiter.acquire()) == 20
+
+
+def test_the_sandbox_chats_can_be_changed_by_hand_through_emulator_sandbox(tmp_path):
+    """README's drift demo: `dtchat --sandbox emulator` serves the sandbox's chats; a change through its admin
+    route is the drift the next `--sandbox drift` reports."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    run = [sys.executable, "-m", "reconciler"]
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    applied = subprocess.run([*run, "--sandbox", "apply", "examples/chats/", "--auto-approve"], cwd=tmp_path, env=env)
+    assert applied.returncode == 0
+    state = json.loads(
+        subprocess.check_output([*run, "--sandbox", "state", "show", "eng-oncall"], cwd=tmp_path, env=env)
+    )
+    chatid = state["chats"]["eng-oncall"]["chatid"]
+    server = subprocess.Popen(
+        [*run, "--sandbox", "emulator", "--port", "0"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        ready, _, _ = select.select([server.stdout], [], [], 20)
+        assert ready, "the emulator printed no address within 20 s"
+        first = server.stdout.readline()
+        url = first.split("listening on ", 1)[1].split()[0]
+        answer = requests.post(url + "/__emulator__/hand", json={"chatid": chatid, "add": ["mallory"]}, timeout=10)
+        assert answer.status_code == 200, answer.text
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    drift = subprocess.run(
+        [*run, "--sandbox", "drift", "examples/chats/"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert drift.returncode == 2, drift.stdout + drift.stderr
+    assert "- mallory" in drift.stdout and "drifted eng-oncall" in drift.stdout
+
+
+def test_emulator_sandbox_refuses_other_data(emulator, tmp_path):
+    result = dtchat(emulator, "--sandbox", "emulator", "--data", str(tmp_path / "x.json"))
+    assert result.exit_code == 1 and "drop --users/--org/--data" in result.output

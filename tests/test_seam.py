@@ -44,7 +44,40 @@ FIELDS = (
     "appKey",
     "appSecret",
     "appsecret",
+    "ownerType",
+    "extidlist",
+    "add_extidlist",
+    "del_extidlist",
+    "expireIn",
+    "expires_in",
+    "request_id",
+    "requestid",
+    "sampleText",
+    # the Stream gateway's frames and the events they carry
+    "specVersion",
+    "eventType",
+    "eventId",
+    "eventBornTime",
+    "eventCorpId",
+    "clientId",
+    "clientSecret",
+    "chat_add_member",
+    "chat_remove_member",
+    "chat_quit",
+    "chat_update_owner",
+    "chat_update_title",
+    "chat_disband",
+    "user_add_org",
+    "user_leave_org",
+    "user_modify_org",
+    "user_active_org",
+    "org_dept_create",
+    "org_dept_modify",
+    "org_dept_remove",
+    "label_user_change",
 )
+#: The hosts: only the backends know where DingTalk is.
+HOSTS = re.compile(r"(oapi|api)\.dingtalk\.com")
 CODES = (
     "88",
     "33001",
@@ -77,7 +110,8 @@ CODES = (
 )
 V1_CODES = re.compile(
     r"Forbidden\.AccessDenied|parameter\.invalid|permession\.checkFailed|InvalidAuthentication|system\.(error|busy)"
-    r"|invalideChatId|invalidParameter\.robotCode|ApiCountLimitForOrg"
+    r"|invalideChatId|invalidParameter\.robotCode|ApiCountLimitForOrg|systemBusy|send\.too\.fast"
+    r"|unknown\.send\.result|invalid\.openConversationId|group\.disbanded|invalidClientIdOrSecret"
 )
 
 
@@ -102,17 +136,27 @@ def test_no_endpoint_wire_field_or_error_code_outside_the_backends():
                     problems.append(f"{where}: error code {code}: {line.strip()}")
             if V1_CODES.search(line):
                 problems.append(f"{where}: v1.0 error code: {line.strip()}")
+            if HOSTS.search(line):
+                problems.append(f"{where}: DingTalk host: {line.strip()}")
     assert problems == [], "\n".join(problems)
 
 
 def test_the_scan_finds_what_it_looks_for(tmp_path):
     """The patterns are live: each kind of leak in a sample line is caught."""
-    samples = ['x = "/chat/create"', 'body["add_useridlist"]', "if code == 90020:", '"Forbidden.AccessDenied.X"']
+    samples = [
+        'x = "/chat/create"',
+        'body["add_useridlist"]',
+        "if code == 90020:",
+        '"Forbidden.AccessDenied.X"',
+        'if kind == "user_leave_org":',
+        'BASE = "https://api.dingtalk.com"',
+    ]
     for sample in samples:
         hit = (
             PATHS.search(sample)
             or any(re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", sample) for f in FIELDS)
             or any(re.search(rf"(?<![\w.-]){re.escape(c)}(?![\w.])", sample) for c in CODES)
             or V1_CODES.search(sample)
+            or HOSTS.search(sample)
         )
         assert hit, sample
