@@ -667,7 +667,7 @@ def render_watch_text(alert: Any) -> str | None:
 
 
 def render_watch_json(alert: Any) -> str:
-    """One JSON object on one line per handled chat (docs/formats.md)."""
+    """One JSON object on one line per handled chat (docs/watch.md)."""
     d = alert.drift
     document = {
         "kind": watch_kind(alert),

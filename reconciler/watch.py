@@ -4,8 +4,10 @@ An event is a hint to look, never trusted as the chat's state: a chat event make
 (apply's rules decide what to do, exactly as ``apply --target KEY`` would); a directory event makes it
 re-resolve the selectors (exempt calls) and look at each chat whose resolved members changed.
 
-* **Coalesced per chat.** At most one handling of a chat runs at a time; every event that arrives meanwhile
-  shares the next one. A burst of 50 events on one chat costs at most two reads.
+* **Coalesced per chat.** At most one handling of a chat runs at a time. A handling waits ``SETTLE``
+  seconds before it reads, and every event on that chat arriving meanwhile shares it (DingTalk delivers a
+  burst one frame at a time); events arriving once it reads share the next one. A burst of 50 events on
+  one chat costs at most two reads.
 * **Deduplicated by event id**, and **acknowledged only after handling**: :meth:`Watcher.submit` returns a
   future the Stream glue waits on before it acks (redeliveries of an event in flight share its future).
 * **Within a budget**: ``--budget N`` is per rolling hour here; a handling it cannot afford is skipped, said
@@ -22,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -41,6 +43,8 @@ log = logging.getLogger("reconciler.watch")
 SEEN_EVENTS = 10_000
 #: The key under which directory re-resolutions are coalesced (not a valid chat key).
 _DIRECTORY = "<directory>"
+#: Seconds a handling waits before it reads, so that the events of a burst share it.
+SETTLE = 0.2
 
 
 @dataclass(frozen=True)
@@ -70,18 +74,25 @@ def _done(value: bool) -> Future[bool]:
 
 
 class _Slot:
-    __slots__ = ("running", "next")
+    __slots__ = ("running", "settling", "current", "next", "next_work")
 
     def __init__(self) -> None:
         self.running = False
+        #: The running round has not started its work yet: a submission now is covered by it.
+        self.settling = False
+        self.current: Future[Any] | None = None
         self.next: Future[Any] | None = None
+        #: The next round's work: the first submission's after the running round started (its cause).
+        self.next_work: Callable[[], Any] | None = None
 
 
 class Rounds:
-    """Per key, one round at a time; submissions during a round share the next round."""
+    """Per key, one round at a time. A round waits ``settle`` seconds before its work starts, and submissions
+    meanwhile share it; submissions once its work has started share the next round."""
 
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, settle: float = 0.0) -> None:
         self._pool = pool
+        self._settle = settle
         self._lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
 
@@ -89,25 +100,33 @@ class Rounds:
         with self._lock:
             slot = self._slots.setdefault(key, _Slot())
             if slot.running:
+                if slot.settling and slot.current is not None:
+                    return slot.current
                 if slot.next is None:
-                    slot.next = Future()
+                    slot.next, slot.next_work = Future(), work
                 return slot.next
-            slot.running = True
             fut: Future[Any] = Future()
+            slot.running, slot.settling, slot.current = True, True, fut
         self._pool.submit(self._drive, slot, work, fut)
         return fut
 
     def _drive(self, slot: _Slot, work: Callable[[], Any], fut: Future[Any]) -> None:
         while True:
+            if self._settle > 0:
+                time.sleep(self._settle)
+            with self._lock:
+                slot.settling = False
             try:
                 fut.set_result(work())
             except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
                 fut.set_exception(exc)
             with self._lock:
                 if slot.next is None:
-                    slot.running = False
+                    slot.running, slot.current = False, None
                     return
                 fut, slot.next = slot.next, None
+                work, slot.next_work = slot.next_work or work, None
+                slot.current, slot.settling = fut, True
 
 
 class HourlyBudget:
@@ -146,6 +165,7 @@ class Watcher:
         thresholds: Thresholds | None = None,
         budget: HourlyBudget | None = None,
         workers: int = 4,
+        settle: float = SETTLE,
     ) -> None:
         self.manager = manager
         self.paths = tuple(paths)
@@ -156,7 +176,7 @@ class Watcher:
         self.budget = budget
         self.config: Config = load_config(self.paths)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dtchat-watch")
-        self._rounds = Rounds(self._pool)
+        self._rounds = Rounds(self._pool, settle)
         self._seen: collections.OrderedDict[str, Future[bool]] = collections.OrderedDict()
         self._lock = threading.Lock()
         #: One enforcement at a time: the state file's lock is per process-wide open file.
@@ -294,13 +314,13 @@ class Watcher:
         except StateError as exc:  # another run holds the lock: DingTalk redelivers, we look again then
             log.warning("%s: %s; will look again when the event is redelivered", key, exc)
             return False
-        except DtchatError as exc:
-            alert = Alert(key, None, cause, None, problem=str(exc))
-        metered = self.manager.meter().metered - spent
+        except DtchatError as exc:  # (the meter is shared: other chats' calls meanwhile may be counted)
+            alert = Alert(key, None, cause, None, problem=str(exc), metered=self.manager.meter().metered - spent)
+        metered = alert.metered
         if self.budget is not None:
             self.budget.spend(metered)
         self.handled += 1
-        self.emit(replace(alert, metered=metered))
+        self.emit(alert)
         log.info("%s: handled (%s metered call%s)", key, metered, "" if metered == 1 else "s")
         return True
 
@@ -308,7 +328,7 @@ class Watcher:
         state = StateFile(self.location.path, flag=self.location.flag)
         plan = self.manager.plan(self.config, state, targets={key}, refresh=REFRESH_ALL)
         chatid = plan.changes[0].chatid if plan.changes else None
-        return Alert(key, chatid, cause, _drift_of(plan, key))
+        return Alert(key, chatid, cause, _drift_of(plan, key), metered=plan.reads)
 
     def _converge(self, key: str, cause: str) -> Alert:
         bound = StateFile(self.location.path).get(key)
@@ -323,20 +343,30 @@ class Watcher:
         def no_creates(plan: Any) -> bool:  # the state changed under us: never create from an event
             return not any(c.action is Action.CREATE for c in plan.changes)
 
+        # Every metered call of an enforcement is made under the lock: what the meter moved is this chat's.
+        metered = 0
         try:
             with self._apply_lock:
-                outcome = self.manager.apply(self.config, self.location, options, on_plan=on_plan, confirm=no_creates)
+                spent = self.manager.meter().metered
+                try:
+                    outcome = self.manager.apply(
+                        self.config, self.location, options, on_plan=on_plan, confirm=no_creates
+                    )
+                finally:
+                    metered = self.manager.meter().metered - spent
         except StateError:
             raise
         except DtchatError as exc:  # a removal threshold, …: alert, never force
             plan = seen.get("plan")
             drift = _drift_of(plan, key) if plan is not None else None
-            return Alert(key, bound.chatid, cause, drift, problem=f"not enforced: {exc}")
+            return Alert(key, bound.chatid, cause, drift, problem=f"not enforced: {exc}", metered=metered)
         plan = outcome.plan
         drift = _drift_of(plan, key)
         change = next((c for c in plan.changes if c.key == key), None)
         if outcome.outcome is Outcome.CANCELLED:
-            return Alert(key, bound.chatid, cause, drift, problem="not enforced: watch never creates a chat")
+            return Alert(
+                key, bound.chatid, cause, drift, problem="not enforced: watch never creates a chat", metered=metered
+            )
         result = outcome.result
         problem = None
         if result is not None and not result.ok:
@@ -348,6 +378,7 @@ class Watcher:
             drift,
             enforced=outcome.outcome is Outcome.APPLIED and problem is None,
             problem=problem,
+            metered=metered,
         )
 
 

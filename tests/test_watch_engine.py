@@ -1,6 +1,6 @@
 """``dtchat watch``'s engine against the in-memory fake of the seam: coalescing, deduplication, what an
 event makes it read and (with --enforce) write, directory events, reloads. The Stream connection itself is
-tested end to end against the emulator's gateway (tests/test_watch.py)."""
+tested end to end against the emulator's gateway (tests/test_watch_e2e.py)."""
 
 from __future__ import annotations
 

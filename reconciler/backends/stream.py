@@ -33,6 +33,39 @@ INSTALL_HINT = "pip install 'dingtalk-chat-reconciler[watch]' (the dtchat[watch]
 Handler = Callable[[str | None, str | None, Any], "Future[bool]"]
 
 
+class _SdkLines(logging.Filter):
+    """The SDK's own log, made to fit watch's: a lost connection or a failed open is said once, by watch.
+
+    The SDK logs a dropped connection (``[start] network exception``) and a failed open (``open connection
+    failed``) as errors; watch logs the reconnect (and each failed open) in one line of its own, so those
+    become INFO (shown with -v). Its ``unknown exception`` (a failed WebSocket connect) is logged with a
+    stray argument and a traceback: one warning line instead.
+    """
+
+    QUIET = ("[start] network exception", "open connection failed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        if record.levelno > logging.INFO and msg.startswith(self.QUIET):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        elif msg == "unknown exception":
+            exc = record.exc_info[1] if record.exc_info else None
+            record.msg = "the Stream connection failed (%s); the SDK tries again in 3 s"
+            record.args = (str(exc) or type(exc).__name__,) if exc is not None else ("unknown error",)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def sdk_logger() -> logging.Logger:
+    """The logger handed to the SDK: its lines fitted to watch's (``_SdkLines``), then redacted."""
+    sdk_log = logging.getLogger("reconciler.stream.sdk")
+    if not any(isinstance(f, _SdkLines) for f in sdk_log.filters):
+        sdk_log.addFilter(_SdkLines())  # first: the line it writes is redacted too (an error may quote the URL)
+        sdk_log.addFilter(RedactingFilter())
+    return sdk_log
+
+
 class StreamUnavailable(DtchatError):
     """The Stream SDK is not installed."""
 
@@ -80,8 +113,7 @@ class StreamListener:
         from dingtalk_stream import AckMessage
 
         listener = self
-        sdk_log = logging.getLogger("reconciler.stream.sdk")
-        sdk_log.addFilter(RedactingFilter())
+        sdk_log = sdk_logger()
 
         class Events(dingtalk_stream.EventHandler):
             async def process(self, event: Any) -> tuple[int, str]:
@@ -96,6 +128,11 @@ class StreamListener:
                 if done:
                     return AckMessage.STATUS_OK, "OK"
                 return AckMessage.STATUS_SYSTEM_EXCEPTION, "not handled; redeliver"
+
+        # The SDK reads its gateway URL from DINGTALK_OPENAPI_ENDPOINT once, at import, and names it as
+        # ``DingTalkStreamClient.OPEN_CONNECTION_API`` (the class, not ``self``): a subclass attribute alone
+        # is ignored, so the SDK's own class is pointed at --openapi-base (this process runs one client).
+        dingtalk_stream.DingTalkStreamClient.OPEN_CONNECTION_API = base + GATEWAY_PATH
 
         class Client(dingtalk_stream.DingTalkStreamClient):
             OPEN_CONNECTION_API = base + GATEWAY_PATH

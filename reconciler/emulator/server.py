@@ -34,7 +34,7 @@ dingtalk-api.md is silent:
   ``Faults.stream_open_failures``, the body (400 ``parameter.invalid``), the
   credentials (400 ``invalidClientIdOrSecret``, as the v1.0 token call) and
   the WebSocket server (500 ``system.error`` naming ``pip install
-  'dtchat[watch]'`` when ``websockets`` is missing). Chat changes (API
+  'dingtalk-chat-reconciler[watch]'`` when ``websockets`` is missing). Chat changes (API
   updates, ``change_by_hand``) and org edits made through this class push
   the events of ``events.py``; ``set_chat``, ``seed_chat`` and edits made
   on ``srv.org`` directly push nothing.
@@ -205,6 +205,8 @@ class EmulatorServer:
     ) -> None:
         if users is not None and org is not None:
             raise EmulatorSetupError("give users or org, not both: an org's users are the known users")
+        #: The fixed directory of user ids (``users``), or None; what user/get answers without an org.
+        self._users = None if users is None else frozenset(users)
         self._fault_defaults: dict[str, Any] = {
             "qps_limit": qps_limit,
             "latency_ms": latency_ms,
@@ -229,7 +231,7 @@ class EmulatorServer:
         self._initial_org = org.copy() if org is not None else None
         self._org = org
         self._store = ChatStore(
-            users=users,
+            users=self._users,
             data_path=data_path,
             unknown_users=self._unknown_users if users is None else None,
             robot_in_new_chats=robot_in_new_chats,
@@ -703,7 +705,7 @@ class EmulatorServer:
         if route.kind == "chat":
             return legacy.run_chat(self._store, req, take_drop)
         if route.kind == "directory":
-            return legacy.run_directory(self._org, req)
+            return legacy.run_directory(self._org, req, self._users)
         return v1.run(self._store, req, self.robot_code, take_drop)
 
     def _gates(self, dialect: Dialect, req: Request) -> Reply | None:

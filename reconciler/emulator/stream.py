@@ -77,7 +77,7 @@ SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
 #: The WebSocket close code for a refused ticket.
 POLICY_VIOLATION = 1008
-INSTALL_HINT = "pip install 'dtchat[watch]'"
+INSTALL_HINT = "pip install 'dingtalk-chat-reconciler[watch]' (the dtchat[watch] extra)"
 #: How long a close() waits for the client's half of the closing handshake.
 CLOSE_TIMEOUT = 2.0
 #: The ack's ``data`` status that means "failed, push it again" (Java/Go SDKs).
@@ -188,6 +188,9 @@ class StreamGateway:
         self._cond = threading.Condition()
         self._tickets: dict[str, tuple[list[dict[str, str]], str]] = {}
         self._conns: dict[str, _Conn] = {}
+        #: WebSocket connections past ``process_request`` whose handler has not yet taken or refused them
+        #: (the client may already see itself connected): ``close()`` waits for them.
+        self._handshaking: dict[int, Any] = {}
         self._messages: dict[str, _Message] = {}
         self._by_message_id: dict[str, str] = {}
         self._system: dict[str, str] = {}
@@ -217,7 +220,14 @@ class StreamGateway:
                     raise GatewayUnavailable(
                         f"the emulator's Stream gateway needs the websockets package: {INSTALL_HINT}"
                     ) from None
-                server = serve(self._handle, self._host, 0, close_timeout=CLOSE_TIMEOUT, logger=_log)
+                server = serve(
+                    self._handle,
+                    self._host,
+                    0,
+                    close_timeout=CLOSE_TIMEOUT,
+                    logger=_log,
+                    process_request=self._on_handshake,
+                )
                 with self._cond:
                     self._stopping = False
                 self._server = server
@@ -251,6 +261,7 @@ class StreamGateway:
             self._server_thread = self._dispatcher = None
             with self._cond:
                 self._conns.clear()
+                self._handshaking.clear()
 
     # ---- connections/open -------------------------------------------------------------------
 
@@ -262,22 +273,29 @@ class StreamGateway:
             self.used = True
         return ticket
 
+    def _on_handshake(self, ws: Any, request: Any) -> None:
+        """``process_request``: a handshake is under way (its handler registers or refuses it)."""
+        with self._cond:
+            self._handshaking[id(ws)] = ws
+        return None
+
     def _handle(self, ws: Any) -> None:
         """One WebSocket connection (a websockets handler thread): check the ticket, then read acks."""
         parts = urlsplit(ws.request.path)
         ticket = (parse_qs(parts.query).get("ticket") or [""])[0]
         with self._cond:
+            self._handshaking.pop(id(ws), None)
             entry = self._tickets.pop(ticket, None) if parts.path == CONNECT_PATH else None
             if entry is None:
                 self._stats["refused"] += 1
+            else:
+                conn = _Conn(uuid.uuid4().hex, ws, *entry)
+                self._conns[conn.id] = conn
+                self._stats["accepted"] += 1
+            self._cond.notify_all()
         if entry is None:
             ws.close(POLICY_VIOLATION, "invalid ticket")
             return
-        conn = _Conn(uuid.uuid4().hex, ws, *entry)
-        with self._cond:
-            self._conns[conn.id] = conn
-            self._stats["accepted"] += 1
-            self._cond.notify_all()
         try:
             for raw in ws:
                 self._on_frame(conn, raw)
@@ -469,8 +487,9 @@ class StreamGateway:
     # ---- SYSTEM frames, closing -------------------------------------------------------------
 
     def send_system(self, topic: str, data: Mapping[str, Any]) -> list[str]:
-        """A SYSTEM frame to every connection; returns the messageIds sent."""
+        """A SYSTEM frame to every connection (a handshake under way included); returns the messageIds sent."""
         with self._cond:
+            self._wait_handshakes(time.monotonic() + CLOSE_TIMEOUT)
             conns = list(self._conns.values())
             frames = []
             for conn in conns:
@@ -492,6 +511,7 @@ class StreamGateway:
     def disconnect(self, reason: str, grace: float) -> int:
         """SYSTEM ``disconnect`` to every connection; close those still open after ``grace`` seconds."""
         with self._cond:
+            self._wait_handshakes(time.monotonic() + CLOSE_TIMEOUT)
             ids = set(self._conns)
         sent = self.send_system("disconnect", {"reason": reason})
         if grace >= 0:
@@ -503,8 +523,13 @@ class StreamGateway:
     def close(
         self, code: int = 1000, reason: str = "", *, abort: bool = False, only: Iterable[str] | None = None
     ) -> int:
-        """Close every connection (or those in ``only``) with ``code``; ``abort``: drop TCP with no close frame."""
+        """Close every connection (or those in ``only``) with ``code``; ``abort``: drop TCP with no close frame.
+
+        "Every" includes a client whose handshake has completed while its handler has not yet taken it.
+        """
         with self._cond:
+            if only is None:
+                self._wait_handshakes(time.monotonic() + CLOSE_TIMEOUT)
             conns = [c for c in self._conns.values() if only is None or c.id in set(only)]
         threads = []
         for conn in conns:
@@ -519,6 +544,20 @@ class StreamGateway:
             while any(c.id in self._conns for c in conns) and time.monotonic() < deadline:
                 self._cond.wait(timeout=0.05)
         return len(conns)
+
+    def _wait_handshakes(self, deadline: float) -> None:
+        """Until no handshake is in progress (lock held): each handler takes or refuses its connection."""
+        if not self._handshaking:
+            return
+        from websockets.protocol import State
+
+        while time.monotonic() < deadline:
+            for key, ws in list(self._handshaking.items()):
+                if ws.state is State.CLOSED:  # the handshake failed: no handler will run
+                    del self._handshaking[key]
+            if not self._handshaking:
+                return
+            self._cond.wait(timeout=0.02)
 
     # ---- inspection -------------------------------------------------------------------------
 
