@@ -17,13 +17,18 @@ Why it is shaped this way (design §8):
 * A failed or empty answer is never a member list: it becomes an error for
   every chat that uses it (members are never removed on the strength of one).
   Only an error that would hit every call (``is_fatal``) stops the run.
+* User ids a plan would add or make owner, and that no directory answer of
+  this run already named, are checked to exist (``check_users``) on their
+  own lane, once per distinct id: an unknown id, or one whose check failed,
+  is an error for every chat that would add it (``unknown_user_errors``),
+  never a write that DingTalk refuses half-way through an apply.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -77,6 +82,7 @@ DEPT = "dept"
 ROLE = "role"
 ROLES = "roles"
 MOBILE = "mobile"
+USER = "user"
 
 
 def _user_set(ids: Iterable[Any]) -> frozenset[str]:
@@ -92,6 +98,7 @@ _CALLS: Mapping[str, Callable[[Directory, Any], Any]] = {
     ROLE: lambda d, role: _user_set(d.role_user_ids(role)),
     ROLES: lambda d, _: dict(d.role_names()),
     MOBILE: lambda d, mobile: sys.intern(str(d.user_id_by_mobile(mobile))),
+    USER: lambda d, userid: d.user_exists(userid) is True,
 }
 
 
@@ -273,6 +280,98 @@ def _reason(exc: DingTalkError, what: str) -> str:
     if isinstance(exc, NotFoundError):
         return f"{what} not found ({exc.code_text})"
     return f"cannot read {what}: {exc}"
+
+
+# ---------------------------------------------------------------------------- user ids
+
+
+#: ``check_users``: this many failed second asks in a row and the rest are not asked again.
+RETRY_GIVE_UP = 3
+
+
+def check_users(
+    directory: Directory, userids: Iterable[str], *, parallelism: int = 8
+) -> dict[str, bool | DingTalkError]:
+    """Ask the directory once per distinct id whether it exists, concurrently on the ``user`` lane.
+
+    Each id maps to True / False, or to the (non-fatal) error that kept the directory from telling; a
+    fatal one (``is_fatal``) is raised. Ids whose concurrent lookup failed are asked once more, one at a
+    time: a burst of lookups can lose races a single call wins (a token the others just used up, a
+    throttled spell). ``RETRY_GIVE_UP`` failures in a row end that pass, since the directory is then
+    really refusing (a permission, a busy spell), and the rest keep their first error.
+    """
+    wanted = sorted(set(userids))
+    if not wanted:
+        return {}
+    calls = _Calls(directory, parallelism)
+    try:
+        for userid in wanted:
+            calls.request(USER, userid)
+        calls.drive(lambda lane, arg, result: None)
+    finally:
+        calls.close()
+    answers: dict[str, bool | DingTalkError] = {userid: calls.answer(USER, userid) for userid in wanted}
+    in_a_row = 0
+    for userid in [u for u, answer in answers.items() if isinstance(answer, DingTalkError)]:
+        try:
+            answers[userid] = directory.user_exists(userid) is True
+            in_a_row = 0
+        except DingTalkError as exc:
+            if is_fatal(exc):
+                raise
+            answers[userid] = exc
+            in_a_row += 1
+            if in_a_row >= RETRY_GIVE_UP:
+                break
+    return answers
+
+
+def directory_users(lookups: Mapping[Selector, Lookup]) -> frozenset[str]:
+    """Every user id a usable directory answer of this run named: they exist, no need to ask again."""
+    return frozenset().union(*(lookup.users or () for lookup in lookups.values() if lookup.error is None))
+
+
+def unknown_user_errors(
+    wanted: Mapping[str, Collection[str]], answers: Mapping[str, bool | DingTalkError]
+) -> dict[str, str]:
+    """chat key -> one line naming the ids it would add that do not exist, or could not be checked (pure).
+
+    ``wanted`` maps each chat to the ids it would add or make owner; ``answers`` is :func:`check_users`'s.
+    An id without an answer counts as not checked: never as existing.
+    """
+    errors: dict[str, str] = {}
+    for key, userids in wanted.items():
+        unknown: list[str] = []
+        failed: dict[str, list[str]] = {}
+        for userid in sorted(set(userids)):
+            answer = answers.get(userid)
+            if answer is True:
+                continue
+            if answer is False:
+                unknown.append(userid)
+            else:
+                why = str(answer) if isinstance(answer, DingTalkError) else "it was not looked up"
+                failed.setdefault(why, []).append(userid)
+        problems = []
+        if unknown:
+            s = "s" if len(unknown) > 1 else ""
+            problems.append(
+                f"unknown user id{s} {_some(unknown, 50)}: not in the organisation's directory "
+                f"(a typo, or someone who left); correct or remove {'them' if s else 'it'} in the YAML"
+            )
+        for why, ids in failed.items():
+            s = "s" if len(ids) > 1 else ""
+            problems.append(f"cannot check that user id{s} {_some(ids, 10)} exist{'' if s else 's'}: {why}")
+        if problems:
+            errors[key] = "; ".join(problems)
+    return errors
+
+
+def _some(ids: Sequence[str], most: int) -> str:
+    """``a, b, c`` or, past ``most``, ``a, b, … and 7 more``: one line stays readable."""
+    if len(ids) <= most:
+        return ", ".join(ids)
+    return ", ".join(ids[:most]) + f", … and {len(ids) - most} more"
 
 
 # ---------------------------------------------------------------------------- expansion

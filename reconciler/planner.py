@@ -226,6 +226,51 @@ def make_plan(
     return Plan(changes=tuple(changes), flag=flag, writes=writes)
 
 
+def users_to_check(plan: Plan, known: Collection[str] = ()) -> dict[str, tuple[str, ...]]:
+    """chat key -> the user ids its change would add or make owner, except ``known`` ones (sorted).
+
+    Only creates and updates add anyone; an id already in the live chat is not added, and ``known`` (ids a
+    directory answer of this run named) exist already. These are the ids to confirm before any write.
+    """
+    known = known if isinstance(known, (set, frozenset)) else frozenset(known)
+    out: dict[str, tuple[str, ...]] = {}
+    for change in plan.of(Action.CREATE, Action.UPDATE):
+        ids = set(change.add)
+        if change.action is Action.CREATE and change.new_owner:
+            ids.add(change.new_owner)  # a member too; said twice in case a caller built the change by hand
+        # an update's new owner is in ``add`` unless they are a live member (DingTalk has them)
+        ids.difference_update(known)
+        if ids:
+            out[change.key] = tuple(sorted(ids))
+    return out
+
+
+def with_errors(plan: Plan, errors: Mapping[str, str], *, backend: ChatBackend) -> Plan:
+    """The plan with each chat in ``errors`` turned into an ERROR (its writes taken off the count) (pure)."""
+    if not errors:
+        return plan
+    changes: list[ChatChange] = []
+    writes = plan.writes
+    for change in plan.changes:
+        problem = errors.get(change.key)
+        if problem is None or change.action not in (Action.CREATE, Action.UPDATE, Action.NOOP):
+            changes.append(change)
+            continue
+        if change.action is not Action.NOOP:
+            writes -= len(backend.calls(change))
+        changes.append(
+            ChatChange(
+                change.key,
+                Action.ERROR,
+                chatid=change.chatid,
+                error=problem,
+                fingerprint=change.fingerprint,
+                sources=change.sources,
+            )
+        )
+    return replace(plan, changes=tuple(changes), writes=writes)
+
+
 def unchanged(chat: DesiredChat, binding: Binding | None, chatid: str | None) -> bool:
     """The chat was converged to exactly this resolved desired chat before: ``--refresh changed`` need
     not read it (design §11). Never true for a pending create, an unbound key or an unresolved chat."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from reconciler.backends import CHATID, DingTalkError, NotFoundError, WireCall
@@ -133,12 +133,18 @@ class FakeDirectory:
         children: Mapping[int, list[int]] | None = None,
         roles: Mapping[int, list[str]] | None = None,
         mobiles: Mapping[str, str] | None = None,
+        users: Collection[str] | None = None,
     ) -> None:
         self.departments = dict(departments or {})
         self.children = dict(children or {})
         self.roles = dict(roles or {})
         self.mobiles = dict(mobiles or {})
+        #: The org's user ids for ``user_exists``; None: every id exists (like the emulator without an org).
+        self.users: set[str] | None = None if users is None else set(users)
+        #: user id -> the error ``user_exists`` raises for it (a lookup that cannot tell).
+        self.fail_users: dict[str, DingTalkError] = {}
         self.calls: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
 
     def department_user_ids(self, dept_id: int) -> list[str]:
         self.calls.append(("users", dept_id))
@@ -169,3 +175,10 @@ class FakeDirectory:
 
     def normalize_mobile(self, text: str) -> str:
         return text.replace(" ", "").replace("-", "")
+
+    def user_exists(self, userid: str) -> bool:
+        with self._lock:  # called from the directory lanes' threads
+            self.calls.append(("user", userid))
+        if userid in self.fail_users:
+            raise self.fail_users[userid]
+        return self.users is None or userid in self.users

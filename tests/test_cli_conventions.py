@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from reconciler.cli import cli
-from reconciler.emulator import EmulatorServer
+from reconciler.emulator import EmulatorServer, Org
 
 from helpers import APP_KEY, APP_SECRET, CREATE, EMPTY_STATE, dtchat, state_of, users, write_config
 
@@ -295,8 +295,20 @@ def test_emulator_command_flags_and_a_busy_port(tmp_path):
 
 
 def test_with_verbose_each_failure_is_printed_once(tmp_path):
-    users_known = ["x", "y"]
-    with EmulatorServer(host="127.0.0.1", port=0, app_key=APP_KEY, app_secret=APP_SECRET, users=users_known) as srv:
+    """An apply-time 60121: ghost exists when the plan looks the id up, and leaves before the create."""
+    org = Org.from_data(
+        {
+            "departments": [{"id": 1, "name": "公司"}],
+            "users": [{"userid": u, "departments": [1]} for u in ("x", "y", "ghost")],
+        }
+    )
+    with EmulatorServer(host="127.0.0.1", port=0, app_key=APP_KEY, app_secret=APP_SECRET, org=org) as srv:
+
+        def leave_after_the_lookup(call):
+            if call.endpoint == "/topapi/v2/user/get" and (call.body or {}).get("userid") == "ghost":
+                srv.remove_user("ghost")
+
+        srv.before_reply = leave_after_the_lookup
         write_config(
             tmp_path, {"a": {"name": "A", "owner": "x", "members": ["ghost"]}, "b": {"name": "B", "owner": "y"}}
         )

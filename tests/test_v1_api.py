@@ -142,14 +142,14 @@ def many(folder, n=5, size=90):
 
 def test_throttling_feeds_the_adaptive_rate_and_everything_converges(new_app, tmp_path):
     folder = tmp_path / "c"
-    many(folder)
+    many(folder, n=12, size=8)  # many small chats: many writes at once, few user ids for the plan to look up
     new_app.faults.qps_limit = 5
     result = dtchat(new_app, "--max-qps", "60", "apply", str(folder), "--auto-approve", api="v1")
     assert result.exit_code == 0, result.output
     codes = {c.code for c in new_app.calls if c.code}
     assert "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi" in codes
     assert "pacing this API at" in result.stderr  # the rate was lowered
-    assert len(new_app.chats()) == 5
+    assert len(new_app.chats()) == 12
 
 
 def test_a_rejected_token_is_refreshed_once(new_app, tmp_path):

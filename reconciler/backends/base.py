@@ -113,7 +113,8 @@ class ChatBackend(Protocol):
 
 
 class Directory(Protocol):
-    """The org directory (contact API, exempt from the quota): selectors into user ids (design §8)."""
+    """The org directory (contact API, exempt from the quota): selectors into user ids, and whether an id
+    the plan would add exists (design §8)."""
 
     def department_user_ids(self, dept_id: int) -> list[str]:
         """User ids of the department's direct members."""
@@ -135,6 +136,9 @@ class Directory(Protocol):
 
     def normalize_mobile(self, text: str) -> str:
         """A mobile number as the lookup wants it; ValueError (never echoing the number) when it is not one."""
+
+    def user_exists(self, userid: str) -> bool:
+        """Whether the org has this user id (False: unknown, or left); a DingTalkError when it cannot tell."""
 
 
 def userids_in(body: Mapping[str, Any], keys: Sequence[str]) -> list[str]:

@@ -17,6 +17,12 @@ Each handler validates the body and returns the answer's fields besides
 * ``getbymobile``: ``mobile`` missing or not a string is 400002; a string
   that is not 1..15 digits (``+86``, spaces, dashes) is 40104; a number no
   active user has is 60121.
+* ``v2/user/get``: ``userid`` missing, empty or not a string is 400002; an id
+  the org does not have (never had, or left) is 33012. Invited users who have
+  not joined are found, with ``active: false`` (they are valid chat members).
+  ``language`` is optional. Without an org the emulator accepts any user id
+  in chats, so user/get finds any id then; with a fixed ``users`` list it
+  finds exactly those: it always agrees with what create and update accept.
 """
 
 from __future__ import annotations
@@ -40,11 +46,13 @@ DEPT_GET = "/topapi/v2/department/get"
 ROLE_SIMPLELIST = "/topapi/role/simplelist"
 ROLE_LIST = "/topapi/role/list"
 USER_GETBYMOBILE = "/topapi/v2/user/getbymobile"
+USER_GET = "/topapi/v2/user/get"
 
 #: DingTalk's texts for the codes the directory answers (decide by errcode, never by these).
 ERRMSGS: Mapping[int, str] = {
     -1: "系统繁忙",
     33011: "无效的角色id",
+    33012: "无效的userId",
     40009: "不合法的部门id",
     40068: "不合法的偏移量",
     40069: "不合法的分页大小",
@@ -62,6 +70,7 @@ PERMISSIONS: Mapping[str, str] = {
     ROLE_SIMPLELIST: "qyapi_get_member",
     ROLE_LIST: "qyapi_get_member",
     USER_GETBYMOBILE: "qyapi_get_member_by_mobile",
+    USER_GET: "qyapi_get_member",
 }
 
 
@@ -156,6 +165,44 @@ def user_getbymobile(org: Org, body: Mapping[str, Any]) -> dict[str, Any]:
     return {"result": {"userid": user.userid}}
 
 
+def _userid(body: Mapping[str, Any]) -> str:
+    userid = body.get("userid")
+    if not isinstance(userid, str) or not userid:
+        raise _error(400002)
+    return userid
+
+
+def _user_result(userid: str, name: str, departments: list[int], active: bool) -> dict[str, Any]:
+    """``result`` of user/get; extra keys on purpose, since real answers carry many."""
+    return {
+        "result": {
+            "userid": userid,
+            "name": name,
+            "dept_id_list": departments,
+            "active": active,
+            "admin": False,
+            "boss": False,
+            "title": "",
+        }
+    }
+
+
+def user_get(org: Org, body: Mapping[str, Any]) -> dict[str, Any]:
+    """One user of the org, or 33012."""
+    user = org.user(_userid(body))
+    if user is None:
+        raise _error(33012)
+    return _user_result(user.userid, user.name, list(user.departments), user.active)
+
+
+def user_get_without_org(users: frozenset[str] | None, body: Mapping[str, Any]) -> dict[str, Any]:
+    """user/get when no org is loaded: the fixed ``users`` list, or (None) any id, as chats then accept."""
+    userid = _userid(body)
+    if users is not None and userid not in users:
+        raise _error(33012)
+    return _user_result(userid, userid, [], True)
+
+
 def lookup_keys(endpoint: str, body: Mapping[str, Any]) -> list[str]:
     """The ``Faults.fail_lookups`` keys that name this request: its endpoint and what it looks up."""
     keys = [endpoint]
@@ -165,6 +212,8 @@ def lookup_keys(endpoint: str, body: Mapping[str, Any]) -> list[str]:
         keys.append(f"role:{body['role_id']}")
     elif endpoint == USER_GETBYMOBILE and body.get("mobile") is not None:
         keys.append(f"mobile:{body['mobile']}")
+    elif endpoint == USER_GET and body.get("userid") is not None:
+        keys.append(f"user:{body['userid']}")
     return keys
 
 
@@ -178,6 +227,7 @@ HANDLERS: Mapping[str, tuple[Handler, bool]] = {
     ROLE_SIMPLELIST: (role_simplelist, False),
     ROLE_LIST: (role_list, True),
     USER_GETBYMOBILE: (user_getbymobile, True),
+    USER_GET: (user_get, True),
 }
 
 

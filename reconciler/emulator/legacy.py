@@ -24,7 +24,15 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .directory import ERRMSGS, HANDLERS, bad_token, lookup_keys, permission_denied
+from .directory import (
+    ERRMSGS,
+    HANDLERS,
+    USER_GET,
+    bad_token,
+    lookup_keys,
+    permission_denied,
+    user_get_without_org,
+)
 from .faults import BUSY, HTTP500, IP_BAN, Faults, lookup_failure
 from .org import Org
 from .store import ApiError, ChatStore, TokenBook
@@ -166,8 +174,11 @@ def _injected(failing: int | str) -> ApiError:
     return ApiError(LEGACY_FOR_V1_CODE.get(code, 40035), f"injected failure for this chatid ({failing})")
 
 
-def run_directory(org: Org | None, req: Request) -> Reply:
-    """A contact-API call past the gates: the body, ``fail_lookups``, then the org, in /topapi's format."""
+def run_directory(org: Org | None, req: Request, users: frozenset[str] | None = None) -> Reply:
+    """A contact-API call past the gates: the body, ``fail_lookups``, then the org, in /topapi's format.
+
+    Without an org only user/get answers (from the fixed ``users``, or for any id: as chats accept them).
+    """
     handler, with_errmsg = HANDLERS[req.endpoint]
     faults, body = req.faults, req.body
     try:
@@ -180,10 +191,13 @@ def run_directory(org: Org | None, req: Request) -> Reply:
                 if sub_code is not None:
                     return as_processed(topapi_reply(_sub_error(code, sub_code, req.endpoint), faults))
                 raise ApiError(code, ERRMSGS.get(code, f"injected failure for {key}"))
-        if org is None:
+        if org is None and req.endpoint == USER_GET:
+            result = user_get_without_org(users, body)
+        elif org is None:
             note = "emulator: no org loaded; start it with an org file"
             return as_processed(topapi_reply(permission_denied(req.endpoint, note), faults))
-        result = handler(org, body)
+        else:
+            result = handler(org, body)
     except ApiError as err:
         return as_processed(topapi_reply({"errcode": err.errcode, "errmsg": err.errmsg}, faults))
     answer = {"errcode": 0, "errmsg": "ok", **result} if with_errmsg else {"errcode": 0, **result}
