@@ -326,9 +326,8 @@ class Watcher:
 
     def _look(self, key: str, cause: str) -> Alert:
         state = StateFile(self.location.path, flag=self.location.flag)
-        plan = self.manager.plan(
-            self.config, state, targets={key}, refresh=REFRESH_ALL, check_users=False
-        )  # an alert reports drift, as `drift` does
+        # an alert reports drift, as `drift` does: a member missing from the chat is drift, not an unknown id
+        plan = self.manager.plan(self.config, state, targets={key}, refresh=REFRESH_ALL, check_users=False)
         chatid = plan.changes[0].chatid if plan.changes else None
         return Alert(key, chatid, cause, _drift_of(plan, key), metered=plan.reads)
 
