@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import DEFAULT_API, LEGACY, ChatBackend, Directory, backend_for
+from .backends.endpoints import DEFAULT_API_BASE, DEFAULT_OPENAPI_BASE
 from .errors import DtchatError
 from .rules import DEFAULT_QPS
 
@@ -20,8 +21,6 @@ ENV_API_BASE = "DINGTALK_API_BASE"
 #: The name DingTalk's own Stream SDK reads for the v1.0 host.
 ENV_OPENAPI_BASE = "DINGTALK_OPENAPI_ENDPOINT"
 ENV_ROBOT_CODE = "DTCHAT_ROBOT_CODE"
-DEFAULT_API_BASE = "https://oapi.dingtalk.com"
-DEFAULT_OPENAPI_BASE = "https://api.dingtalk.com"
 #: The sandbox keeps its chats (and its own state file) here, in the working directory.
 SANDBOX_DIR = Path(".dtchat-sandbox")
 SANDBOX_DATA = "emulator.json"
@@ -104,9 +103,13 @@ def connect(
     One transport serves both hosts, so one token and one per-IP budget cover the whole run.
     """
     from .backends.contacts import Contacts
-    from .backends.transport import LEGACY_TOKEN, V1_TOKEN_KIND, Transport
+    from .backends.transport import LEGACY_TOKEN, V1_TOKEN_KIND, Transport, deadline_from_env
 
     env = os.environ if env is None else env
+    try:
+        deadline = deadline_from_env(env)  # DTCHAT_HTTP_DEADLINE: each request's whole time, default 60 s
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
     robot_code = (env.get(ENV_ROBOT_CODE) or "").strip() or None
     with contextlib.ExitStack() as stack:
         if sandbox:
@@ -126,6 +129,7 @@ def connect(
                 oapi_token=LEGACY_TOKEN if api == LEGACY else V1_TOKEN_KIND,
                 max_qps=max_qps,
                 pool_size=pool_size,
+                deadline=deadline,
             )
         )
         yield Connection(backend_for(api, transport, robot_code=robot_code), Contacts(transport), key, secret, openapi)

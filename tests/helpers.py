@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import requests
 import yaml
@@ -211,3 +213,177 @@ class LocalServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+# -- a fake DingTalk for hostile answers: dribbled, endless, wrongly typed ------------------------------------
+
+
+class HostileRequest:
+    """One request a :class:`FakeDingTalk` got: method, path (no query), query, JSON body (or None), arrival."""
+
+    def __init__(self, method: str, path: str, query: Mapping[str, str], body: Any) -> None:
+        self.method, self.path, self.query, self.body = method, path, dict(query), body
+        #: ``time.monotonic()`` when it arrived.
+        self.at = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"{self.method} {self.path} {self.query or ''} {self.body or ''}".strip()
+
+
+#: Every path that changes a chat, both generations (a test of "zero writes" counts these).
+WRITE_PATHS = (*CREATE.values(), *UPDATE.values(), "/topapi/chat/subadmin/update", ROBOT_SEND)
+#: The user/get lookup (``/topapi/v2/user/get``): every id exists.
+USER_GET = "/topapi/v2/user/get"
+
+
+def http_answer(
+    body: Any = b"",
+    *,
+    status: int = 200,
+    framing: str = "length",
+    length: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Iterator[bytes]:
+    """A raw HTTP/1.1 answer, produced lazily: ``body`` is bytes, an object (sent as JSON) or an iterable of byte
+    chunks (a generator may sleep between them, or be endless). ``framing``: ``"length"`` (Content-Length:
+    ``length``, default the body's size, so bytes or JSON only), ``"chunked"``, or ``"close"`` (the body ends
+    where the connection does)."""
+    if not isinstance(body, (bytes, Iterable)) or isinstance(body, (str, dict, list)):
+        body = json.dumps(body, ensure_ascii=False).encode()
+    head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+    for name, value in (headers or {}).items():
+        head += f"{name}: {value}\r\n"
+    if framing == "length":
+        head += f"Content-Length: {len(body) if length is None else length}\r\n"  # type: ignore[arg-type]
+    elif framing == "chunked":
+        head += "Transfer-Encoding: chunked\r\n"
+    else:
+        head += "Connection: close\r\n"
+    yield (head + "\r\n").encode()
+    chunks = [body] if isinstance(body, bytes) else body
+    for chunk in chunks:
+        if chunk:
+            yield b"%x\r\n%s\r\n" % (len(chunk), chunk) if framing == "chunked" else chunk
+    if framing == "chunked":
+        yield b"0\r\n\r\n"
+
+
+def dribble(data: bytes, every: float = 1.0) -> Iterator[bytes]:
+    """``data`` one byte at a time, ``every`` seconds apart: what no per-read timeout ever trips on."""
+    for i in range(len(data)):
+        if i:
+            time.sleep(every)
+        yield data[i : i + 1]
+
+
+class FakeDingTalk:
+    """A real HTTP server on 127.0.0.1 speaking just enough DingTalk for ``plan`` and ``apply`` (both token calls,
+    ``/chat/get`` of the chats in ``chats``, the writes of both generations, the directory calls over
+    ``departments``, user/get), unless ``hostile(request)`` returns a raw answer (see :func:`http_answer`,
+    :func:`dribble`): then that is written to the socket chunk by chunk, as slowly or as long as it says, and the
+    connection closed. ``requests`` records every request; ``sent`` counts the bytes of hostile answers the client
+    took before it hung up.
+    """
+
+    LEGACY_TOKEN = "legacy-token-SECRET-must-not-print"
+    V1_TOKEN = "v1-token-SECRET-must-not-print"
+
+    def __init__(
+        self,
+        chats: Mapping[str, Mapping[str, Any]] = (),  # type: ignore[assignment]
+        *,
+        departments: Mapping[int, Sequence[str]] = (),  # type: ignore[assignment]
+        hostile: Callable[[HostileRequest], Iterable[bytes] | None] | None = None,
+    ) -> None:
+        self.chats = {chatid: dict(info) for chatid, info in dict(chats).items()}
+        self.departments = {dept: list(ids) for dept, ids in dict(departments).items()}
+        self.hostile = hostile
+        self.requests: list[HostileRequest] = []
+        self.sent = 0
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                path, _, query = self.path.partition("?")
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                request = HostileRequest(self.command, path, dict(parse_qsl(query)), body)
+                with outer._lock:
+                    outer.requests.append(request)
+                answer = outer.hostile(request) if outer.hostile else None
+                if answer is None:
+                    status, reply = outer._answer(request)
+                    answer = http_answer(reply, status=status)
+                else:
+                    self.close_connection = True
+                try:
+                    for piece in answer:
+                        self.wfile.write(piece)
+                        if self.close_connection:
+                            with outer._lock:
+                                outer.sent += len(piece)
+                except OSError:  # the client hung up: what it was meant to do
+                    self.close_connection = True
+
+            do_GET = do_POST = _serve
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def writes(self) -> list[HostileRequest]:
+        """The requests that would have changed a chat."""
+        with self._lock:
+            return [r for r in self.requests if r.path in WRITE_PATHS]
+
+    def calls(self, path: str) -> list[HostileRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+    def _answer(self, req: HostileRequest) -> tuple[int, Any]:
+        ok: dict[str, Any] = {"errcode": 0, "errmsg": "ok"}
+        body = req.body if isinstance(req.body, dict) else {}
+        if req.path == "/gettoken":
+            return 200, {**ok, "access_token": self.LEGACY_TOKEN, "expires_in": 7200}
+        if req.path == "/v1.0/oauth2/accessToken":
+            return 200, {"accessToken": self.V1_TOKEN, "expireIn": 7200}
+        if req.path == "/chat/get":
+            info = self.chats.get(req.query.get("chatid", ""))
+            return (200, {**ok, "chat_info": info}) if info else (200, {"errcode": 34013, "errmsg": "not found"})
+        if req.path in CREATE.values():
+            created = {"chatid": "chat-created-1", "openConversationId": "cid-created-1"}
+            return 200, {**ok, **created} if req.path == CREATE["legacy"] else {**created, "conversationTag": 2}
+        if req.path == UPDATE["legacy"]:
+            return 200, ok
+        if req.path == UPDATE["v1"]:
+            return 200, {"success": True}
+        if req.path == USER_GET:
+            return 200, {**ok, "result": {"userid": body.get("userid"), "name": "x", "active": True}}
+        if req.path == LISTID:
+            return 200, {**ok, "result": {"userid_list": self.departments.get(body.get("dept_id"), [])}}
+        if req.path == LISTSUBID:
+            return 200, {**ok, "result": {"dept_id_list": []}}
+        if req.path == DEPT_GET:
+            return 200, {**ok, "result": {"dept_id": body.get("dept_id"), "name": f"dept {body.get('dept_id')}"}}
+        return 404, {"code": "NotFound", "message": req.path}
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> FakeDingTalk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -210,3 +210,23 @@ def test_a_missing_permission_names_qyapi_chat_manage(new_app, tmp_path):
     assert "AccessTokenPermissionDenied" in result.stderr and "qyapi_chat_manage" in result.stderr
     assert new_app.chats() == {}
     assert json.loads((folder / "dtchat.state.json").read_text())["chats"] == {}  # a definite refusal
+
+
+def test_a_permission_check_failure_on_update_names_qyapi_chat_manage_and_the_visible_range(new_app, tmp_path):
+    """v1.0 create/update answer 400 `permession.checkFailed` (sic) for a missing permission or an owner outside
+    the app's visible range: the line must say what to grant."""
+    folder = tmp_path / "c"
+    write_config(folder, {"ops": {"name": "Ops", "owner": "bob"}})
+    assert v1(new_app, "apply", str(folder), "--auto-approve").exit_code == 0
+    chatid = json.loads((folder / "dtchat.state.json").read_text())["chats"]["ops"]["chatid"]
+    write_config(folder, {"ops": {"name": "Ops 2", "owner": "bob"}})
+
+    def refuse_writes_once_read(call):  # the read is allowed (qyapi_chat_read); the update is refused
+        if call.endpoint == "/chat/get":
+            new_app.faults.update({"fail_chatids": {chatid: "400:permession.checkFailed"}})
+
+    new_app.before_reply = refuse_writes_once_read
+    result = v1(new_app, "apply", str(folder), "--auto-approve", "--refresh", "all")
+    assert result.exit_code == 1
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("✗ ops: ")]
+    assert "permession.checkFailed" in line and "qyapi_chat_manage" in line and "可见范围" in line

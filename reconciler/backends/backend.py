@@ -16,6 +16,7 @@ update).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,13 @@ DISSOLVED = 2
 #: The robot message template dtchat posts, and the size DingTalk allows its parameters.
 ROBOT_TEXT_TEMPLATE = "sampleText"
 MSG_PARAM_MAX_BYTES = 15_000
+#: What a chatid or an openConversationId from a create or convert answer may be (``chat`` + 32 hex digits and
+#: ``cid`` + base64 in practice): printable ASCII, no spaces, bounded. Anything else is not trusted as an id.
+_WIRE_ID = re.compile(r"[!-~]{1,256}")
+
+
+def _wire_id(value: Any) -> str | None:
+    return value if isinstance(value, str) and _WIRE_ID.fullmatch(value) else None
 
 
 def _malformed(chatid: str, why: str) -> MalformedAnswerError:
@@ -63,7 +71,10 @@ def parse_chat(chatid: str, payload: Mapping[str, Any]) -> LiveChat:
     answered = info.get("chatid")
     if answered is not None and answered != chatid:
         raise _malformed(chatid, f"it names another chat ({str(answered)[:80]!r})")
-    if info.get("status") == DISSOLVED:
+    status = info.get("status")
+    if status is not None and type(status) is not int:
+        raise _malformed(chatid, f"status is {type(status).__name__}, not a number")
+    if status == DISSOLVED:
         raise NotFoundError(CHAT_GET.path, f"chat {chatid} was dissolved in DingTalk")
     name, owner = info.get("name"), info.get("owner")
     if not isinstance(name, str):
@@ -141,8 +152,8 @@ class Backend:
     def answered(self, call: WireCall, payload: Mapping[str, Any]) -> Mapping[str, str]:
         """The values a success answer produced; a create's answer must carry the new chat's id."""
         if call.endpoint is CONVERT_ID:
-            ocid = payload.get("openConversationId")
-            if not isinstance(ocid, str) or not ocid:
+            ocid = _wire_id(payload.get("openConversationId"))
+            if ocid is None:
                 raise MalformedAnswerError(call.endpoint.path, "malformed answer: no openConversationId")
             return {OPEN_CONVERSATION_ID: ocid}
         if call.endpoint is ROBOT_SEND:
@@ -150,16 +161,16 @@ class Backend:
                 raise MalformedAnswerError(call.endpoint.path, "malformed answer: no processQueryKey")
             return {}
         if call.creates:
-            chatid = payload.get("chatid")
-            if not isinstance(chatid, str) or not chatid:
+            chatid = _wire_id(payload.get("chatid"))
+            if chatid is None:  # missing, or not an id: never recorded, never used in a URL
                 raise AmbiguousCreateError(
                     call.endpoint.path,
-                    "malformed response: the chat was created but no chatid came back",
+                    "malformed response: the chat was created but no usable chatid came back",
                     detail="check DingTalk and record the chat with `dtchat import KEY CHATID`",
                 )
             produced = {CHATID: chatid}
-            ocid = payload.get("openConversationId")
-            if isinstance(ocid, str) and ocid:
+            ocid = _wire_id(payload.get("openConversationId"))
+            if ocid is not None:  # optional: one that is not an id is left out, fetched by convert when needed
                 produced[OPEN_CONVERSATION_ID] = ocid
             return produced
         return {}

@@ -12,8 +12,28 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .endpoints import DEPT_GET, DEPT_SUB_IDS, DEPT_USER_IDS, ROLE_LIST, ROLE_USERS, USER_BY_MOBILE, Endpoint
-from .errors import USER_NOT_FOUND_ERRCODE, DingTalkError, InvalidUserError, NotFoundError
+from .endpoints import (
+    DEPT_GET,
+    DEPT_SUB_IDS,
+    DEPT_USER_IDS,
+    ROLE_LIST,
+    ROLE_USERS,
+    USER_BY_MOBILE,
+    USER_GET,
+    Endpoint,
+)
+from .errors import (
+    NO_PERMISSION_ERRCODE,
+    TOKEN_ERRCODES,
+    UNKNOWN_USERID_ERRCODE,
+    USER_NOT_FOUND_ERRCODE,
+    AuthError,
+    InvalidUserError,
+    MalformedAnswerError,
+    NotFoundError,
+    errcode_of,
+    is_fatal,
+)
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -24,6 +44,8 @@ ROLE_LIST_PAGE = 200
 #: A paged answer that never ends is a broken server, not a big org: stop after this many pages.
 MAX_PAGES = 10_000
 MOBILE_MAX = 15
+#: ``user_exists``: a lookup whose token was still rejected after a refresh is asked afresh this many times.
+TOKEN_RACE_RETRIES = 3
 
 _MOBILE_JUNK = re.compile(r"[\s\-()]+")
 _MAINLAND = re.compile(r"1[0-9]{10}")
@@ -66,7 +88,7 @@ def _str_list(result: Mapping[str, Any], endpoint: Endpoint, key: str) -> list[s
     """A list of user ids that must be there: an answer without it is malformed, never "nobody"."""
     ids = result.get(key)
     if not isinstance(ids, list) or not all(isinstance(u, str) and u for u in ids):
-        raise DingTalkError(endpoint.path, f"malformed response: {key} is not a list of user ids")
+        raise MalformedAnswerError(endpoint.path, f"malformed response: {key} is not a list of user ids")
     return ids
 
 
@@ -88,12 +110,17 @@ class Contacts:
         if ids is None:
             return []
         if not isinstance(ids, list) or not all(type(i) is int for i in ids):
-            raise DingTalkError(DEPT_SUB_IDS.path, "malformed response: dept_id_list is not a list of numbers")
+            raise MalformedAnswerError(DEPT_SUB_IDS.path, "malformed response: dept_id_list is not a list of numbers")
         return _dedupe(ids)
 
     def department_name(self, dept_id: int) -> str:
         result = self._topapi(DEPT_GET, {"dept_id": _int_id(dept_id, "dept_id"), "language": "zh_CN"})
-        return str(result.get("name") or "")
+        answered, name = result.get("dept_id"), result.get("name")
+        if answered is not None and (type(answered) is not int or answered != dept_id):
+            raise MalformedAnswerError(DEPT_GET.path, "malformed response: the answer describes another department")
+        if name is not None and not isinstance(name, str):
+            raise MalformedAnswerError(DEPT_GET.path, "malformed response: the department's name is not text")
+        return name or ""
 
     def role_user_ids(self, role_id: int) -> list[str]:
         role_id = _int_id(role_id, "role_id")
@@ -102,7 +129,7 @@ class Contacts:
             for item in page:
                 uid = item.get("userid") if isinstance(item, dict) else None
                 if not isinstance(uid, str) or not uid:
-                    raise DingTalkError(ROLE_USERS.path, "malformed response: a list entry without a userid")
+                    raise MalformedAnswerError(ROLE_USERS.path, "malformed response: a list entry without a userid")
                 users.append(uid)
         return _dedupe(users)
 
@@ -112,12 +139,15 @@ class Contacts:
             for group in page:
                 members = group.get("roles", []) if isinstance(group, dict) else None
                 if not isinstance(members, list):
-                    raise DingTalkError(ROLE_LIST.path, "malformed response: a role group without a roles list")
+                    raise MalformedAnswerError(ROLE_LIST.path, "malformed response: a role group without a roles list")
                 for role in members:
                     rid = role.get("id") if isinstance(role, dict) else None
                     if type(rid) is not int:
-                        raise DingTalkError(ROLE_LIST.path, "malformed response: a role without a numeric id")
-                    roles[rid] = str(role.get("name") or "")
+                        raise MalformedAnswerError(ROLE_LIST.path, "malformed response: a role without a numeric id")
+                    name = role.get("name")
+                    if name is not None and not isinstance(name, str):
+                        raise MalformedAnswerError(ROLE_LIST.path, "malformed response: a role name that is not text")
+                    roles[rid] = name or ""
         return roles
 
     def user_id_by_mobile(self, mobile: str) -> str:
@@ -133,14 +163,61 @@ class Contacts:
             ) from None
         userid = result.get("userid")
         if not isinstance(userid, str) or not userid:
-            raise DingTalkError(USER_BY_MOBILE.path, "malformed response: no userid in a successful answer")
+            raise MalformedAnswerError(USER_BY_MOBILE.path, "malformed response: no userid in a successful answer")
         return userid
+
+    def user_exists(self, userid: str) -> bool:
+        """``/topapi/v2/user/get``: True when the org has ``userid``, False when it answers "invalid userId".
+
+        33012 is the reference's answer for an unknown id; 60121 ("user not found", what the older user
+        call and the mobile lookup say) is taken to mean the same. Any other failure raises: "cannot tell"
+        is never "exists". A success must describe the user that was asked for.
+        """
+        if not isinstance(userid, str) or not userid:
+            raise ValueError("userid must be a non-empty string")
+        try:
+            result = self._user_get(userid)
+        except (NotFoundError, InvalidUserError) as exc:
+            if exc.errcode in (UNKNOWN_USERID_ERRCODE, USER_NOT_FOUND_ERRCODE):
+                return False
+            raise
+        except AuthError as exc:
+            no_permission = NO_PERMISSION_ERRCODE in (exc.errcode, errcode_of(exc.sub_code))
+            if not no_permission or is_fatal(exc):
+                raise
+            # every chat that adds someone says this: one short line, not the answer's text twice over
+            raise AuthError(
+                USER_GET.path,
+                f"the app lacks the permission {USER_GET.permission} (成员信息读) that checks user ids exist: "
+                "grant it in the developer console (权限管理) and publish the app",
+                exc.errcode,
+                sub_code=exc.sub_code,
+            ) from None
+        answered = result.get("userid")
+        if not isinstance(answered, str) or not answered:
+            raise MalformedAnswerError(USER_GET.path, "malformed response: no userid in a successful answer")
+        if answered != userid:
+            raise MalformedAnswerError(USER_GET.path, "malformed response: the answer describes another user")
+        return True
+
+    def _user_get(self, userid: str) -> dict:
+        """One user/get. These come in bursts (every id a plan adds), so a lookup whose token was rejected
+        even after the transport's refresh (the others of the burst used the new one up, or it expired
+        meanwhile) is asked afresh a few times: it is read-only, exempt and safe to repeat."""
+        for _ in range(TOKEN_RACE_RETRIES):
+            try:
+                return self._topapi(USER_GET, {"userid": userid, "language": "zh_CN"})
+            except AuthError as exc:
+                token = exc.errcode in TOKEN_ERRCODES or errcode_of(exc.sub_code) in TOKEN_ERRCODES
+                if not token or is_fatal(exc):
+                    raise
+        return self._topapi(USER_GET, {"userid": userid, "language": "zh_CN"})
 
     def _topapi(self, endpoint: Endpoint, body: Mapping[str, Any]) -> dict:
         """One directory call; returns its ``result`` object."""
         result = self._transport.call(endpoint, body=body).get("result")
         if not isinstance(result, dict):
-            raise DingTalkError(endpoint.path, "malformed response: no result object in a successful answer")
+            raise MalformedAnswerError(endpoint.path, "malformed response: no result object in a successful answer")
         return result
 
     def _pages(self, endpoint: Endpoint, body: Mapping[str, Any], size: int) -> Iterator[list]:
@@ -150,11 +227,14 @@ class Contacts:
             result = self._topapi(endpoint, {**body, "offset": offset, "size": size})
             items = result.get("list")
             if not isinstance(items, list):  # missing too: a lost page must not read as fewer people
-                raise DingTalkError(endpoint.path, "malformed response: result.list is missing or not a list")
+                raise MalformedAnswerError(endpoint.path, "malformed response: result.list is missing or not a list")
+            more = result.get("hasMore")
+            if more is not None and not isinstance(more, bool):  # "true" read as "no more" would lose people
+                raise MalformedAnswerError(endpoint.path, "malformed response: hasMore is not true or false")
             yield items
-            if result.get("hasMore") is not True:
+            if more is not True:
                 return
             if not items:
-                raise DingTalkError(endpoint.path, "malformed response: hasMore with an empty page")
+                raise MalformedAnswerError(endpoint.path, "malformed response: hasMore with an empty page")
             offset += size
-        raise DingTalkError(endpoint.path, f"malformed response: still hasMore after {MAX_PAGES} pages")
+        raise MalformedAnswerError(endpoint.path, f"malformed response: still hasMore after {MAX_PAGES} pages")

@@ -19,6 +19,10 @@ OAPI = "oapi"
 #: The v1.0 host (``--openapi-base``): HTTP status + ``{code, message}``, token in a header.
 OPENAPI = "openapi"
 
+#: Where each host is, unless ``--api-base`` / ``--openapi-base`` (or their environment variables) say otherwise.
+DEFAULT_API_BASE = "https://oapi.dingtalk.com"
+DEFAULT_OPENAPI_BASE = "https://api.dingtalk.com"
+
 #: The flag that points dtchat at each host, named in "check --api-base" messages.
 BASE_FLAG: Mapping[str, str] = {OAPI: "--api-base", OPENAPI: "--openapi-base"}
 

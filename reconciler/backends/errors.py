@@ -113,6 +113,14 @@ class ReadTimeoutError(TransportError):
     """The server took the request but did not answer in time. It is reachable: only this call failed."""
 
 
+class DeadlineError(ReadTimeoutError):
+    """No whole answer within the deadline of one request (a server dribbling or stalling its answer)."""
+
+
+class OversizedAnswerError(TransportError):
+    """An answer larger than any DingTalk sends (the transport's cap): refused unread, only this call failed."""
+
+
 class AmbiguousOutcomeError(TransportError):
     """A call that must not be repeated may or may not have been carried out (a robot message)."""
 
@@ -180,6 +188,8 @@ THROTTLE_ERRCODES = frozenset({45009, 90002, 90018, 90019})
 NO_PERMISSION_ERRCODE = 60011
 #: "User not found": what a mobile lookup answers for nobody (or a leaver).
 USER_NOT_FOUND_ERRCODE = 60121
+#: "Invalid userId" (无效的userId): what ``/topapi/v2/user/get`` answers for an id the org does not have.
+UNKNOWN_USERID_ERRCODE = 33012
 
 #: Plain-language explanations for errcodes whose errmsg is not enough.
 _HINTS: Mapping[int, str] = {
@@ -269,7 +279,7 @@ def is_fatal(exc: DingTalkError) -> bool:
     Callers stop starting new work on these instead of reporting one identical
     failure per chat. A permission error on one API is not fatal: other calls may be allowed.
     """
-    if isinstance(exc, ReadTimeoutError):  # one slow answer (a huge department): that call, not the run
+    if isinstance(exc, (ReadTimeoutError, OversizedAnswerError)):  # one slow or huge answer: that call, not the run
         return False
     if isinstance(exc, (QuotaExhaustedError, TransportError, IpBanError, ApiClosedError)):
         return True
@@ -369,6 +379,11 @@ def classify_v1(endpoint: Endpoint, status: int, payload: Mapping[str, Any], use
     detail = ""
     if code == "Forbidden.AccessDenied.AccessTokenPermissionDenied":
         detail = _permission_detail(endpoint)
+    elif code == "permession.checkFailed" and endpoint.permission:  # sic: create/update's permission refusal
+        detail = (
+            f"the app lacks the permission ({endpoint.permission}), or the owner is outside the app's visible "
+            "range: grant it in the developer console (权限管理), check 可见范围, and publish the app"
+        )
     elif code is not None and code in _V1_HINTS:
         detail = _V1_HINTS[code]
     elif cls is AuthError and endpoint.token:

@@ -26,7 +26,8 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
+import weakref
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,13 +38,15 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from .. import rules
-from .endpoints import BASE_FLAG, GETTOKEN, OAPI, OPENAPI, V1_TOKEN, Endpoint
+from .endpoints import BASE_FLAG, DEPT_USER_IDS, GETTOKEN, OAPI, OPENAPI, V1_TOKEN, Endpoint
 from .errors import (
     AmbiguousCreateError,
     AmbiguousOutcomeError,
     AuthError,
+    DeadlineError,
     DingTalkError,
     IpBanError,
+    OversizedAnswerError,
     ReadTimeoutError,
     Refusal,
     TransportError,
@@ -66,6 +69,21 @@ TOKEN_TTL_SECONDS = 7200
 #: restarting comes back within a second or two, and such a request provably never arrived (safe even
 #: for a create); a wrong --api-base refuses forever and must not cost the full retry budget.
 CONNECT_ATTEMPTS = 3
+#: Every HTTP request's whole time, in seconds: connecting, sending, the status line, the headers and the body
+#: (design §9). The connect and read timeouts restart on every byte, so without it a server dribbling its
+#: answer a byte at a time would hold a run, and the state lock, forever. DingTalk answers in 50-500 ms;
+#: env DTCHAT_HTTP_DEADLINE changes it (read by ``reconciler.connect``, see :func:`deadline_from_env`).
+DEFAULT_DEADLINE = 60.0
+ENV_DEADLINE = "DTCHAT_HTTP_DEADLINE"
+#: The largest answer read, in bytes (decoded), for every call but the one below: a /chat/get of a full chat
+#: (1,000 members) is ~30 KB, ~70 KB with 64-character ids; a directory page or an error page is smaller. A
+#: larger answer is refused unread past the cap, so a hostile or broken server cannot grow the process.
+ANSWER_CAP = 4 * 1024 * 1024
+#: ``/topapi/user/listid`` answers a department's direct members in one unpaged answer: 16 MiB holds
+#: ~250,000 ids of 64 characters (~600,000 of DingTalk's usual 20-odd), more than any one department.
+LIST_ANSWER_CAP = 16 * 1024 * 1024
+#: Bytes asked of the socket at a time while streaming an answer.
+_CHUNK = 64 * 1024
 
 _HTML_WAIT = re.compile(r"\bwait\b\W{0,3}(\d+(?:\.\d+)?)", re.IGNORECASE)
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -174,6 +192,172 @@ def _is_ban(payload: Any, wait: float | None) -> bool:
     return isinstance(payload, dict) and ("punish" in payload or payload.get("status") == 1111)
 
 
+def deadline_from_env(env: Mapping[str, str]) -> float:
+    """``$DTCHAT_HTTP_DEADLINE`` in seconds (DEFAULT_DEADLINE when unset); ValueError with a one-line reason."""
+    raw = (env.get(ENV_DEADLINE) or "").strip()
+    if not raw:
+        return DEFAULT_DEADLINE
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 3600:  # NaN and infinity too
+        raise ValueError(
+            f"{ENV_DEADLINE}={raw[:40]!r}: must be the seconds one HTTP request may take in all, "
+            f"more than 0 and at most 3600 (default {DEFAULT_DEADLINE:g})"
+        )
+    return seconds
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1024 / 1024:g} MiB" if size >= 1024 * 1024 else f"{size:,} bytes"
+
+
+class _Watch:
+    """One request's deadline, and the pooled connection it holds (for the watchdog to cut)."""
+
+    __slots__ = ("deadline", "conn", "sock", "expired")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.conn: Any = None
+        #: The socket the answer's body is read from, once the headers are in: http.client hands it from the
+        #: connection to the response when the answer ends at the connection's close (no length, not chunked).
+        self.sock: Any = None
+        self.expired = False
+
+
+class _Watchdog:
+    """Ends every request that outlives its deadline, wherever it is stuck (the status line, a header, the body).
+
+    A per-socket timeout restarts on each byte, so a server dribbling a byte a
+    second never trips it, and a read blocked in ``recv`` cannot check a clock.
+    One daemon thread per transport shuts the late request's socket down, which
+    wakes the blocked read at once; the request then fails as past its deadline
+    (``expired``), never as a short answer. The connection pools tell it which
+    connection each request holds (:meth:`hook`); a connection handed back to
+    the pool is forgotten first, under the lock, so it never cuts another
+    request's connection. Every request waits the same time, so registration
+    order is deadline order: the oldest live request is the next to expire.
+    """
+
+    #: How often a late request that has no socket yet (still connecting) is looked at again.
+    POLL = 0.05
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._cond = threading.Condition(threading.Lock())
+        self._live: OrderedDict[int, _Watch] = OrderedDict()
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+
+    def start(self) -> _Watch:
+        """Watch the calling thread's next request, from now on."""
+        with self._cond:  # the clock read under the lock: registration order stays deadline order
+            watch = _Watch(time.monotonic() + self.seconds)
+            self._live[id(watch)] = watch
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dtchat-http-deadline", daemon=True)
+                self._thread.start()
+            # no notify: the thread never sleeps longer than ``seconds``, so it wakes before this deadline
+        self._local.watch = watch
+        return watch
+
+    def finish(self, watch: _Watch) -> None:
+        self._local.watch = None
+        with self._cond:
+            self._live.pop(id(watch), None)
+            watch.conn = watch.sock = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._thread = None
+            self._cond.notify()
+
+    def hook(self, pool: Any) -> Any:
+        """Make ``pool`` (a urllib3 connection pool) tell the watch of the calling thread which connection it holds."""
+        if getattr(pool, "_dtchat_watchdog", None) is self:
+            return pool
+        with self._cond:
+            if getattr(pool, "_dtchat_watchdog", None) is self:
+                return pool
+            # the pool's class and a weak reference: a bound method stored on the pool would be a cycle that keeps
+            # it (urllib3 closes a dropped pool's connections when it is collected) alive until a GC pass
+            cls, ref = type(pool), weakref.ref(pool)
+            local, cond = self._local, self._cond
+
+            def _get_conn(*args: Any, **kwargs: Any) -> Any:
+                conn = cls._get_conn(ref(), *args, **kwargs)
+                watch = getattr(local, "watch", None)
+                if watch is not None:
+                    watch.conn = conn
+                return conn
+
+            def _put_conn(conn: Any) -> None:
+                watch = getattr(local, "watch", None)
+                if conn is not None and watch is not None and watch.conn is conn:
+                    with cond:  # forgotten before another request can take it from the pool
+                        watch.conn = watch.sock = None
+                cls._put_conn(ref(), conn)
+
+            pool._get_conn, pool._put_conn = _get_conn, _put_conn
+            pool._dtchat_watchdog = self
+        return pool
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        with self._cond:
+            while self._thread is me:
+                now, wait, cut = time.monotonic(), self.seconds, []
+                for key, watch in self._live.items():  # oldest first: stop at the first one still in time
+                    left = watch.deadline - now
+                    if left > 0:
+                        wait = min(wait, left)
+                        break
+                    watch.expired = True
+                    if self._cut(watch.sock or getattr(watch.conn, "sock", None)):
+                        cut.append(key)
+                    else:  # not connected yet (the connect timeout bounds that): look again shortly
+                        wait = min(wait, self.POLL)
+                for key in cut:
+                    del self._live[key]
+                self._cond.wait(wait)
+
+    @staticmethod
+    def _cut(sock: Any) -> bool:
+        """Shut the socket down (both ways), waking a read blocked on it; False without one."""
+        if sock is None:
+            return False
+        try:
+            if isinstance(sock, socket.socket):  # the plain socket's shutdown: SSLSocket's would drop its TLS object
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            else:
+                sock.shutdown(socket.SHUT_RDWR)
+        except Exception:  # closed meanwhile, or not a socket we know: either way nothing left to wake
+            pass
+        return True
+
+
+def _body_socket(response: requests.Response) -> Any:
+    """The socket an answer's body comes from (``http.client``'s file over it), or None."""
+    reader = getattr(getattr(response.raw, "_fp", None), "fp", None)  # urllib3's response -> http.client's
+    return getattr(getattr(reader, "raw", None), "_sock", None)  # BufferedReader -> SocketIO -> socket
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter, with every connection pool it hands out hooked to the watchdog."""
+
+    def __init__(self, watchdog: _Watchdog, **kwargs: Any) -> None:
+        self._watchdog = watchdog
+        super().__init__(**kwargs)
+
+    def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
+        return self._watchdog.hook(super().get_connection_with_tls_context(*args, **kwargs))
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:  # what requests < 2.32 calls instead
+        return self._watchdog.hook(super().get_connection(*args, **kwargs))
+
+
 @dataclass(frozen=True)
 class Meter:
     """Calls the organisation's monthly quota counts (design §11), and the exempt ones, as answered so far."""
@@ -218,9 +402,18 @@ class Transport:
         token_refresh_margin: float = 300.0,
         pool_size: int = 32,
         ip_limit: tuple[int, float] | None = (IP_LIMIT_CALLS, IP_LIMIT_WINDOW),
+        deadline: float = DEFAULT_DEADLINE,
+        answer_cap: int = ANSWER_CAP,
     ) -> None:
+        """``timeout`` is (connect, read) per socket operation; ``deadline`` bounds each request's whole time
+        (DEFAULT_DEADLINE); ``answer_cap`` is the largest answer read (ANSWER_CAP; ``/topapi/user/listid`` may
+        send up to LIST_ANSWER_CAP)."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if not 0 < deadline < float("inf"):
+            raise ValueError("deadline must be a positive number of seconds")
+        if answer_cap < 1:
+            raise ValueError("answer_cap must be at least 1 byte")
         if oapi_token not in (LEGACY_TOKEN, V1_TOKEN_KIND):
             raise ValueError(f"oapi_token must be {LEGACY_TOKEN!r} or {V1_TOKEN_KIND!r}")
         register_secret(app_secret)
@@ -240,6 +433,10 @@ class Transport:
         self._limiters: dict[str, AdaptiveRate] = {}
         self._limiters_lock = threading.Lock()
         self._templates: dict[tuple[str, str, str], requests.PreparedRequest] = {}
+        self._deadline = deadline
+        self._caps = {DEPT_USER_IDS.path: max(answer_cap, LIST_ANSWER_CAP)}
+        self._answer_cap = answer_cap
+        self._watchdog = _Watchdog(deadline)
         if ip_limit is not None:
             calls, window = ip_limit
             burst = min(IP_BURST, max(1, calls // 10))
@@ -270,6 +467,8 @@ class Transport:
         """
         session = requests.Session()
         session.trust_env = False
+        # answers uncompressed: the cap counts what is held in memory, and no small body inflates in one read
+        session.headers["Accept-Encoding"] = "identity"
         self._proxies: dict[str, dict[str, str]] = {}
         self._proxy_shown: dict[str, str | None] = {}
         for host, base in self._bases.items():
@@ -285,7 +484,9 @@ class Transport:
         if ca_bundle:
             session.verify = ca_bundle
         self._verify: bool | str = ca_bundle or True
-        self._adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+        self._adapter = _WatchedAdapter(
+            self._watchdog, pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0
+        )
         session.mount("https://", self._adapter)
         session.mount("http://", self._adapter)
         return session
@@ -370,6 +571,7 @@ class Transport:
     def close(self) -> None:
         """Close the HTTP session and its pooled connections."""
         self._session.close()
+        self._watchdog.close()
 
     def __enter__(self) -> Transport:
         return self
@@ -545,18 +747,24 @@ class Transport:
             else:
                 query["access_token"] = token
         started = time.monotonic()
+        watch = self._watchdog.start()
+        response: requests.Response | None = None
         try:
             response = self._adapter.send(
                 self._prepare(endpoint, chatid, query, headers, data),
-                stream=False,
+                stream=True,  # read by _read_answer: within the deadline and the cap
                 timeout=self._timeout,
                 verify=self._verify,
                 cert=None,
                 proxies=self._proxies[endpoint.host],
             )
-            content = response.content
+            watch.sock = _body_socket(response)
+            content = self._read_answer(endpoint, response, watch)
         except (requests.exceptions.RequestException, ValueError) as exc:
-            outcome = self._network_failure(endpoint, exc)
+            if response is not None:
+                response.close()
+            # a request the watchdog cut fails however the cut surfaced (a reset, a short answer, ...)
+            outcome = self._past_deadline(endpoint) if watch.expired else self._network_failure(endpoint, exc)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s %s -> %s (%d ms)",
@@ -566,6 +774,11 @@ class Transport:
                     (time.monotonic() - started) * 1000,
                 )
             return outcome
+        finally:
+            self._watchdog.finish(watch)
+        if isinstance(content, _Failure):
+            log.debug("%s %s -> %s", endpoint.method, name, content.error.errmsg)
+            return content
         try:
             payload = json.loads(content)
         except ValueError:
@@ -609,6 +822,46 @@ class Transport:
                 else:
                     self._meter = Meter(self._meter.metered, self._meter.exempt + 1)
         return result
+
+    def _read_answer(self, endpoint: Endpoint, response: requests.Response, watch: _Watch) -> bytes | _Failure:
+        """The whole body, streamed; a failure (the rest unread, the connection closed) once it passes the
+        request's deadline or this endpoint's answer cap."""
+        cap = self._caps.get(endpoint.path, self._answer_cap)
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isascii() and length.isdigit() and int(length) > cap:
+            response.close()  # announced: refused before a byte of it is read
+            return self._too_large(endpoint, cap)
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_content(_CHUNK):
+            size += len(chunk)
+            if size > cap:
+                response.close()
+                return self._too_large(endpoint, cap)
+            if watch.expired or time.monotonic() > watch.deadline:
+                response.close()
+                return self._past_deadline(endpoint)
+            chunks.append(chunk)
+        if watch.expired:  # the watchdog cut the connection: an answer that ended there is not the whole answer
+            response.close()
+            return self._past_deadline(endpoint)
+        content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        response._content = content  # what ``response.content`` is from here on (_odd_answer quotes it)
+        return content
+
+    def _past_deadline(self, endpoint: Endpoint) -> _Failure:
+        """No whole answer within the request's deadline: like a read timeout, the request may have been carried
+        out (a create's outcome is unknown); not sent again, one slow answer must not cost several deadlines."""
+        text = (
+            f"no complete answer from {self._shown[endpoint.host]} within {self._deadline:g} s "
+            f"(the deadline for one request; {ENV_DEADLINE} sets it)"
+        )
+        return _Failure(DeadlineError(endpoint.path, text), ambiguous=True, retry=False)
+
+    def _too_large(self, endpoint: Endpoint, cap: int) -> _Failure:
+        """An answer past the cap: refused unread (it would only come again), and a create's outcome is unknown."""
+        text = f"the answer from {self._shown[endpoint.host]} is larger than {_size_text(cap)}; not read"
+        return _Failure(OversizedAnswerError(endpoint.path, text), ambiguous=True, retry=False)
 
     def _oapi_answer(
         self, endpoint: Endpoint, response: requests.Response, payload: Any, userids: Sequence[str]
