@@ -54,7 +54,18 @@ from .render import (
 )
 from .rules import DEFAULT_QPS
 from .safety import DEFAULT_MAX_REMOVAL_PCT, MIN_EXISTING_MEMBERS, Thresholds
-from .state import ENV_STATE, StateFile, StateLocation, init_state, locate_state, locked, require_state
+from .state import (
+    ENV_STATE,
+    REMOTE_SCHEME,
+    RemoteStatePath,
+    StateFile,
+    StateLocation,
+    init_state,
+    locate_state,
+    locked,
+    parse_duration,
+    require_state,
+)
 from .textsafe import safe_line
 
 if TYPE_CHECKING:
@@ -103,6 +114,8 @@ class Options:
     color: bool | None = None
     max_qps: float = DEFAULT_QPS
     budget_calls: int | None = None
+    #: ``--lock-timeout``: how long to wait for a remote state's lock held by another run (0: refuse at once).
+    lock_timeout: float = 0.0
 
     def __post_init__(self) -> None:
         self._print_lock = threading.Lock()
@@ -141,9 +154,9 @@ class Options:
         from .connect import SANDBOX_DIR
 
         if not self.sandbox:
-            return locate_state(given, first_path=first_path, must_exist=must_exist)
+            return locate_state(given, first_path=first_path, must_exist=must_exist, lock_timeout=self.lock_timeout)
         if given:  # a hint's command must talk to the sandbox too, with this file
-            where = locate_state(given, must_exist=must_exist)
+            where = locate_state(given, must_exist=must_exist, lock_timeout=self.lock_timeout)
             return replace(where, flag=" --sandbox" + where.flag)
         SANDBOX_DIR.mkdir(exist_ok=True)  # the sandbox's own folder, next to its emulator data
         # `--sandbox` alone finds this file again: hints need no --state
@@ -190,6 +203,20 @@ def _set(name: str):
     return store
 
 
+class Duration(click.ParamType):
+    """``30s``, ``10m``, ``1h``, ``1m30s`` or plain seconds, as seconds (bounded: see ``parse_duration``)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 _FLAG = {"is_flag": True, "default": None}
 #: (name on Options, option declarations, click settings) of each global option.
 _GLOBAL_OPTIONS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
@@ -231,6 +258,17 @@ _GLOBAL_OPTIONS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
         ("--max-qps",),
         {"type": Finite(0.1), "help": f"Client-side limit on calls per second per API (default {DEFAULT_QPS:g})."},
     ),
+    (
+        "lock_timeout",
+        ("--lock-timeout",),
+        {
+            "type": Duration(),
+            "envvar": "DTCHAT_LOCK_TIMEOUT",
+            "metavar": "DURATION",
+            "help": "Wait this long (30s, 10m) for a remote state's lock held by another run (apply, import, "
+            "forget, mv, watch --enforce, state push/pull) instead of refusing at once. Env DTCHAT_LOCK_TIMEOUT.",
+        },
+    ),
 )
 
 
@@ -245,7 +283,8 @@ state_option = click.option(
     "--state",
     "state_file",
     metavar="F",
-    help="State file (default: $DTCHAT_STATE, else dtchat.state.json beside the first PATH).",
+    help="State file, or s3://BUCKET/KEY for a remote state (docs/remote-state.md) (default: $DTCHAT_STATE, "
+    "else dtchat.state.json beside the first PATH).",
 )
 target_option = click.option(
     "--target", "targets", multiple=True, metavar="KEY", help="Only this chat key (repeatable)."
@@ -784,8 +823,15 @@ def dump(opts: Options, chatids, out_file, parallelism) -> None:
 def init(opts: Options, path: str | None, state_file: str | None) -> None:
     """Write an empty state file (where plan/apply PATH will look for it) to commit beside the YAML."""
     location = opts.state(state_file, path)
+    from .state import RemoteStatePath
+
     written = init_state(location)
-    opts.echo(f"Wrote an empty state file {written}; commit it beside the YAML (it maps each chat key to its chat).")
+    if isinstance(written, RemoteStatePath):
+        opts.echo(f"Wrote an empty state to {written}; every run with --state {written} (or DTCHAT_STATE) uses it.")
+    else:
+        opts.echo(
+            f"Wrote an empty state file {written}; commit it beside the YAML (it maps each chat key to its chat)."
+        )
 
 
 @command("import")
@@ -804,7 +850,8 @@ def import_(opts: Options, key: str, chatid: str, state_file: str | None) -> Non
 
 @cli.group("state")
 def state_group() -> None:
-    """Look at the state file: which chat each key is bound to, and what dtchat last verified."""
+    """Look at the state file (which chat each key is bound to, and what dtchat last verified); move it to and
+    from a remote store (push, pull); remove a dead run's remote lock (unlock)."""
 
 
 @command("list", group=state_group)
@@ -834,6 +881,66 @@ def state_show(opts: Options, key: str, state_file: str | None) -> None:
     if binding is None:
         raise UsageError(f"{location.path}: no chat key `{key}` in the state file")
     opts.echo(render_state_json(location.path, {key: binding}))
+
+
+def _remote_url(opts: Options, url: str) -> RemoteStatePath:
+    if not url.startswith(REMOTE_SCHEME):
+        raise UsageError(f"{url}: S3URL must be a remote state, s3://BUCKET/KEY")
+    return RemoteStatePath.parse(url, lock_timeout=opts.lock_timeout)
+
+
+def _chats(n: int) -> str:
+    return f"{n} chat{'s' if n != 1 else ''}"
+
+
+@command("push", group=state_group)
+@click.argument("url", metavar="S3URL")
+@state_option
+@click.option("--force", is_flag=True, help="Replace a state already at S3URL (only if nobody writes it meanwhile).")
+def state_push(opts: Options, url: str, state_file: str | None, force: bool) -> None:
+    """Copy the local state file to S3URL (s3://BUCKET/KEY), under both locks; then run with --state S3URL."""
+    from .state import copy_state
+
+    target = _remote_url(opts, url)
+    location = opts.state(state_file, must_exist=True)
+    if location.remote:
+        raise UsageError(
+            f"state push copies a local state file to S3URL; name that file with --state F, not {location.path}"
+        )
+    n = copy_state(location.path, target, force=force, source_flag=location.flag, target_flag=f" --state {target}")
+    opts.echo(
+        safe_line(
+            f"Pushed {_chats(n)} from {location.path} to {target}. From now on run with --state {target} "
+            f"(or {ENV_STATE}={target}); {location.path} is no longer read, keep it out of use."
+        )
+    )
+
+
+@command("pull", group=state_group)
+@click.argument("url", metavar="S3URL")
+@state_option
+@click.option("--force", is_flag=True, help="Replace the local state file if there is one.")
+def state_pull(opts: Options, url: str, state_file: str | None, force: bool) -> None:
+    """Copy the remote state at S3URL to a local state file (--state F, else ./dtchat.state.json)."""
+    from .state import copy_state
+
+    source = _remote_url(opts, url)
+    location = opts.state(state_file)
+    if location.remote:
+        raise UsageError(f"state pull writes a local state file; name it with --state F, not {location.path}")
+    n = copy_state(source, location.path, force=force, source_flag=f" --state {source}", target_flag=location.flag)
+    opts.echo(safe_line(f"Pulled {_chats(n)} from {source} into {location.path}."))
+
+
+@command("unlock", group=state_group)
+@click.argument("lock_id")
+@state_option
+def state_unlock(opts: Options, lock_id: str, state_file: str | None) -> None:
+    """Remove the lock LOCK_ID that a dead run left on a remote state (its refusal prints the id)."""
+    from .state import unlock_state
+
+    location = opts.state(state_file)
+    opts.echo(safe_line(unlock_state(location.path, lock_id)))
 
 
 @command("show")
@@ -1023,9 +1130,19 @@ def emulator(
     quota,
     robot_code,
 ) -> None:
-    """Run the local DingTalk API emulator (Ctrl-C stops it). -v logs each request."""
-    from .emulator import EmulatorServer, EmulatorSetupError, ListenError, load_org, load_users
+    """Run the local DingTalk API emulator (Ctrl-C stops it). -v logs each request.
 
+    With --sandbox it serves the sandbox's own chats, org and new-app mode, so its admin routes can change a
+    sandbox chat "by hand" (stop it before the next --sandbox command: both would write the same data file).
+    """
+    from .connect import SANDBOX_DATA, SANDBOX_DIR
+    from .emulator import SANDBOX_ORG, EmulatorServer, EmulatorSetupError, ListenError, load_org, load_users
+
+    if opts.sandbox:
+        if users_file or org_file or data_file:
+            raise UsageError("emulator --sandbox serves the sandbox's own chats and org: drop --users/--org/--data")
+        SANDBOX_DIR.mkdir(exist_ok=True)
+        org_file, data_file, new_app = SANDBOX_ORG, str(SANDBOX_DIR / SANDBOX_DATA), True
     try:
         users = load_users(users_file) if users_file else None
         org = load_org(org_file) if org_file else None

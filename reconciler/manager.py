@@ -29,7 +29,7 @@ from .live import read_live
 from .model import DesiredChat, LiveChat, MemberSource, ReadFailure
 from .plan import Action, Plan
 from .planfile import PlanFileError, PlanOptions, SavedPlan, differences
-from .planner import make_plan, resolve, unchanged
+from .planner import make_plan, resolve, unchanged, users_to_check, with_errors
 from .quota import Budget, Rotation
 from .safety import Thresholds, removal_violations
 from .state import Binding, StateFile, StateLocation, locked
@@ -129,6 +129,7 @@ class Manager:
         budget: Budget | None = None,
         rotation: Rotation | None = None,
         command: str = "plan",
+        check_users: bool = True,
     ) -> Plan:
         """Authenticate, resolve directory selectors, read the targeted chats that need reading, then diff.
 
@@ -137,7 +138,9 @@ class Manager:
         resolved desired digest differs from the one they were last converged to, never-verified chats and
         chats with an error; with a ``rotation`` (drift) it also reads today's slice. The others are UNREAD.
         A ``budget`` is checked before the first read. Authenticating first means bad credentials or a
-        wrong base URL fail even when no chat needs reading.
+        wrong base URL fail even when no chat needs reading. Last, with ``check_users``, every user id the
+        plan would add or make owner is checked to exist (exempt calls; see ``_check_users``); drift, which
+        reports what differs rather than what apply would do, does not check.
         """
         if refresh not in REFRESH_MODES:
             raise UsageError(f"--refresh {refresh}: one of {', '.join(REFRESH_MODES)}")
@@ -150,13 +153,17 @@ class Manager:
         desired: Sequence[DesiredChat] = config.chats
         errors: dict[str, str] = {}
         sources: dict[str, tuple[MemberSource, ...]] = {}
+        known: set[str] = set()  # user ids a directory answer of this run named: they exist
 
         def merge(resolved: DirectoryResult | None) -> Sequence[DesiredChat]:
             if resolved is None:
                 return config.chats
+            from .directory import directory_users
+
             by_key = {c.key: c for c in resolved.chats}
             errors.update(resolved.errors)
             sources.update(resolved.sources)
+            known.update(directory_users(resolved.lookups))
             return tuple(by_key.get(c.key, c) for c in config.chats)
 
         unread: list[str] = []
@@ -216,7 +223,23 @@ class Manager:
             backend=self.backend,
             unread=unread,
         )
+        if check_users:
+            plan = self._check_users(plan, known)
         return replace(plan, reads=len(live))
+
+    def _check_users(self, plan: Plan, known: Collection[str]) -> Plan:
+        """Every user id the plan would add or make owner must exist: one exempt directory call per distinct id
+        not already named by this run's directory answers. A chat that would add an unknown id, or one the
+        directory could not check, becomes an error (zero writes), never a refused write mid-apply.
+        Without a directory (engine unit tests) nothing is checked."""
+        wanted = users_to_check(plan, known)
+        if not wanted or self.directory is None:
+            return plan
+        from .directory import check_users, unknown_user_errors
+
+        userids = {userid for ids in wanted.values() for userid in ids}
+        answers = check_users(self.directory, userids, parallelism=self.parallelism)
+        return with_errors(plan, unknown_user_errors(wanted, answers), backend=self.backend)
 
     def _directory(self, chats: Sequence[DesiredChat]) -> DirectoryResult:
         from .directory import resolve_directory
@@ -238,7 +261,14 @@ class Manager:
         never verified or changed since. Read-only: the state is not written."""
         refresh = REFRESH_CHANGED if rotation is not None else REFRESH_ALL
         plan = self.plan(
-            config, state, targets=targets, refresh=refresh, rotation=rotation, budget=budget, command="drift"
+            config,
+            state,
+            targets=targets,
+            refresh=refresh,
+            rotation=rotation,
+            budget=budget,
+            command="drift",
+            check_users=False,  # a missing member is drift to report, whether or not apply could add them
         )
         return drift_report(plan, rotation)
 
@@ -311,6 +341,7 @@ class Manager:
                 return ApplyOutcome(Outcome.NO_CHANGES, plan, warnings)
             if not confirm(plan):
                 return ApplyOutcome(Outcome.CANCELLED, plan, warnings)
+            state.check_current()  # a remote state another run wrote meanwhile: stop before any write
             _remember(plan, state)
             result = apply_plan(
                 plan,
@@ -351,12 +382,18 @@ class Manager:
 def _remember(plan: Plan, state: StateFile) -> None:
     """Before applying: record each chat the YAML pins (``chatid:``), changed or not, so removing the pin
     later (the usual step after ``dtchat dump``) does not turn it into a create; and record, in one write,
-    the digest of every chat that was read and found in sync, so the next run need not read it again."""
+    the digest of every chat that was read and found in sync, so the next run need not read it again; and
+    forget the digest of every chat that could not be planned (unreadable, dissolved, an unknown id), so the
+    next run reads it again, whether or not this run has anything else to apply."""
     for change in plan.of(Action.UPDATE, Action.NOOP):
         bound = state.get(change.key)
         if change.chatid and (bound is None or bound.chatid != change.chatid):
             state.record(change.key, change.chatid)
     state.verified({c.key: c.digest for c in plan.of(Action.NOOP) if c.digest})
+    for change in plan.of(Action.ERROR):
+        bound = state.get(change.key)
+        if bound is not None and bound.digest:
+            state.unverified(change.key)
 
 
 def move_key(state: StateFile, old: str, new: str) -> Binding:
@@ -366,7 +403,7 @@ def move_key(state: StateFile, old: str, new: str) -> Binding:
     return state.move(old, new)
 
 
-def check_saved_state(saved: SavedPlan, path: Path) -> None:
+def check_saved_state(saved: SavedPlan, path: Path | os.PathLike[str]) -> None:
     """A saved plan applies only with the state file it was made with.
 
     A create looks the same whatever the state file says, so applying a plan with another state file

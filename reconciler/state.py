@@ -17,6 +17,11 @@ find a chat again. Losing or mangling it means creating chats twice, hence
 * a refusal to touch a file that is corrupt or not ours.
 
 Writes are serialized by a lock, so chats applied in parallel share one writer.
+
+Where the bytes live is a :class:`StateStore`: a local file (:class:`LocalStore`, all of the above), or an
+object in an S3-compatible store for ``s3://BUCKET/KEY`` (``remote_state.S3Store``: conditional writes on
+the object's ETag and an expiring lock object beside it; boto3 is imported only then). The rules above are
+the same for both; only the store and the lock differ.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ import datetime as _dt
 import errno
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from .errors import DtchatError
 from .files import DuplicateKey, TooDeep, loads_bounded, write_atomic
@@ -43,6 +50,10 @@ FORMAT = "dtchat-state"
 VERSION = 1
 DEFAULT_NAME = "dtchat.state.json"
 ENV_STATE = "DTCHAT_STATE"
+#: ``--state s3://BUCKET/KEY``: the state is an object in an S3-compatible store (``remote_state``).
+REMOTE_SCHEME = "s3://"
+#: The longest ``--lock-timeout`` (every wait is bounded).
+MAX_LOCK_TIMEOUT = 6 * 3600.0
 
 
 class StateError(DtchatError):
@@ -89,13 +100,79 @@ def default_path(first_path: str | os.PathLike[str]) -> Path:
     return folder / DEFAULT_NAME
 
 
+def parse_duration(text: str) -> float:
+    """``--lock-timeout``: ``90``, ``90s``, ``10m``, ``1h``, ``1m30s``: seconds, at most six hours."""
+    spelled = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", spelled):
+        seconds = float(spelled)
+    elif spelled and re.fullmatch(r"(\d+(\.\d+)?[hms])+", spelled):
+        unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
+        seconds = sum(float(n) * unit[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)([hms])", spelled))
+    else:
+        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 10m, 1h)")
+    if seconds > MAX_LOCK_TIMEOUT:
+        raise ValueError(f"{text!r} is longer than {MAX_LOCK_TIMEOUT / 3600:g} hours")
+    return seconds
+
+
+@dataclass(frozen=True)
+class RemoteStatePath:
+    """``s3://BUCKET/KEY``: a state kept in an S3-compatible store (``remote_state``). It prints as its URL,
+    which names no credential: the endpoint and the credentials come only from the AWS environment."""
+
+    bucket: str
+    key: str
+    #: How long taking its lock waits for another run (``--lock-timeout``); 0 refuses at once.
+    lock_timeout: float = 0.0
+
+    @classmethod
+    def parse(cls, url: str, *, lock_timeout: float = 0.0) -> RemoteStatePath:
+        bucket, _, key = url[len(REMOTE_SCHEME) :].partition("/")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}", bucket):
+            raise StateError(f"{url}: not a state URL; expected s3://BUCKET/KEY, e.g. s3://my-bucket/dtchat.state.json")
+        if not key or key.endswith("/") or len(key.encode("utf-8")) > 1000 or not key.isprintable():
+            raise StateError(
+                f"{url}: needs the state object's key after the bucket, e.g. s3://{bucket}/dtchat/dtchat.state.json"
+            )
+        return cls(bucket, key, lock_timeout)
+
+    @property
+    def url(self) -> str:
+        return f"{REMOTE_SCHEME}{self.bucket}/{self.key}"
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __fspath__(self) -> str:
+        """The URL, so that comparing two spellings of a state (``os.path.realpath``, as a saved plan's check
+        does) works for both kinds; nothing ever opens it as a local file."""
+        return self.url
+
+    def exists(self) -> bool:
+        from .remote_state import S3Store
+
+        return S3Store(self).exists()
+
+
+#: Where a state is: a local file, or an object in an S3-compatible store.
+StatePath = Path | RemoteStatePath
+
+
 @dataclass(frozen=True)
 class StateLocation:
     """Where this run's state file is, and how to say so in a hint."""
 
-    path: Path
+    path: StatePath
     #: The ``--state F`` a follow-up command (import, forget, mv) needs to find the same file; "" if none.
     flag: str = ""
+
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.path, RemoteStatePath)
 
 
 def locate_state(
@@ -105,6 +182,7 @@ def locate_state(
     env: Mapping[str, str] | None = None,
     sandbox_path: Path | None = None,
     must_exist: bool = False,
+    lock_timeout: float = 0.0,
 ) -> StateLocation:
     """The one rule (design §6): ``--state F``, else ``$DTCHAT_STATE``, else beside the first PATH,
     else ``./dtchat.state.json``.
@@ -113,10 +191,15 @@ def locate_state(
     ids never enter a real state file. ``must_exist`` (import, forget, mv) refuses to guess: with no
     ``--state``, no ``$DTCHAT_STATE`` and no file in the working folder, a new file there would be one
     that ``plan chats/`` never reads.
-    The folder must exist: no command creates one.
+    The folder must exist: no command creates one. ``s3://BUCKET/KEY`` (as ``--state`` or in
+    ``$DTCHAT_STATE``) is a remote state; ``lock_timeout`` is how long its lock is waited for.
     """
     env = os.environ if env is None else env
     from_env = (env.get(ENV_STATE) or "").strip()
+    spelled = given or (from_env if sandbox_path is None else "")
+    if spelled.startswith(REMOTE_SCHEME):
+        remote = RemoteStatePath.parse(spelled, lock_timeout=lock_timeout)
+        return StateLocation(remote, _flag_for(remote, env))
     if given:
         path = Path(given)
     elif sandbox_path is not None:
@@ -138,9 +221,11 @@ def locate_state(
     return StateLocation(path, _flag_for(path, env))
 
 
-def _flag_for(path: Path, env: Mapping[str, str]) -> str:
+def _flag_for(path: StatePath, env: Mapping[str, str]) -> str:
     """The ``--state`` a hint must carry: none when import/forget/mv would find this file by themselves."""
     from_env = (env.get(ENV_STATE) or "").strip()
+    if isinstance(path, RemoteStatePath):
+        return "" if from_env == path.url else f" --state {_shell_word(path.url)}"
     default = Path(from_env) if from_env else Path(DEFAULT_NAME)
     with contextlib.suppress(OSError):
         if os.path.realpath(default) == os.path.realpath(path):
@@ -153,14 +238,73 @@ def _shell_word(text: str) -> str:
     return text if safe and text else "'" + text.replace("'", "'\\''") + "'"
 
 
+class StateStore(Protocol):
+    """Where a state's bytes live. ``read`` and ``write`` carry a version (an ETag) so that a store that
+    can make a write conditional on it does: a write must fail, not overwrite, when another writer
+    changed the state since this run read it (or, with no version, when one created it)."""
+
+    def read(self) -> tuple[bytes | None, str | None]:
+        """The state's bytes and their version; ``(None, None)`` when there is none yet."""
+        ...
+
+    def write(self, text: str, version: str | None) -> str | None:
+        """Replace the state written at ``version`` (create it, when None) and return the new version."""
+        ...
+
+    def check_current(self, version: str | None) -> None:
+        """Raise :class:`StateError` unless the state is still at ``version`` and this run still holds its lock."""
+        ...
+
+
+class LocalStore:
+    """A state file on disk: read whole, replaced atomically; serialized by the lock on its real path
+    (``locked``), so it needs no version."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> tuple[bytes | None, str | None]:
+        try:
+            return self.path.read_bytes(), None
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot read state file: {exc.strerror}") from None
+
+    def write(self, text: str, version: str | None) -> str | None:
+        try:
+            write_atomic(self.path, text)
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot write state file: {exc.strerror or exc}") from None
+        return None
+
+    def check_current(self, version: str | None) -> None:
+        return None
+
+
+def open_store(path: StatePath) -> StateStore:
+    if isinstance(path, RemoteStatePath):
+        from .remote_state import S3Store  # boto3 only when a remote state is used
+
+        return S3Store(path)
+    return LocalStore(path)
+
+
 class StateFile:
     """A state file on disk. Reads are cheap; every write is atomic, immediate and serialized."""
 
-    def __init__(self, path: str | os.PathLike[str], *, flag: str = "") -> None:
-        self.path = Path(path)
+    def __init__(
+        self, path: str | os.PathLike[str] | RemoteStatePath, *, flag: str = "", store: StateStore | None = None
+    ) -> None:
+        self.path: StatePath = path if isinstance(path, RemoteStatePath) else Path(path)
         #: ``--state F`` for hints (see :class:`StateLocation`).
         self.flag = flag
         self._lock = threading.Lock()
+        self._store = store if store is not None else open_store(self.path)
+        #: The version (ETag) of the state this run last read or wrote; every write is conditional on it.
+        self._version: str | None = None
+        #: Whether there was a state to read (False: the first write creates it).
+        self.existed = False
         self._bindings: dict[str, Binding] = self._read()
 
     # -- reading -----------------------------------------------------------
@@ -168,12 +312,10 @@ class StateFile:
         return StateError(f"{self.path}: {why}; refusing to use or overwrite it")
 
     def _read(self) -> dict[str, Binding]:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
+        raw, self._version = self._store.read()
+        if raw is None:
             return {}
-        except OSError as exc:
-            raise StateError(f"{self.path}: cannot read state file: {exc.strerror}") from None
+        self.existed = True
         try:
             data = loads_bounded(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -341,17 +483,24 @@ class StateFile:
                 raise
             return binding
 
+    def check_current(self) -> None:
+        """Raise :class:`StateError` if another writer changed the state since this run read it, or (a remote
+        state) this run lost its lock: called before an apply's first write to DingTalk, so a run that lost
+        the race sends nothing. (Every state write is also conditional on the version read, whatever calls
+        this.) Free for a local file, which the OS lock alone serializes."""
+        with self._lock:
+            self._store.check_current(self._version)
+
     def _save(self) -> None:
-        """Atomic replace (caller holds the lock): a crash leaves the old file or the new one."""
+        """Atomic replace (caller holds the lock): a crash leaves the old file or the new one; a remote state
+        is replaced only if it is still the version this run last read or wrote."""
         data = {
             "format": FORMAT,
             "version": VERSION,
             "chats": {k: self._bindings[k].to_json() for k in sorted(self._bindings)},
         }
-        try:
-            write_atomic(self.path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
-        except OSError as exc:
-            raise StateError(f"{self.path}: cannot write state file: {exc.strerror or exc}") from None
+        self._version = self._store.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n", self._version)
+        self.existed = True
 
 
 def require_state(location: StateLocation, *, init: bool, command: str, first_path: str | None = None) -> None:
@@ -365,28 +514,41 @@ def require_state(location: StateLocation, *, init: bool, command: str, first_pa
     flag = "" if beside else f" --state {_shell_word(str(location.path))}"
     if " --sandbox" in location.flag:
         flag += " --sandbox"
+    keep = "" if location.remote else " and commit the file it writes"
     raise StateError(
         f"{location.path}: no state file. Without it every chat would look new and be created again; "
-        f"if this is the first run, run `dtchat init{where}{flag}` and commit the file it writes "
+        f"if this is the first run, run `dtchat init{where}{flag}`{keep} "
         f"(or pass --init to this {command}); if the file should exist, check --state, ${ENV_STATE} and the checkout"
     )
 
 
-def init_state(location: StateLocation) -> Path:
+def init_state(location: StateLocation) -> StatePath:
     """``dtchat init``: write an empty state file where every command will look for it; never overwrite one."""
     if location.path.exists():
         raise StateError(f"{location.path}: a state file is already there; nothing was changed")
-    StateFile(location.path, flag=location.flag)._save()
+    StateFile(location.path, flag=location.flag)._save()  # a remote one only if it is still absent (If-None-Match)
     return location.path
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike[str], *, flag: str = "") -> Iterator[StateFile]:
+def locked(
+    path: str | os.PathLike[str] | RemoteStatePath, *, flag: str = "", timeout: float | None = None
+) -> Iterator[StateFile]:
     """Open the state file under an exclusive lock on its real path, failing fast if another run holds it.
 
     The folder must be writable now: a state file that cannot be written is found before the first
     API call, never after a create succeeded.
+
+    A remote state (``s3://``) is locked by an expiring lock object beside it, renewed while the run lasts;
+    another run's lock is waited for up to ``timeout`` seconds (default: the path's ``--lock-timeout``).
     """
+    if isinstance(path, RemoteStatePath):
+        from .remote_state import S3Store
+
+        store = S3Store(path)
+        with store.locked(path.lock_timeout if timeout is None else timeout, flag=flag):
+            yield StateFile(path, flag=flag, store=store)  # read once the lock is held
+        return
     path = Path(path)
     real = Path(os.path.realpath(path))
     lock_path = real.with_name(real.name + ".lock")
@@ -411,3 +573,39 @@ def locked(path: str | os.PathLike[str], *, flag: str = "") -> Iterator[StateFil
         yield StateFile(real, flag=flag)  # read and written at the real path, the one the lock is on
     finally:
         os.close(fd)
+
+
+def copy_state(
+    source: StatePath, target: StatePath, *, force: bool = False, source_flag: str = "", target_flag: str = ""
+) -> int:
+    """``dtchat state push`` / ``pull``: copy the state at ``source`` to ``target``, both under their locks.
+
+    A state already at ``target`` is replaced only with ``force``, and then only if it is still the version
+    just read (a run that wrote it meanwhile makes the copy fail, not vanish). Returns how many keys were copied.
+    """
+    if not source.exists():
+        raise StateError(f"{source}: no state file there to copy; nothing was changed")
+    with locked(source, flag=source_flag) as src, locked(target, flag=target_flag) as dst:
+        if dst.existed and not force:
+            n = len(dst.bindings)
+            raise StateError(
+                f"{target}: a state is already there ({n} chat{'s' if n != 1 else ''}); pass --force to replace it "
+                "(only if nobody writes it meanwhile); nothing was changed"
+            )
+        bindings = dict(src.bindings)
+        with dst._lock:
+            dst._bindings = bindings
+            dst._save()
+    return len(bindings)
+
+
+def unlock_state(path: StatePath, lock_id: str) -> str:
+    """``dtchat state unlock LOCK_ID``: remove the lock a dead run left on a remote state; says whose it was."""
+    if not isinstance(path, RemoteStatePath):
+        raise StateError(
+            f"{path}: a local state file is locked by the operating system only while a run is alive, so no lock "
+            "is ever left behind; `state unlock` is for a remote state (--state s3://BUCKET/KEY)"
+        )
+    from .remote_state import S3Store
+
+    return S3Store(path).unlock(lock_id)

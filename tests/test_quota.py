@@ -298,3 +298,17 @@ def test_a_clean_plan_says_it_rests_on_chats_not_read_and_drift_says_how_to_put_
     assert fixed.exit_code == 0, fixed.output
     assert "mallory" not in emulator.chat(chatid)["useridlist"]
     assert dtchat(emulator, "drift", str(folder)).exit_code == 0
+
+
+def test_an_apply_that_cannot_read_a_chat_forgets_its_digest_even_with_nothing_else_to_do(emulator, tmp_path):
+    """A dissolved chat met by `apply --refresh all` must be read again by the next default plan."""
+    folder = tmp_path / "c"
+    write_config(folder, {"a": {"name": "A", "owner": "x"}, "b": {"name": "B", "owner": "x"}})
+    assert dtchat(emulator, "apply", str(folder), "--auto-approve").exit_code == 0
+    chatid = state_of(folder / "dtchat.state.json")["a"]
+    emulator.change_by_hand(chatid, disband=True)
+    result = dtchat(emulator, "apply", str(folder), "--auto-approve", "--refresh", "all")
+    assert result.exit_code == 1 and "dissolved" in result.output
+    assert "digest" not in json.loads((folder / "dtchat.state.json").read_text())["chats"]["a"]
+    again = dtchat(emulator, "plan", str(folder), "-v")
+    assert again.exit_code == 1 and "dissolved" in again.output  # read again, not "unchanged since …, not read"
