@@ -26,8 +26,9 @@ from ..plan import ChatChange
 from ..rules import MEMBER_CAP
 from . import fields
 from .base import CHATID, OPEN_CONVERSATION_ID, WireCall, userids_in
-from .endpoints import CHAT_GET, CONVERT_ID, ROBOT_SEND
+from .endpoints import CHAT_GET, CONVERT_ID, ROBOT_SEND, Endpoint
 from .errors import AmbiguousCreateError, MalformedAnswerError, NotFoundError
+from .packing import Step
 
 if TYPE_CHECKING:  # the transport pulls in requests; planning and dry runs need none of it
     from .transport import Meter, Transport
@@ -97,6 +98,22 @@ def _text_param(text: str) -> str:
         text = text[: max(0, len(text) - max(16, (len(param.encode("utf-8")) - MSG_PARAM_MAX_BYTES) // 3))]
         param = json.dumps({"content": text + "…"}, ensure_ascii=False)
     return param
+
+
+def update_call(endpoint: Endpoint, step: Step, change: ChatChange, settings: Mapping[str, Any]) -> WireCall:
+    """One update call of either generation: the chat, its new name, ``settings`` (each generation's own
+    shape), the owner, then the members to add and to remove; the chat's id filled in later for a new chat."""
+    body: dict[str, Any] = {"chatid": change.chatid} if change.chatid else {}
+    if step.name is not None:
+        body["name"] = step.name
+    body.update(settings)
+    if step.owner is not None:
+        body["owner"] = step.owner
+    if step.add:
+        body["add_useridlist"] = list(step.add)
+    if step.remove:
+        body["del_useridlist"] = list(step.remove)
+    return WireCall(endpoint, body, needs={} if change.chatid else {CHATID: "chatid"})
 
 
 class Backend:

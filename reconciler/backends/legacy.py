@@ -7,12 +7,10 @@ the body; an update sends only what changes (a setting sent as 0 is set to 0).
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..plan import ChatChange
 from . import fields
-from .backend import Backend
-from .base import CHATID, WireCall
+from .backend import Backend, update_call
+from .base import WireCall
 from .endpoints import CHAT_CREATE, CHAT_UPDATE
 from .packing import Step, steps_for
 
@@ -32,14 +30,4 @@ class LegacyBackend(Backend):
             return WireCall(
                 CHAT_CREATE, {"name": step.name, "owner": step.owner, "useridlist": list(step.add), **changed}
             )
-        body: dict[str, Any] = {"chatid": change.chatid} if change.chatid else {}
-        if step.name is not None:
-            body["name"] = step.name
-        body.update(changed)
-        if step.owner is not None:
-            body["owner"] = step.owner
-        if step.add:
-            body["add_useridlist"] = list(step.add)
-        if step.remove:
-            body["del_useridlist"] = list(step.remove)
-        return WireCall(CHAT_UPDATE, body, needs={} if change.chatid else {CHATID: "chatid"})
+        return update_call(CHAT_UPDATE, step, change, changed)

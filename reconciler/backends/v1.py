@@ -18,8 +18,8 @@ from typing import Any
 from ..plan import ChatChange
 from ..rules import SETTING_NAMES
 from . import fields
-from .backend import Backend
-from .base import CHATID, WireCall
+from .backend import Backend, update_call
+from .base import WireCall
 from .endpoints import GROUP_CREATE, GROUP_UPDATE
 from .errors import MalformedAnswerError
 from .packing import Step, UnreachableError, steps_for
@@ -56,18 +56,8 @@ class V1Backend(Backend):
             if declared:  # absent on create = 0, as the page says
                 body["managementOptions"] = declared
             return WireCall(GROUP_CREATE, body)
-        body = {"chatid": change.chatid} if change.chatid else {}
-        if step.name is not None:
-            body["name"] = step.name
-        if step.settings and options is not None:
-            body["managementOptions"] = options
-        if step.owner is not None:
-            body["owner"] = step.owner
-        if step.add:
-            body["add_useridlist"] = list(step.add)
-        if step.remove:
-            body["del_useridlist"] = list(step.remove)
-        return WireCall(GROUP_UPDATE, body, needs={} if change.chatid else {CHATID: "chatid"})
+        settings = {"managementOptions": options} if step.settings and options is not None else {}
+        return update_call(GROUP_UPDATE, step, change, settings)
 
     def answered(self, call: WireCall, payload: Mapping[str, Any]) -> Mapping[str, str]:
         if call.endpoint is GROUP_UPDATE and payload.get("success") is not True:
