@@ -182,6 +182,8 @@ def apply_change(
             return ChatResult(key, change.action, ok=True, chatid=chatid)
         calls = backend.calls(change)
         known = _known(change, state.get(key))
+        if calls:
+            state.check_held()  # a run that lost its (remote) lock sends nothing more
     except DtchatError as exc:  # StateError, UnreachableError
         return failed(str(exc), fatal=isinstance(exc, StateError))
     for call in calls:
@@ -224,8 +226,8 @@ def apply_change(
     if change.digest and calls:
         try:
             state.verified({key: change.digest})  # converged: later runs need not read it (design §11)
-        except StateError as exc:
-            return ChatResult(key, change.action, ok=True, calls=done, chatid=chatid, warning=str(exc))
+        except StateError as exc:  # the changes are made, but the state is another run's now: stop the run
+            return failed(f"changes applied, but {exc}", fatal=True)
     warning, fatal = None, False
     if notify and calls and chatid:
         sent, warning, fatal = _notify(change, backend, state, known, on_call)

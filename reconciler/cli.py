@@ -372,6 +372,13 @@ class Group(click.Group):
 _HANDLER: logging.StreamHandler | None = None
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines quote DingTalk's errmsg, event ids, YAML: each is one escaped line (``textsafe``) like any output."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return safe_line(super().formatMessage(record))
+
+
 def _log_handler() -> logging.StreamHandler:
     """dtchat's log lines on stderr: warnings (retries, throttling waits) always, everything with -v."""
     global _HANDLER
@@ -379,7 +386,7 @@ def _log_handler() -> logging.StreamHandler:
         from .backends.redact import RedactingFilter
 
         _HANDLER = logging.StreamHandler()
-        _HANDLER.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        _HANDLER.setFormatter(_SafeFormatter("%(levelname)s: %(message)s"))
         _HANDLER.addFilter(RedactingFilter())
     return _HANDLER
 
@@ -854,6 +861,14 @@ def state_group() -> None:
     from a remote store (push, pull); remove a dead run's remote lock (unlock)."""
 
 
+def _existing_state(opts: Options, state_file: str | None) -> StateLocation:
+    """The state file to look at; a mistyped --state or DTCHAT_STATE is an error, not an empty state."""
+    location = opts.state(state_file, must_exist=True)
+    if not location.path.exists():
+        raise UsageError(f"{location.path}: no state file there (check --state / {ENV_STATE})")
+    return location
+
+
 @command("list", group=state_group)
 @state_option
 @click.option("--format", "fmt", type=click.Choice(("text", "json")), default="text", show_default=True)
@@ -861,7 +876,7 @@ def state_list(opts: Options, state_file: str | None, fmt: str) -> None:
     """Every key in the state file, its chat and whether it is verified, pending or never verified."""
     from .render import render_state_json, render_state_text
 
-    location = opts.state(state_file, must_exist=True)
+    location = _existing_state(opts, state_file)
     bindings = StateFile(location.path, flag=location.flag).bindings
     if fmt == "json":
         opts.echo(render_state_json(location.path, bindings))
@@ -876,7 +891,7 @@ def state_show(opts: Options, key: str, state_file: str | None) -> None:
     """Everything the state file records for KEY."""
     from .render import render_state_json
 
-    location = opts.state(state_file, must_exist=True)
+    location = _existing_state(opts, state_file)
     binding = StateFile(location.path, flag=location.flag).get(key)
     if binding is None:
         raise UsageError(f"{location.path}: no chat key `{key}` in the state file")

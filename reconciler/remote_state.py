@@ -302,6 +302,9 @@ class S3Store:
             return None
 
     # -- the lock ---------------------------------------------------------------------------------
+    def check_held(self) -> None:
+        self._check_held()
+
     def _check_held(self) -> None:
         if self._lost is not None:
             raise StateError(

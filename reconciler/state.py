@@ -255,6 +255,10 @@ class StateStore(Protocol):
         """Raise :class:`StateError` unless the state is still at ``version`` and this run still holds its lock."""
         ...
 
+    def check_held(self) -> None:
+        """Raise :class:`StateError` if this run is known to have lost its lock (no request: a flag)."""
+        ...
+
 
 class LocalStore:
     """A state file on disk: read whole, replaced atomically; serialized by the lock on its real path
@@ -279,6 +283,9 @@ class LocalStore:
         return None
 
     def check_current(self, version: str | None) -> None:
+        return None
+
+    def check_held(self) -> None:
         return None
 
 
@@ -490,6 +497,11 @@ class StateFile:
         this.) Free for a local file, which the OS lock alone serializes."""
         with self._lock:
             self._store.check_current(self._version)
+
+    def check_held(self) -> None:
+        """Raise :class:`StateError` if this run lost its lock (a remote state whose lock another run took over
+        or removed): called before each chat's first write to DingTalk. A flag, no request."""
+        self._store.check_held()
 
     def _save(self) -> None:
         """Atomic replace (caller holds the lock): a crash leaves the old file or the new one; a remote state

@@ -226,9 +226,12 @@ class Watcher:
         with self._lock:
             if self._closed:
                 return _done(False)
-            if event_id and event_id in self._seen:  # a redelivery: handled once (or being handled)
-                log.info("event %s delivered again; handled once", event_id)
-                return self._seen[event_id]
+            if event_id and event_id in self._seen:  # a redelivery: handled once (or being handled) ...
+                cached = self._seen[event_id]
+                if not cached.done() or (cached.exception() is None and cached.result()):
+                    log.info("event %s delivered again; handled once", event_id)
+                    return cached
+                del self._seen[event_id]  # ... unless its handling failed: that is why it came again
         if event is None:
             self.ignored += 1
             log.info("ignored an event of type %s (%d ignored so far)", event_type, self.ignored)
@@ -245,7 +248,11 @@ class Watcher:
         return fut
 
     def _chat_event(self, event: ChatEvent) -> Future[bool]:
-        key = self._key_of(event)
+        try:
+            key = self._key_of(event)
+        except StateError as exc:  # cannot tell whether dtchat manages it: not acknowledged, so redelivered
+            log.warning("cannot read the state file (%s); the event will be looked at when redelivered", exc)
+            return _done(False)
         if key is None:
             self.ignored += 1
             log.info(
@@ -261,11 +268,8 @@ class Watcher:
         return self._rounds.submit(_DIRECTORY, self._directory_round)
 
     def _key_of(self, event: ChatEvent) -> str | None:
-        try:
-            bindings = StateFile(self.location.path).bindings
-        except StateError as exc:
-            log.warning("cannot read the state file (%s)", exc)
-            return None
+        """The managed chat's key; None when dtchat does not manage it; StateError when it cannot tell."""
+        bindings = StateFile(self.location.path).bindings
         wanted = {c.key for c in self.config.chats}
         for key, binding in bindings.items():
             if key not in wanted or binding.pending:
@@ -288,18 +292,34 @@ class Watcher:
     def _directory_round(self) -> bool:
         """Re-resolve the selectors (exempt calls); look at each bound chat whose resolved members changed."""
         before, after = self._baseline, self._directory_digests()
-        self._baseline = after
-        bindings = StateFile(self.location.path).bindings
+        try:
+            bindings = StateFile(self.location.path).bindings
+        except StateError as exc:  # the baseline stays: the redelivered event finds the same change again
+            log.warning("cannot read the state file (%s); the event will be looked at when redelivered", exc)
+            return False
         changed = [
             key
             for key in sorted(set(before) | set(after))
             if before.get(key) != after.get(key) and key in bindings and bindings[key].chatid
         ]
+        futures = {
+            key: self._rounds.submit(key, partial(self._handle, key, "the directory changed")) for key in changed
+        }
+        baseline = dict(after)
+        for key, future in futures.items():
+            try:
+                handled = future.result() is True
+            except Exception:  # noqa: BLE001 - logged by the Stream glue; here it only means "not handled"
+                handled = False
+            if not handled:  # keep the old digest, so the redelivered event sees this chat as changed again
+                if key in before:
+                    baseline[key] = before[key]
+                else:
+                    baseline.pop(key, None)
+        self._baseline = baseline
         if not changed:
             log.info("a directory change that no chat's members depend on")
-            return True
-        futures = [self._rounds.submit(key, partial(self._handle, key, "the directory changed")) for key in changed]
-        return all(f.result() for f in futures)
+        return all(baseline.get(key) == after.get(key) for key in changed)
 
     def _handle(self, key: str, cause: str) -> bool:
         """Read the one chat (and with --enforce converge it); True when done, False to retry later."""

@@ -211,3 +211,10 @@ def test_the_sandbox_chats_can_be_changed_by_hand_through_emulator_sandbox(tmp_p
 def test_emulator_sandbox_refuses_other_data(emulator, tmp_path):
     result = dtchat(emulator, "--sandbox", "emulator", "--data", str(tmp_path / "x.json"))
     assert result.exit_code == 1 and "drop --users/--org/--data" in result.output
+
+
+def test_state_list_and_show_of_a_mistyped_state_file_are_errors(emulator, tmp_path):
+    for args in (("state", "list"), ("state", "show", "eng")):
+        result = dtchat(emulator, *args, "--state", str(tmp_path / "typo.json"))
+        assert result.exit_code == 1 and "no state file there" in result.output, result.output
+    assert not (tmp_path / "typo.json").exists()

@@ -11,12 +11,13 @@ from unittest import mock
 
 import click
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from reconciler.applier import planned_calls
 from reconciler.backends import backend_for
-from reconciler.cli import Failure
+from reconciler.cli import Failure, cli
 from reconciler.config.issues import ConfigError, ConfigIssue, quoted
 from reconciler.drift import drift_report
 from reconciler.errors import DtchatError
@@ -40,7 +41,7 @@ from reconciler.render import (
 from reconciler.textsafe import escape, guard_line, safe_line
 from reconciler.watch import Alert
 
-from helpers import APP_KEY, APP_SECRET, RawApi, dtchat, state_of, write_config
+from helpers import APP_KEY, APP_SECRET, LocalServer, RawApi, dtchat, state_of, write_config
 
 LEGACY, V1 = backend_for("legacy"), backend_for("v1")
 
@@ -483,3 +484,33 @@ def test_cli_plan_warns_about_a_non_ascii_id_and_apply_still_applies(emulator, t
     assert applied.exit_code == 0, applied.output
     assert "Warning: eng: user id with non-ASCII characters" in applied.output
     assert "bоb" in emulator.chat(state_of(cfg / "dtchat.state.json")["eng"])["useridlist"]
+
+
+def test_log_lines_carry_server_text_escaped(tmp_path):
+    """A retry warning quotes DingTalk's errmsg: it goes through the log handler, which escapes it like any
+    other output (no clipboard write, no line erase, no workflow command)."""
+    hostile = "busy\x1b]52;c;ZXZpbA==\x07\x1b[2K\r\n::add-mask::x\u202e"
+
+    def reply(handler):
+        if handler.path.startswith("/gettoken"):
+            return (
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps({"errcode": 0, "access_token": "t", "expires_in": 7200}).encode(),
+            )
+        return 200, {"Content-Type": "application/json"}, json.dumps({"errcode": -1, "errmsg": hostile}).encode()
+
+    server = LocalServer(reply)
+    try:
+        folder = tmp_path / "c"
+        write_config(folder, {"a": {"name": "A", "owner": "x", "chatid": "chat0123abcd"}})
+        env = {"DINGTALK_APP_KEY": APP_KEY, "DINGTALK_APP_SECRET": APP_SECRET, "NO_COLOR": "1"}
+        result = CliRunner().invoke(
+            cli, ["--api", "legacy", "--api-base", server.url, "plan", str(folder)], env=env, catch_exceptions=False
+        )
+    finally:
+        server.stop()
+    assert result.exit_code == 1
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING: ")]
+    assert warnings and all("busy\\x1b]52;c;ZXZpbA==\\x07" in line for line in warnings), result.stderr
+    assert_safe_output(result.stderr)

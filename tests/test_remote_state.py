@@ -460,11 +460,11 @@ def test_state_unlock_removes_a_stale_lock_by_its_id_only(emulator, s3, tmp_path
 
 
 def test_the_lock_is_renewed_while_the_run_lasts_and_a_lost_lock_stops_its_writes(s3, monkeypatch):
-    monkeypatch.setenv(remote_state.ENV_LOCK_TTL, "1")
+    monkeypatch.setenv(remote_state.ENV_LOCK_TTL, "3")  # renewed every 0.75 s: room for a loaded CI machine
     s3.put_state({})
     where = RemoteStatePath.parse(s3.url())
     with locked(where) as state:
-        time.sleep(2.5)  # more than two lifetimes: renewed meanwhile, so nobody may take it over
+        time.sleep(7)  # more than two lifetimes: renewed meanwhile, so nobody may take it over
         with pytest.raises(StateError, match="is locked by"), locked(where):
             pass
         state.begin_create("alpha")
@@ -676,3 +676,29 @@ def test_store_errors_are_one_line_and_name_no_credential(emulator, s3, tmp_path
     assert unreachable.exit_code == 1 and "AWS_ENDPOINT_URL" in unreachable.stderr, unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
     assert time.monotonic() - started < 60
+
+
+def test_a_state_changed_by_another_writer_mid_apply_stops_the_run_with_exit_1(emulator, s3, tmp_path):
+    """After a conflicting write (a hand edit, a forced unlock and another run), the run sends nothing more:
+    the chat whose digest could not be recorded fails, no other chat starts, exit 1."""
+    folder = tmp_path / "chats"
+    chats = {f"c{i}": {"name": f"C{i}", "owner": "alice", "members": ["bob"]} for i in range(6)}
+    write_config(folder, chats, init=False)
+    url = s3.url()
+    assert cli(emulator, "init", str(folder), "--state", url).exit_code == 0
+    assert cli(emulator, "apply", str(folder), "--state", url, "--auto-approve").exit_code == 0
+    write_config(folder, {k: {**c, "members": ["bob", "dave"]} for k, c in chats.items()}, init=False)
+    edited = []
+
+    def someone_writes_the_state(call):
+        if call.endpoint.endswith("/update") and not edited:  # after the first chat's update, before its digest
+            edited.append(True)
+            s3.put_state({**s3.state()["chats"], "hand-edit": {"chatid": None}})
+
+    emulator.before_reply = someone_writes_the_state
+    before = writes(emulator)
+    result = cli(emulator, "apply", str(folder), "--state", url, "--auto-approve", "--parallelism", "1")
+    assert result.exit_code == 1
+    assert "another writer changed the state" in result.stderr
+    assert writes(emulator) - before == 1  # the update in flight; nothing after it
+    assert "Not started: 5 chats" in result.stderr

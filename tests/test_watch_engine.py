@@ -4,7 +4,9 @@ tested end to end against the emulator's gateway (tests/test_watch_e2e.py)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
 from reconciler.manager import Manager
@@ -156,3 +158,55 @@ def test_after_close_events_are_not_acknowledged(tmp_path):
     watcher.close()
     assert watcher.submit(*event("chat_add_member", "chatfake-eng", "late")).result(5) is False
     assert backend.reads == []
+
+
+def held_state_lock(folder: Path) -> int:
+    """Another dtchat run (CI's apply) holds the state file's lock; close the returned fd to release it."""
+    fd = os.open(folder / "dtchat.state.json.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_an_event_refused_while_another_run_held_the_lock_is_handled_when_redelivered(tmp_path):
+    live = {"eng": LiveChat("chatfake-eng", "Eng", "alice", ("alice", "bob", "mallory"))}
+    watcher, backend, _, folder = setup(tmp_path, EXACT, live, enforce=True)
+    fd = held_state_lock(folder)
+    try:
+        assert watcher.submit(*event("chat_add_member", "chatfake-eng", "e1", userId=["mallory"])).result(5) is False
+    finally:
+        os.close(fd)
+    assert backend.sent == []
+    assert watcher.submit(*event("chat_add_member", "chatfake-eng", "e1", userId=["mallory"])).result(5) is True
+    assert backend.chats["chatfake-eng"].members == ("alice", "bob")
+    assert watcher.submit(*event("chat_add_member", "chatfake-eng", "e1", userId=["mallory"])).result(5) is True
+    assert len([c for c in backend.sent if c.endpoint is UPDATE]) == 1  # handled once it succeeded
+
+
+def test_a_leaver_event_whose_handling_failed_is_not_forgotten(tmp_path):
+    directory = FakeDirectory(departments={100: ["alice", "bob", "leaver"]})
+    chats = {"dept": {"name": "Dept", "owner": "alice", "members": [{"dept": 100}]}}
+    live = {"dept": LiveChat("chatfake-dept", "Dept", "alice", ("alice", "bob", "leaver"))}
+    watcher, backend, _, folder = setup(tmp_path, chats, live, directory=directory, enforce=True)
+    directory.departments[100] = ["alice", "bob"]
+    leave = ("user_leave_org", "e1", json.dumps({"userId": ["leaver"]}))
+    fd = held_state_lock(folder)
+    try:
+        assert watcher.submit(*leave).result(5) is False  # not acknowledged: DingTalk delivers it again
+    finally:
+        os.close(fd)
+    assert backend.chats["chatfake-dept"].members == ("alice", "bob", "leaver")
+    assert watcher.submit(*leave).result(5) is True  # the redelivery still sees the change
+    assert backend.chats["chatfake-dept"].members == ("alice", "bob")
+
+
+def test_an_event_is_not_acknowledged_while_the_state_cannot_be_read(tmp_path):
+    live = {"eng": LiveChat("chatfake-eng", "Eng", "alice", ("alice", "bob", "mallory"))}
+    watcher, backend, _, folder = setup(tmp_path, EXACT, live, enforce=True)
+    state = folder / "dtchat.state.json"
+    good = state.read_text()
+    state.write_text(good[:-5])  # mid-rewrite (a git checkout, a failed remote read)
+    assert watcher.submit(*event("chat_add_member", "chatfake-eng", "e1", userId=["mallory"])).result(5) is False
+    assert watcher.ignored == 0
+    state.write_text(good)
+    assert watcher.submit(*event("chat_add_member", "chatfake-eng", "e1", userId=["mallory"])).result(5) is True
+    assert backend.chats["chatfake-eng"].members == ("alice", "bob")
