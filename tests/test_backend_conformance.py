@@ -102,6 +102,8 @@ def test_notify_posts_through_the_robot_after_one_lookup(wire):
     chatid = wire.server.seed_chat("Ops", "alice", ["alice"])
     produced = send_all(wire.backend, wire.backend.notify_calls("你好", chatid=chatid, open_conversation_id=None))
     assert produced[OPEN_CONVERSATION_ID] == wire.server.open_conversation_id(chatid)
+    (convert,) = [c for c in wire.server.calls if "convertToOpenConversationId" in c.endpoint]
+    assert convert.body is None  # the reference: no body
     (message,) = wire.server.robot_messages()
     assert (
         message["chatid"] == chatid and message["params"] == {"content": "你好"} and message["robotCode"] == "robot-1"

@@ -160,7 +160,7 @@ class Backend:
             raise ValueError(f"{call.endpoint}: still needs {', '.join(call.needs)}")
         payload = self.transport.call(
             call.endpoint,
-            body=call.body if call.endpoint.method == "POST" else None,
+            body=(call.body or None) if call.endpoint.method == "POST" else None,  # convert takes no body
             chatid=call.path_chatid,
             userids=userids_in(call.body, USERID_KEYS),
         )

@@ -128,18 +128,9 @@ def _never_sent(exc: BaseException) -> bool:
 
 def _certificate_refused(exc: BaseException) -> bool:
     """True when the TLS handshake failed on the server's certificate (before any request byte was sent)."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        err = stack.pop()
-        if id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
-            return True
-        linked = (getattr(err, "reason", None), err.__cause__, err.__context__, *err.args)
-        stack.extend(x for x in linked if isinstance(x, BaseException))
-    return False
+    return any(
+        isinstance(err, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err) for err in _chain(exc)
+    )
 
 
 def _host_not_found(exc: BaseException) -> bool:
