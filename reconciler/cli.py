@@ -373,7 +373,7 @@ _HANDLER: logging.StreamHandler | None = None
 
 
 class _SafeFormatter(logging.Formatter):
-    """Log lines quote DingTalk's errmsg, event ids, YAML: each is one escaped line (``textsafe``) like any output."""
+    """Log lines quote DingTalk's error messages, event ids, YAML: each is one escaped line (``textsafe``), as any output."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return safe_line(super().formatMessage(record))
