@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
-    TOKEN_PATHS,
     Fixture,
     Workload,
     add_api_option,
@@ -58,6 +57,7 @@ from common import (
     sdk_client,
     seed_changes,
     seed_in_sync,
+    write_paths,
 )
 
 from reconciler.backends import DEFAULT_API
@@ -317,7 +317,7 @@ def eager_library(server, work: Workload, *, apply: bool) -> Eager:
         end_rate = client.rate(GET)
     calls = calls_since(server, mark)
     gets = [c for c in calls if c.endpoint == GET]
-    writes = [c for c in calls if c.endpoint != GET and c.endpoint not in TOKEN_PATHS]
+    writes = [c for c in calls if c.endpoint in write_paths(API)]  # chat writes (not the plan's user-id lookups)
     n = len(work.adds)
     return Eager(
         "library apply" if apply else "library plan",
@@ -350,7 +350,7 @@ def eager_cli(server, work: Workload) -> Eager:
         print(f"CLI apply exited {done.returncode}: {done.stdout.strip()[-300:]} {done.stderr.strip()[-500:]}")
     calls = calls_since(server, mark)
     gets = [c for c in calls if c.endpoint == GET]
-    writes = [c for c in calls if c.endpoint != GET and c.endpoint not in TOKEN_PATHS]
+    writes = [c for c in calls if c.endpoint in write_paths(API)]  # chat writes (not the plan's user-id lookups)
     retries = len(re.findall(r"; retry \d+ in ", done.stderr))
     cuts = len(re.findall(r"DingTalk is throttling", done.stderr))
     return Eager(
