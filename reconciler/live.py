@@ -40,6 +40,12 @@ def read_one(backend: ChatBackend, chatid: str) -> LiveResult:
         return ReadFailure(f"cannot read chat {chatid}: {exc}")
 
 
+def _stopped(exc: DingTalkError, read: int, total: int) -> DingTalkError:
+    """The same error (its class still says what it is: the quota, the credentials, …), saying what was left."""
+    exc.args = (f"{exc}; the reads stopped there: {total - read} of {total} chats were not read",)
+    return exc
+
+
 def read_live(
     backend: ChatBackend,
     chatids: Iterable[str],
@@ -47,12 +53,17 @@ def read_live(
     parallelism: int = 8,
     on_done: Callable[[], None] | None = None,
 ) -> dict[str, LiveResult]:
-    """chatid -> LiveChat or ReadFailure, for each distinct chatid. Order-independent by construction."""
+    """chatid -> LiveChat or ReadFailure, for each distinct chatid. Order-independent by construction.
+
+    A fatal failure stops the reads at once and is raised saying how many chats were left unread."""
     ids = sorted(set(chatids))
     results: dict[str, LiveResult] = {}
     if parallelism <= 1 or len(ids) <= 1:
         for chatid in ids:
-            results[chatid] = read_one(backend, chatid)
+            try:
+                results[chatid] = read_one(backend, chatid)
+            except DingTalkError as exc:
+                raise _stopped(exc, len(results), len(ids)) from None
             if on_done:
                 on_done()
         return results
@@ -63,8 +74,10 @@ def read_live(
                 results[futures[future]] = future.result()
                 if on_done:
                     on_done()
-        except BaseException:
+        except BaseException as exc:
             for other in futures:
                 other.cancel()
+            if isinstance(exc, DingTalkError):
+                raise _stopped(exc, len(results), len(ids)) from None
             raise
     return dict(sorted(results.items()))

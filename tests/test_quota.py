@@ -312,3 +312,16 @@ def test_an_apply_that_cannot_read_a_chat_forgets_its_digest_even_with_nothing_e
     assert "digest" not in json.loads((folder / "dtchat.state.json").read_text())["chats"]["a"]
     again = dtchat(emulator, "plan", str(folder), "-v")
     assert again.exit_code == 1 and "dissolved" in again.output  # read again, not "unchanged since …, not read"
+
+
+@pytest.mark.parametrize("command", ["plan", "drift"])
+def test_quota_used_up_while_reading_is_one_line_saying_how_many_chats_were_not_read(emulator, tmp_path, command):
+    folder = tmp_path / "c"
+    write_config(folder, {f"k{i}": {"name": f"K{i}", "owner": "x"} for i in range(8)})
+    assert dtchat(emulator, "apply", str(folder), "--auto-approve").exit_code == 0
+    emulator.faults.monthly_quota = 3
+    args = [command, str(folder), "--parallelism", "1"] + (["--refresh", "all"] if command == "plan" else [])
+    result = dtchat(emulator, *args)
+    assert result.exit_code == 1
+    (line,) = [x for x in result.output.splitlines() if x.startswith("Error: ")]
+    assert "quota is used up" in line and line.endswith("the reads stopped there: 5 of 8 chats were not read")
