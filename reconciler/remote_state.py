@@ -499,14 +499,27 @@ class S3Store:
         try:
             holder = self._read_lock()
             if holder is not None and holder.id == self._lock_id:
-                self.client.delete_object(Bucket=self.where.bucket, Key=self.lock_key)
+                self._delete_lock(holder.etag)
         except Exception as exc:
+            if _is_client_error(exc) and _code(exc) in _CONFLICTS | _MISSING:
+                return  # taken over, or removed, since it was read: not ours to remove any more
             log.warning(
                 "%s: could not remove this run's lock (%s); it expires by itself, or run `dtchat state unlock %s`",
                 self.where.url,
                 _scrub(str(exc)),
                 self._lock_id,
             )
+
+    def _delete_lock(self, etag: str) -> None:
+        """Remove the lock object only if it is still the one read (``If-Match``), so a lock another run took over
+        in between is never removed. A store that refuses a conditional delete (not one that fails its condition)
+        gets a plain one: the lock's id was compared just before, as the best it allows."""
+        try:
+            self.client.delete_object(Bucket=self.where.bucket, Key=self.lock_key, IfMatch=etag)
+        except Exception as exc:
+            if not _is_client_error(exc) or _code(exc) in _CONFLICTS | _MISSING:
+                raise
+            self.client.delete_object(Bucket=self.where.bucket, Key=self.lock_key)
 
     @contextlib.contextmanager
     def locked(self, timeout: float, *, flag: str = "") -> Iterator[None]:
@@ -536,8 +549,13 @@ class S3Store:
                 "nothing was removed"
             )
         try:
-            self.client.delete_object(Bucket=self.where.bucket, Key=self.lock_key)
+            self._delete_lock(holder.etag)
         except Exception as exc:
+            if _is_client_error(exc) and _code(exc) in _CONFLICTS | _MISSING:
+                raise StateError(
+                    f"{self.lock_url}: the lock changed since it was read (another run took it, or removed it); "
+                    "nothing was removed"
+                ) from None
             raise _failure(self.lock_url, "remove the lock", exc) from None
         state = (
             "it had expired"

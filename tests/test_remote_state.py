@@ -702,3 +702,28 @@ def test_a_state_changed_by_another_writer_mid_apply_stops_the_run_with_exit_1(e
     assert "another writer changed the state" in result.stderr
     assert writes(emulator) - before == 1  # the update in flight; nothing after it
     assert "Not started: 5 chats" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["unlock", "release"])
+def test_a_lock_taken_over_after_it_was_read_is_never_removed(s3, monkeypatch, how):
+    """Removing a lock is conditional on the lock object read (If-Match its ETag): a run that took the lock over
+    in between keeps it, whether a `state unlock` or a finishing run's release was about to remove it."""
+    s3.put_state({})
+    url = s3.url()
+    taker = "0000111122223333"
+    real_read = S3Store._read_lock
+
+    def read_then_taken_over(self):
+        holder = real_read(self)
+        s3.put_lock(ttl=3600, lock_id=taker)  # another run takes the lock, right after this read
+        return holder
+
+    if how == "unlock":
+        stale = s3.put_lock(ttl=3600)
+        monkeypatch.setattr(S3Store, "_read_lock", read_then_taken_over)
+        with pytest.raises(StateError, match="the lock changed since it was read"):
+            S3Store(RemoteStatePath.parse(url)).unlock(stale)
+    else:
+        with held(url):
+            monkeypatch.setattr(S3Store, "_read_lock", read_then_taken_over)
+    assert s3.lock()["id"] == taker
