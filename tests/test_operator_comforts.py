@@ -15,6 +15,9 @@ import pytest
 import requests
 
 from reconciler.backends.ratelimit import ACCEPTED_SHARE, AdaptiveRate
+from reconciler.model import MemberSource, Selector
+from reconciler.plan import Action, ChatChange, Plan, SettingChange
+from reconciler.planfile import plan_document, read_plan, saved_plan_as_plan
 
 from helpers import dtchat, state_of, write_config
 
@@ -218,3 +221,46 @@ def test_state_list_and_show_of_a_mistyped_state_file_are_errors(emulator, tmp_p
         result = dtchat(emulator, *args, "--state", str(tmp_path / "typo.json"))
         assert result.exit_code == 1 and "no state file there" in result.output, result.output
     assert not (tmp_path / "typo.json").exists()
+
+
+def test_a_saved_plan_reads_back_as_the_plan_it_was_made_from(tmp_path):
+    """`show` renders the saved changes exactly: every field a change carries, selector sources included."""
+    changes = (
+        ChatChange(
+            "all",
+            Action.UPDATE,
+            chatid="chat01",
+            name=("Old", "New"),
+            owner=("a", "b"),
+            add=("b", "c"),
+            remove=("d",),
+            settings=(SettingChange("muted", None, True),),
+            live_count=3,
+            fingerprint="f1",
+            sources=(
+                MemberSource(Selector("dept", 100, recursive=True), "研发部", 12),
+                MemberSource(Selector("mobile", "13800000001"), "13800000001", 1, excluded=True),
+            ),
+            digest="d1",
+        ),
+        ChatChange("gone", Action.ERROR, chatid="chat02", error="dissolved"),
+        ChatChange("old", Action.UNREAD, chatid="chat03", digest="d3", verified_at="2026-12-01T00:00:00+00:00"),
+    )
+    plan = Plan(changes, reads=2, writes=1)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(plan_document(plan, [str(tmp_path / "chats.yaml")], None)), encoding="utf-8")
+    again = saved_plan_as_plan(read_plan(path))
+    assert again.changes == plan.changes and (again.reads, again.writes) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [{"kind": "team", "value": 1, "label": "x", "count": 1}, {"kind": "dept", "value": True, "label": "x", "count": 1}],
+)
+def test_a_hand_edited_selector_source_is_a_one_line_error(emulator, planned, source):
+    _, plan_file, _ = planned
+    data = json.loads(plan_file.read_text(encoding="utf-8"))
+    data["changes"][0]["sources"] = [source]
+    plan_file.write_text(json.dumps(data), encoding="utf-8")
+    result = dtchat(emulator, "show", str(plan_file))
+    assert result.exit_code == 1 and "changes[0].sources[0]" in result.output
