@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler.backends import API_NAMES, DEFAULT_API, LEGACY, backend_for  # noqa: E402
+from reconciler.backends import API_NAMES, DEFAULT_API, open_backends  # noqa: E402
 from reconciler.backends.endpoints import CHAT_GET  # noqa: E402
-from reconciler.backends.transport import LEGACY_TOKEN, V1_TOKEN_KIND, Transport  # noqa: E402
+from reconciler.backends.transport import Transport  # noqa: E402
 
 APP_KEY = "bench-app-key"
 APP_SECRET = "bench-app-secret-not-for-output"
@@ -62,16 +62,10 @@ def main() -> None:
     try:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
-        transport = Transport(
-            APP_KEY,
-            APP_SECRET,
-            api_base=info["url"],
-            openapi_base=info["url"],
-            oapi_token=LEGACY_TOKEN if args.api == LEGACY else V1_TOKEN_KIND,
-            max_qps=0,
+        transport, backend, _ = open_backends(
+            args.api, APP_KEY, APP_SECRET, api_base=info["url"], openapi_base=info["url"], max_qps=0
         )
         with transport:
-            backend = backend_for(args.api, transport)
             backend.read(info["chatids"][0])  # token, connection pool and imports warmed up
 
             def raw(chatid: str) -> dict:

@@ -23,12 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from reconciler.backends import API_NAMES, DEFAULT_API, LEGACY, Backend, backend_for  # noqa: E402
+from reconciler.backends import API_NAMES, DEFAULT_API, LEGACY, open_backends  # noqa: E402
 from reconciler.backends import endpoints as ep  # noqa: E402
-from reconciler.backends.contacts import Contacts  # noqa: E402
 from reconciler.backends.fields import to_api  # noqa: E402
 from reconciler.backends.packing import IDS_PER_CALL  # noqa: E402
-from reconciler.backends.transport import LEGACY_TOKEN, V1_TOKEN_KIND, Transport  # noqa: E402
 from reconciler.emulator import EmulatorServer  # noqa: E402
 from reconciler.emulator.server import Call  # noqa: E402
 from reconciler.state import FORMAT as STATE_FORMAT  # noqa: E402
@@ -65,17 +63,9 @@ class Client:
 
     def __init__(self, server: EmulatorServer, *, api: str, max_qps: float, pool_size: int = 32) -> None:
         self.api = api
-        self.transport = Transport(
-            APP_KEY,
-            APP_SECRET,
-            api_base=server.url,
-            openapi_base=server.url,
-            oapi_token=LEGACY_TOKEN if api == LEGACY else V1_TOKEN_KIND,
-            max_qps=max_qps,
-            pool_size=pool_size,
+        self.transport, self.backend, self.directory = open_backends(
+            api, APP_KEY, APP_SECRET, api_base=server.url, openapi_base=server.url, max_qps=max_qps, pool_size=pool_size
         )
-        self.backend: Backend = backend_for(api, self.transport)
-        self.directory = Contacts(self.transport)
 
     def manager(self, parallelism: int = 8) -> Any:
         """A ``Manager`` over this client's backend and directory."""

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends import DEFAULT_API, LEGACY, ChatBackend, Directory, backend_for
+from .backends import DEFAULT_API, ChatBackend, Directory, open_backends
 from .backends.endpoints import DEFAULT_API_BASE, DEFAULT_OPENAPI_BASE
 from .errors import DtchatError
 from .rules import DEFAULT_QPS
@@ -102,8 +102,7 @@ def connect(
 
     One transport serves both hosts, so one token and one per-IP budget cover the whole run.
     """
-    from .backends.contacts import Contacts
-    from .backends.transport import LEGACY_TOKEN, V1_TOKEN_KIND, Transport, deadline_from_env
+    from .backends.transport import deadline_from_env
 
     env = os.environ if env is None else env
     try:
@@ -120,16 +119,16 @@ def connect(
             key, secret = credentials(env)
             oapi = _base(api_base, env, ENV_API_BASE, DEFAULT_API_BASE, "--api-base")
             openapi = _base(openapi_base, env, ENV_OPENAPI_BASE, DEFAULT_OPENAPI_BASE, "--openapi-base")
-        transport = stack.enter_context(
-            Transport(
-                key,
-                secret,
-                api_base=oapi,
-                openapi_base=openapi,
-                oapi_token=LEGACY_TOKEN if api == LEGACY else V1_TOKEN_KIND,
-                max_qps=max_qps,
-                pool_size=pool_size,
-                deadline=deadline,
-            )
+        transport, backend, directory = open_backends(
+            api,
+            key,
+            secret,
+            robot_code=robot_code,
+            api_base=oapi,
+            openapi_base=openapi,
+            max_qps=max_qps,
+            pool_size=pool_size,
+            deadline=deadline,
         )
-        yield Connection(backend_for(api, transport, robot_code=robot_code), Contacts(transport), key, secret, openapi)
+        stack.enter_context(transport)
+        yield Connection(backend, directory, key, secret, openapi)

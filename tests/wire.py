@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reconciler.backends import LEGACY, V1, WireCall, backend_for
+from reconciler.backends import LEGACY, V1, WireCall, open_backends
 from reconciler.backends import endpoints as ep
-from reconciler.backends.contacts import Contacts
-from reconciler.backends.transport import LEGACY_TOKEN, V1_TOKEN_KIND, Transport
 
 
 class Wire:
@@ -31,17 +29,9 @@ class Wire:
         **options: Any,
     ) -> None:
         self.api = api
-        robot_code = options.pop("robot_code", None)
-        self.transport = Transport(
-            app_key,
-            app_secret,
-            api_base=api_base,
-            openapi_base=openapi_base or api_base,
-            oapi_token=LEGACY_TOKEN if api == LEGACY else V1_TOKEN_KIND,
-            **options,
+        self.transport, self.backend, self.directory = open_backends(
+            api, app_key, app_secret, api_base=api_base, openapi_base=openapi_base or api_base, **options
         )
-        self.backend = backend_for(api, self.transport, robot_code=robot_code)
-        self.directory = Contacts(self.transport)
 
     # -- chats -----------------------------------------------------------------------------------
     def authenticate(self) -> None:

@@ -13,7 +13,7 @@ and ``validate`` never import it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .backend import Backend
 from .base import CHATID, OPEN_CONVERSATION_ID, ChatBackend, Directory, WireCall, placeholder
@@ -40,6 +40,7 @@ from .redact import redact
 from .v1 import V1Backend
 
 if TYPE_CHECKING:
+    from .contacts import Contacts
     from .transport import Transport
 
 #: ``--api`` values: the v1.0 API (what a new app can write with; the default) and the legacy chat API.
@@ -58,6 +59,22 @@ def backend_for(api: str, transport: Transport | None = None, *, robot_code: str
     except KeyError:
         raise ValueError(f"unknown API generation {api!r}; one of {', '.join(API_NAMES)}") from None
     return cls(transport, robot_code=robot_code)
+
+
+def open_backends(
+    api: str, app_key: str, app_secret: str, *, robot_code: str | None = None, **transport_options: Any
+) -> tuple[Transport, Backend, Contacts]:
+    """One run's wire for ``--api``: a Transport serving both hosts (the legacy host takes the token that
+    ``api`` gets: the legacy one, or the v1.0 one a new app has), the generation's ChatBackend and the Contacts
+    directory over it. The caller closes the transport (a context manager)."""
+    from .contacts import Contacts
+    from .transport import LEGACY_TOKEN, V1_TOKEN_KIND, Transport
+
+    if api not in _BACKENDS:
+        raise ValueError(f"unknown API generation {api!r}; one of {', '.join(API_NAMES)}")
+    token = LEGACY_TOKEN if api == LEGACY else V1_TOKEN_KIND
+    transport = Transport(app_key, app_secret, oapi_token=token, **transport_options)
+    return transport, backend_for(api, transport, robot_code=robot_code), Contacts(transport)
 
 
 __all__ = [
@@ -90,6 +107,7 @@ __all__ = [
     "WireCall",
     "backend_for",
     "is_fatal",
+    "open_backends",
     "placeholder",
     "redact",
 ]
