@@ -158,6 +158,15 @@ CREATE = {"legacy": "/chat/create", "v1": "/v1.0/im/group/create"}
 UPDATE = {"legacy": "/chat/update", "v1": "/v1.0/im/group/update"}
 ROBOT_SEND = "/v1.0/robot/groupMessages/send"
 CONVERT = "/v1.0/im/chat/{chatId}/convertToOpenConversationId"
+#: The six chat settings as both generations' wire names them (legacy: top-level; v1.0: in managementOptions).
+SETTINGS = (
+    "chatBannedType",
+    "searchable",
+    "validationType",
+    "mentionAllAuthority",
+    "managementType",
+    "showHistoryType",
+)
 
 #: The contact API's paths, as dingtalk-api.md spells them (tests state them; they never import the code's).
 LISTID = "/topapi/user/listid"

@@ -17,23 +17,16 @@ import requests
 
 from reconciler.emulator import EmulatorServer, EmulatorSetupError, Faults, Org
 
+from helpers import CONVERT, ROBOT_SEND, SETTINGS
+from helpers import CREATE as CREATES
+from helpers import UPDATE as UPDATES
+
 APP_KEY = "v1-test-key"
 APP_SECRET = "v1-test-secret-DO-NOT-LEAK"
 TOKEN_HEADER = "x-acs-dingtalk-access-token"
 
 V1_TOKEN = "/v1.0/oauth2/accessToken"
-CREATE = "/v1.0/im/group/create"
-UPDATE = "/v1.0/im/group/update"
-CONVERT = "/v1.0/im/chat/{chatId}/convertToOpenConversationId"
-SEND = "/v1.0/robot/groupMessages/send"
-SETTINGS = (
-    "chatBannedType",
-    "searchable",
-    "validationType",
-    "mentionAllAuthority",
-    "managementType",
-    "showHistoryType",
-)
+CREATE, UPDATE, SEND = CREATES["v1"], UPDATES["v1"], ROBOT_SEND
 
 ORG = {
     "departments": [{"id": 1, "name": "公司"}, {"id": 100, "name": "研发部", "parent": 1}],

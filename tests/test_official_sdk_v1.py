@@ -30,20 +30,12 @@ from Tea.exceptions import TeaException
 from reconciler.cli import cli
 from reconciler.emulator import EmulatorServer
 
-from helpers import write_config
+from helpers import SETTINGS, write_config
 
 APP_KEY = "sdk-app-key"
 APP_SECRET = "sdk-app-secret-DO-NOT-LEAK"
 ROBOT_CODE = "dingsdkrobot"
 USERS = ["alice", "bob", "carol", "dave", "erin"]
-SETTINGS = (
-    "chatBannedType",
-    "searchable",
-    "validationType",
-    "mentionAllAuthority",
-    "managementType",
-    "showHistoryType",
-)
 
 
 @pytest.fixture
